@@ -1,0 +1,249 @@
+"""The frozen MobileNetV2 feature extractor: weights resolution, building, fingerprint.
+
+Weights come from one of three places, named by a *weights spec*:
+
+* ``imagenet`` — Keras's own download into its cache (``$KERAS_HOME/models``), the same
+  file ``keras.applications.MobileNetV2(weights="imagenet")`` uses for that input size;
+* a path to a local weights file (``.weights.h5`` or Keras's legacy ``.h5``);
+* ``random`` / ``random:N`` — a seeded random backbone whose BatchNorm statistics are
+  calibrated on seeded noise, for offline smoke runs and tests (not ImageNet features!).
+
+Whatever the source, the weights' identity is their :func:`fingerprint`, a sha256 over
+the weight values, so the same values from any file format compare equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.contracts import FEATURE_DIM
+from pipeline.errors import ConfigError, WeightsError
+
+log = logging.getLogger(__name__)
+
+BACKBONE_NAME = "mobilenet_v2"
+MIN_INPUT_SIZE = 32
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+"""Input sizes Keras publishes ImageNet MobileNetV2 weights for (others load the 224 ones)."""
+IMAGENET_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+CALIBRATION_IMAGES = 32
+_RANDOM_SPEC = re.compile(r"^random(?::(?:seed=)?(\d+))?$")
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """A parsed ``--weights`` value.
+
+    Attributes:
+        kind: ``imagenet``, ``file`` or ``random``.
+        identity: the name recorded in stores and models (``imagenet``, ``file:<name>``,
+            ``random:seed=<N>``).
+        path: the local file for ``file``.
+        seed: the seed for ``random``.
+    """
+
+    kind: str
+    identity: str
+    path: Path | None = None
+    seed: int = 0
+
+    @property
+    def is_random(self) -> bool:
+        """True for the seeded random backbone (features carry no ImageNet meaning)."""
+        return self.kind == "random"
+
+
+def parse_weights(spec: str) -> WeightsSpec:
+    """Parse ``imagenet``, ``random``, ``random:N`` or a file path into a :class:`WeightsSpec`."""
+    if spec == "imagenet":
+        return WeightsSpec("imagenet", "imagenet")
+    if match := _RANDOM_SPEC.match(spec):
+        seed = int(match.group(1) or 0)
+        return WeightsSpec("random", f"random:seed={seed}", seed=seed)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"--weights {spec!r}: not 'imagenet', 'random[:SEED]' or an existing weights file"
+        )
+    return WeightsSpec("file", f"file:{path.name}", path=path)
+
+
+def check_input_size(size: int) -> None:
+    """Reject input sizes MobileNetV2 cannot run at (five stride-2 stages need ≥ 32 px)."""
+    if size < MIN_INPUT_SIZE:
+        raise ConfigError(f"--input-size {size} is too small; MobileNetV2 needs ≥ {MIN_INPUT_SIZE}")
+    if size > 1024:
+        raise ConfigError(f"--input-size {size} is too large (max 1024)")
+
+
+def imagenet_weights_file(input_size: int) -> Path:
+    """Fetch (or find in Keras's cache) the no-top ImageNet weights for ``input_size``.
+
+    Raises:
+        WeightsError: the file is not cached and cannot be downloaded, with the alternatives.
+    """
+    import keras
+
+    rows = input_size if input_size in IMAGENET_SIZES else 224
+    name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+    try:
+        return Path(keras.utils.get_file(name, IMAGENET_BASE_URL + name, cache_subdir="models"))
+    except Exception as e:  # Keras raises bare Exception subclasses for URL/HTTP errors
+        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(
+            f"ImageNet weights {name} are not in the Keras cache and could not be downloaded "
+            f"({cause}); use --weights PATH for a local weights file, or --weights random "
+            "for an offline smoke run (random features)"
+        ) from e
+
+
+def _mobilenet(input_size: int):
+    import keras
+
+    return keras.applications.MobileNetV2(
+        input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights=None
+    )
+
+
+def _wrap(core, input_size: int):
+    """uint8 frames → MobileNetV2 ``preprocess_input`` (x/127.5 − 1) → 1280-d, in one model."""
+    import keras
+
+    frames = keras.Input((input_size, input_size, 3), dtype="uint8", name="frames")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(frames)
+    features = core(x, training=False)
+    features = keras.layers.Activation("linear", dtype="float32", name="features")(features)
+    model = keras.Model(frames, features, name="mobilenet_v2_features")
+    model.trainable = False
+    return model
+
+
+def calibration_images(seed: int, size: int, count: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """Seeded multi-scale noise images, uint8 ``[count, size, size, 3]``.
+
+    Smooth blobs at several scales plus fine noise give BatchNorm layers activations with
+    realistic spread at every depth.
+    """
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, size, size, 3), np.float64)
+    for cells in (2, 4, 8, 16, size):
+        coarse = rng.uniform(-1, 1, (count, cells, cells, 3))
+        reps = -(-size // cells)
+        images += np.repeat(np.repeat(coarse, reps, axis=1), reps, axis=2)[:, :size, :size]
+    images = (images - images.min()) / (np.ptp(images) or 1.0)
+    return (images * 255).round().astype(np.uint8)
+
+
+def _calibrate_batchnorm(model, seed: int, input_size: int) -> None:
+    """Set every BatchNorm's moving statistics to those of one seeded noise batch.
+
+    Random kernels with the default moving mean 0 / variance 1 shrink activations block by
+    block until every feature is ≈ 0; one training-mode pass with momentum 0 replaces the
+    statistics with real ones, layer by layer.
+    """
+    import keras
+
+    norms = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    images = calibration_images(seed, input_size).astype("float32") / 127.5 - 1.0
+    model(images, training=True)
+    for layer, momentum in zip(norms, momenta, strict=True):
+        layer.momentum = momentum
+
+
+def build_backbone(
+    spec: WeightsSpec,
+    input_size: int,
+    weights_file: Path | None = None,
+    *,
+    mixed_precision: bool = False,
+):
+    """Build the frozen feature extractor: uint8 ``[B, S, S, 3]`` → float32 ``[B, 1280]``.
+
+    Args:
+        spec: where the weights come from.
+        input_size: side ``S`` of the square input.
+        weights_file: load these weights instead of resolving ``spec`` (e.g. the copy
+            saved beside a store, which the fingerprint then checks).
+        mixed_precision: compute in float16 (fast on GPUs with tensor cores; features
+            still come out float32 and differ from float32 compute by ~1e-3).
+
+    Returns:
+        a non-trainable ``keras.Model`` with preprocessing folded in.
+    """
+    import keras
+
+    check_input_size(input_size)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    if weights_file is None and spec.is_random:
+        keras.utils.set_random_seed(spec.seed)
+        core = _mobilenet(input_size)
+        _calibrate_batchnorm(core, spec.seed, input_size)
+        log.warning(
+            "using a RANDOM backbone (%s): features are not ImageNet features", spec.identity
+        )
+        return _wrap(core, input_size)
+    if weights_file is None:
+        weights_file = imagenet_weights_file(input_size) if spec.kind == "imagenet" else spec.path
+    core = _mobilenet(input_size)
+    try:
+        core.load_weights(str(weights_file))
+    except Exception as e:  # h5py/Keras raise assorted types for a wrong or broken file
+        raise WeightsError(
+            f"{weights_file}: not MobileNetV2 (alpha 1.0, no top) weights ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
+    return _wrap(core, input_size)
+
+
+def fingerprint(model) -> str:
+    """sha256 over the backbone's weight values (name-independent, format-independent)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        value = np.ascontiguousarray(np.asarray(weight.numpy(), dtype=np.float32))
+        digest.update(str(value.shape).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def save_weights(model, path: Path) -> None:
+    """Save the backbone's weights (Keras ``.weights.h5``) so another process can rebuild it."""
+    import keras
+
+    core = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    core.save_weights(str(path))
+
+
+def make_inference_fn(model, *, jit: bool = False):
+    """A compiled ``uint8 [B, S, S, 3] → float32 [B, 1280]`` function (any batch size).
+
+    Wrapping the call in one ``tf.function`` with a dynamic batch dimension avoids Keras's
+    per-call ``predict`` overhead and retracing for the last, short batch.
+    """
+    import tensorflow as tf
+
+    size = model.input_shape[1]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], jit_compile=jit)
+    def infer(frames):
+        return model(frames, training=False)
+
+    def run(frames: np.ndarray) -> np.ndarray:
+        out = infer(frames).numpy()
+        if out.shape[1:] != (FEATURE_DIM,):
+            raise WeightsError(f"backbone produced features of shape {out.shape[1:]}")
+        return out
+
+    return run

@@ -1,0 +1,134 @@
+"""Data contracts exchanged between modules: frozen records with shapes, dtypes and units."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+FEATURE_DIM = 1280
+"""Width of MobileNetV2's global-average-pooled output."""
+
+SPLITS = ("train", "val", "test")
+RESIZE_POLICIES = ("crop", "squash")
+FEATURE_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One manifest row: a video file, its class label, its group and its split.
+
+    ``path`` is absolute once a manifest is loaded; ``group`` keeps related clips on one
+    side of a split (e.g. UCF101's ``<Class>_g<NN>``).
+    """
+
+    path: Path
+    label: str
+    group: str
+    split: str
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """Everything that determines the features of a frame: stores and heads record it.
+
+    Two extractions are compatible exactly when their configs are equal.
+
+    Attributes:
+        weights: identity of the backbone weights: ``imagenet``, ``random:seed=N`` or
+            ``file:<name>``.
+        weights_sha256: sha256 over the backbone's weight values (see ``backbone.fingerprint``).
+        input_size: side of the square backbone input, pixels.
+        resize: ``crop`` (centre-crop to square, then resize) or ``squash``.
+        fps: frames sampled per second of presentation time; ``None`` keeps every frame.
+        dtype: dtype of stored features.
+        backbone: backbone name.
+        feature_dim: width of one frame's feature vector.
+    """
+
+    weights: str
+    weights_sha256: str
+    input_size: int = 224
+    resize: str = "crop"
+    fps: float | None = None
+    dtype: str = "float16"
+    backbone: str = "mobilenet_v2"
+    feature_dim: int = FEATURE_DIM
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (``fps`` None stays None)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExtractorConfig:
+        """Inverse of :meth:`to_dict`; ignores unknown keys so newer files stay readable."""
+        names = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if kwargs.get("fps") is not None:
+            kwargs["fps"] = float(kwargs["fps"])
+        return cls(**kwargs)
+
+    def describe(self) -> str:
+        """One-line human description, used in mismatch errors."""
+        sampling = "every frame" if self.fps is None else f"{self.fps:g} fps"
+        return (
+            f"{self.backbone} weights={self.weights} (sha256 {self.weights_sha256[:12]}) "
+            f"size={self.input_size} resize={self.resize} sampling={sampling} dtype={self.dtype}"
+        )
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What decoding learned about one video file.
+
+    Attributes:
+        path: the file as given.
+        fps: the stream's average frame rate (frames per second; 0.0 when unknown).
+        width, height: displayed size in pixels (after rotation).
+        frame_count: frames actually decoded and kept.
+        container_frames: frame count the container claims (0 when unknown).
+        duration_sec: last kept timestamp minus first, plus one nominal frame period.
+        codec: decoder name.
+        rotation: display rotation applied, degrees counter-clockwise.
+        corrupt_packets: packets that failed to demux or decode and were skipped.
+    """
+
+    path: str
+    fps: float
+    width: int
+    height: int
+    frame_count: int
+    container_frames: int
+    duration_sec: float
+    codec: str
+    rotation: int = 0
+    corrupt_packets: int = 0
+
+
+@dataclass(frozen=True)
+class VideoFeatures:
+    """Per-frame features of one video, as stored.
+
+    Attributes:
+        video_id: stable id derived from the file's content hash.
+        content_sha256: sha256 of the file's bytes.
+        features: ``[T, feature_dim]`` array (float16 or float32).
+        timestamps_sec: ``[T]`` float64 presentation times, seconds (pts × time_base).
+        info: decode facts (source path, fps, size, counts).
+    """
+
+    video_id: str
+    content_sha256: str
+    features: np.ndarray
+    timestamps_sec: np.ndarray
+    info: VideoInfo
+
+
+@dataclass(frozen=True)
+class ExtractionFailure:
+    """A video that could not be extracted, and why (never silently dropped)."""
+
+    path: str
+    reason: str
+    video_id: str | None = None

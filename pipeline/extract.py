@@ -1,0 +1,292 @@
+"""Stage 1 engine: decode → batched backbone → one part file per video.
+
+A decoder thread fills a bounded queue with frame chunks; the calling thread cuts them into
+fixed-size batches *across video boundaries*, so the CNN (the real cost) never waits on a
+short video's tail, and memory stays bounded however long a video is. Each finished video is
+written as a part file (see :mod:`pipeline.store`); nothing here touches the final store.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
+from pipeline.errors import DecodeError, WeightsError
+from pipeline.store import write_failure, write_part
+from pipeline.video import VideoReader
+
+log = logging.getLogger(__name__)
+
+QUEUE_CHUNKS = 8
+"""Decoded chunks buffered ahead of inference (each ≤ ``CHUNK_FRAMES`` frames)."""
+CHUNK_FRAMES = 16
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One video to extract: its path and content identity (hashed by the planner)."""
+
+    path: str
+    video_id: str
+    content_sha256: str
+
+
+@dataclass(frozen=True)
+class VideoDone:
+    """Progress event: one video finished (``failure`` set when it failed)."""
+
+    item: WorkItem
+    frames: int
+    failure: ExtractionFailure | None = None
+
+
+@dataclass
+class TaskResult:
+    """What one call of :func:`extract_items` achieved."""
+
+    ok: list[str] = field(default_factory=list)
+    failed: list[ExtractionFailure] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- backbone cache
+
+_BACKBONES: dict[tuple[str, int, bool], Callable[[np.ndarray], np.ndarray]] = {}
+_BACKBONES_LOCK = threading.Lock()
+
+
+def register_backbone(config: ExtractorConfig, infer: Callable, mixed_precision: bool) -> None:
+    """Make an already built inference function reusable by :func:`backbone_for`."""
+    with _BACKBONES_LOCK:
+        _BACKBONES[(config.weights_sha256, config.input_size, mixed_precision)] = infer
+
+
+def backbone_for(
+    config: ExtractorConfig, weights_file: Path, *, mixed_precision: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The inference function for ``config``, built once per process and then reused.
+
+    The weights are loaded from ``weights_file`` and must match ``config.weights_sha256``.
+    """
+    key = (config.weights_sha256, config.input_size, mixed_precision)
+    with _BACKBONES_LOCK:
+        if key not in _BACKBONES:
+            from pipeline.backbone import (
+                build_backbone,
+                fingerprint,
+                make_inference_fn,
+                parse_weights,
+            )
+
+            model = build_backbone(
+                parse_weights(str(weights_file)),
+                config.input_size,
+                weights_file=weights_file,
+                mixed_precision=mixed_precision,
+            )
+            if fingerprint(model) != config.weights_sha256:
+                raise WeightsError(
+                    f"{weights_file}: weights sha256 {fingerprint(model)[:12]} does not match "
+                    f"the extractor's {config.weights_sha256[:12]} ({config.weights})"
+                )
+            _BACKBONES[key] = make_inference_fn(model)
+        return _BACKBONES[key]
+
+
+# --------------------------------------------------------------------------- the engine
+
+_END = object()
+
+
+def _reason(error: Exception, path: str) -> str:
+    text = str(error)
+    return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
+
+
+def _decode_into(
+    items: Sequence[WorkItem],
+    config: ExtractorConfig,
+    out: queue.Queue,
+    stop: threading.Event,
+) -> None:
+    """Producer: ("frames", i, chunk), then ("done", i, info) or ("failed", i, reason)."""
+
+    def put(message: object) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for i, item in enumerate(items):
+            reader = VideoReader(
+                Path(item.path), size=config.input_size, resize=config.resize, fps=config.fps
+            )
+            try:
+                for chunk in reader.chunks(CHUNK_FRAMES):
+                    if not put(("frames", i, chunk)):
+                        return
+            except DecodeError as e:
+                message: tuple = ("failed", i, _reason(e, item.path))
+            except MemoryError:
+                message = ("failed", i, "out of memory while decoding")
+            else:
+                message = ("done", i, reader.info)
+            if not put(message):
+                return
+        put(_END)
+    except BaseException as e:  # a bug: hand it to the consumer, which re-raises it
+        put(("error", -1, e))
+
+
+class _Assembler:
+    """Collects per-video feature rows as batches come back from the backbone."""
+
+    def __init__(self, items: Sequence[WorkItem], config: ExtractorConfig):
+        self.items = items
+        self.config = config
+        self.rows: dict[int, list[np.ndarray]] = {}
+        self.stamps: dict[int, list[np.ndarray]] = {}
+        self.pending: dict[int, int] = {}  # frames queued for inference, not yet back
+        self.finished: dict[int, VideoInfo] = {}
+
+    def add_frames(self, i: int, timestamps: np.ndarray) -> None:
+        self.stamps.setdefault(i, []).append(timestamps)
+        self.rows.setdefault(i, [])
+        self.pending[i] = self.pending.get(i, 0) + len(timestamps)
+
+    def add_features(self, i: int, features: np.ndarray) -> None:
+        self.rows[i].append(features.astype(self.config.dtype))
+        self.pending[i] -= len(features)
+
+    def drop(self, i: int) -> None:
+        for table in (self.rows, self.stamps, self.pending, self.finished):
+            table.pop(i, None)
+
+    def complete(self) -> list[tuple[int, VideoFeatures]]:
+        """Pop every finished video whose frames have all come back from the backbone."""
+        ready = [i for i in self.finished if self.pending.get(i, 0) == 0]
+        videos = []
+        for i in ready:
+            item, info = self.items[i], self.finished[i]
+            features = np.concatenate(self.rows[i])
+            stamps = np.concatenate(self.stamps[i])
+            videos.append(
+                (i, VideoFeatures(item.video_id, item.content_sha256, features, stamps, info))
+            )
+            self.drop(i)
+        return videos
+
+
+def extract_items(
+    items: Sequence[WorkItem],
+    *,
+    config: ExtractorConfig,
+    infer: Callable[[np.ndarray], np.ndarray],
+    parts_dir: Path,
+    batch_size: int = 32,
+    stop: threading.Event | None = None,
+    on_video: Callable[[VideoDone], None] | None = None,
+) -> TaskResult:
+    """Extract ``items`` into part files under ``parts_dir``.
+
+    Decoding runs in a background thread, inference in this one. A video that fails to
+    decode is recorded as a failure part and the rest continue. Setting ``stop`` ends the
+    run after the current batch; videos not yet written are simply not there (a rerun
+    does them).
+
+    Args:
+        items: the videos, with ids already computed.
+        config: the extractor configuration (input size, resize, sampling, dtype).
+        infer: uint8 ``[B, S, S, 3]`` → float32 ``[B, 1280]`` (see ``backbone_for``).
+        parts_dir: the store's staging directory.
+        batch_size: frames per backbone call; batches span video boundaries.
+        stop: cooperative cancellation.
+        on_video: called after each video is written or recorded as failed.
+
+    Returns:
+        ids written, failures, frames extracted and wall seconds.
+    """
+    started = time.perf_counter()
+    stop = stop or threading.Event()
+    result = TaskResult()
+    chunks: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+    decoder = threading.Thread(
+        target=_decode_into, args=(items, config, chunks, stop), name="vrnn-decode", daemon=True
+    )
+    size = config.input_size
+    batch = np.empty((batch_size, size, size, 3), np.uint8)
+    owners: list[tuple[int, int]] = []  # (video index, frame count) slices of `batch`
+    filled = 0
+    videos = _Assembler(items, config)
+
+    def run_batch() -> None:
+        nonlocal filled
+        if filled:
+            features = infer(batch[:filled])
+            start = 0
+            for i, count in owners:
+                if i in videos.rows:  # a video that failed mid-way was dropped
+                    videos.add_features(i, features[start : start + count])
+                start += count
+        owners.clear()
+        filled = 0
+        write_complete()
+
+    def write_complete() -> None:
+        for i, vf in videos.complete():
+            write_part(parts_dir, config, vf)
+            result.ok.append(vf.video_id)
+            result.frames += len(vf.features)
+            if on_video:
+                on_video(VideoDone(items[i], len(vf.features)))
+
+    decoder.start()
+    try:
+        while not stop.is_set():
+            message = chunks.get()
+            if message is _END:
+                break
+            kind, i, payload = message
+            if kind == "error":
+                raise payload
+            if kind == "frames":
+                videos.add_frames(i, payload.timestamps_sec)
+                frames, offset = payload.frames, 0
+                while offset < len(frames):
+                    take = min(batch_size - filled, len(frames) - offset)
+                    batch[filled : filled + take] = frames[offset : offset + take]
+                    owners.append((i, take))
+                    filled += take
+                    offset += take
+                    if filled == batch_size:
+                        run_batch()
+            elif kind == "done":
+                videos.finished[i] = payload
+                write_complete()  # writes it now if none of its frames await inference
+            else:  # failed
+                videos.drop(i)
+                failure = ExtractionFailure(items[i].path, payload, items[i].video_id)
+                write_failure(parts_dir, failure)
+                result.failed.append(failure)
+                if on_video:
+                    on_video(VideoDone(items[i], 0, failure))
+        if not stop.is_set():
+            run_batch()
+    finally:
+        stop.set()
+        decoder.join()
+    result.seconds = time.perf_counter() - started
+    return result

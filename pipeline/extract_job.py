@@ -1,0 +1,313 @@
+"""A whole stage-1 run: resolve the backbone, plan what is new, extract it, commit, report.
+
+Runs the tasks in-process by default or through a task runner (Dask, see
+:mod:`pipeline.parallel`). Whatever happens — success, a bad video, Ctrl-C, a crash — every
+video finished so far is committed into the store before this module returns or raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.contracts import (
+    FEATURE_DTYPES,
+    RESIZE_POLICIES,
+    ExtractionFailure,
+    ExtractorConfig,
+)
+from pipeline.errors import ConfigError
+from pipeline.extract import (
+    TaskResult,
+    VideoDone,
+    WorkItem,
+    backbone_for,
+    extract_items,
+    register_backbone,
+)
+from pipeline.identity import file_sha256, video_id_from_sha256
+from pipeline.store import StoreBuilder, open_store, write_alias, write_failure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """User-facing stage-1 settings (see ``vrnn extract --help``)."""
+
+    weights: str = "imagenet"
+    input_size: int = 224
+    resize: str = "crop"
+    fps: float | None = None
+    dtype: str = "float16"
+    batch_size: int = 32
+    mixed_precision: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values no extraction can use."""
+        from pipeline.backbone import check_input_size
+
+        check_input_size(self.input_size)
+        if self.resize not in RESIZE_POLICIES:
+            raise ConfigError(f"--resize must be one of {', '.join(RESIZE_POLICIES)}")
+        if self.dtype not in FEATURE_DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(FEATURE_DTYPES)}")
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(f"--fps must be > 0, got {self.fps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything a worker process needs to run :func:`run_task` (picklable, no h5py)."""
+
+    config: ExtractorConfig
+    weights_file: str
+    parts_dir: str
+    batch_size: int
+    mixed_precision: bool = False
+
+
+def run_task(spec: TaskSpec, items: Sequence[WorkItem]) -> TaskResult:
+    """Worker entry point: extract ``items`` into part files (backbone built once per process)."""
+    infer = backbone_for(spec.config, Path(spec.weights_file), mixed_precision=spec.mixed_precision)
+    return extract_items(
+        items,
+        config=spec.config,
+        infer=infer,
+        parts_dir=Path(spec.parts_dir),
+        batch_size=spec.batch_size,
+    )
+
+
+TaskRunner = Callable[[TaskSpec, list[list[WorkItem]], Callable[[TaskResult], None]], None]
+"""Runs task batches somewhere (e.g. Dask) and calls back with each result as it completes."""
+
+
+@dataclass
+class ExtractReport:
+    """Summary of one run; written as ``extract_report.json`` (a DVC metric)."""
+
+    store: str
+    extractor: dict
+    videos: int = 0
+    extracted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    frames_per_sec: float = 0.0
+    interrupted: bool = False
+    random_backbone: bool = False
+    failures: list[dict] = field(default_factory=list)
+    tool_version: str = __version__
+
+    def write(self, path: Path) -> None:
+        """Write the report as JSON, atomically."""
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def backbone_sidecar(store_path: Path) -> Path:
+    """Where the exact backbone weights of a store are saved (``<stem>.backbone.weights.h5``)."""
+    return store_path.with_name(f"{store_path.stem}.backbone.weights.h5")
+
+
+def _existing_identity(store_path: Path) -> str | None:
+    if store_path.exists():
+        with open_store(store_path) as store:
+            return store.config.weights
+    return None
+
+
+def resolve_extractor(store_path: Path, options: ExtractOptions) -> ExtractorConfig:
+    """Build (or reuse) the backbone, save its weights beside the store, return the config.
+
+    A store that already exists with the same weights identity reuses its saved weights,
+    so a seeded random backbone stays bit-identical across reruns and machines.
+    """
+    from pipeline.backbone import (
+        build_backbone,
+        fingerprint,
+        make_inference_fn,
+        parse_weights,
+        save_weights,
+    )
+
+    spec = parse_weights(options.weights)
+    sidecar = backbone_sidecar(store_path)
+    reuse = sidecar.exists() and _existing_identity(store_path) == spec.identity
+    model = build_backbone(
+        spec,
+        options.input_size,
+        weights_file=sidecar if reuse else None,
+        mixed_precision=options.mixed_precision,
+    )
+    config = ExtractorConfig(
+        weights=spec.identity,
+        weights_sha256=fingerprint(model),
+        input_size=options.input_size,
+        resize=options.resize,
+        fps=options.fps,
+        dtype=options.dtype,
+    )
+    if not reuse:
+        tmp = sidecar.with_name(f".{uuid.uuid4().hex}.weights.h5")
+        try:
+            save_weights(model, tmp)
+            os.replace(tmp, sidecar)
+        finally:
+            tmp.unlink(missing_ok=True)
+    register_backbone(config, make_inference_fn(model), options.mixed_precision)
+    return config
+
+
+@dataclass
+class Plan:
+    """What a run must do: new videos, already-stored ones, and files that cannot be read."""
+
+    todo: list[WorkItem] = field(default_factory=list)
+    skipped: int = 0
+    failures: list[ExtractionFailure] = field(default_factory=list)
+
+
+def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
+    """Decide per file: skip (content already stored or staged), extract, or fail now.
+
+    Files whose size and mtime match the store's path index are skipped without reading
+    them; others are hashed. A second path with the same content is recorded as an alias.
+    """
+    index, stored = {}, set()
+    if builder.path.exists():
+        with open_store(builder.path) as store:
+            index, stored = store.path_index, set(store.video_ids)
+    done = stored | builder.staged_ids()
+    plan, queued = Plan(), set()
+    for path in paths:
+        key = str(path)
+        if not path.exists() or path.is_dir():
+            why = "is a directory, not a video file" if path.is_dir() else "file not found"
+            plan.failures.append(ExtractionFailure(key, why))
+            continue
+        st = path.stat()
+        entry = index.get(key)
+        if entry and entry[0] in done and tuple(entry[1:]) == (st.st_size, st.st_mtime_ns):
+            plan.skipped += 1
+            continue
+        try:
+            sha = file_sha256(path)
+        except OSError as e:
+            plan.failures.append(ExtractionFailure(key, f"cannot read file ({e.strerror})"))
+            continue
+        video_id = video_id_from_sha256(sha)
+        if video_id in done or video_id in queued:
+            plan.skipped += 1
+            write_alias(builder.parts_dir, path, video_id)
+            continue
+        queued.add(video_id)
+        plan.todo.append(WorkItem(key, video_id, sha))
+    return plan
+
+
+def split_tasks(items: list[WorkItem], videos_per_task: int) -> list[list[WorkItem]]:
+    """Cut the work into tasks of a few videos (small enough that stragglers don't dominate)."""
+    return [items[i : i + videos_per_task] for i in range(0, len(items), videos_per_task)]
+
+
+def run_extraction(
+    paths: Sequence[Path],
+    store_path: Path,
+    options: ExtractOptions,
+    *,
+    runner: TaskRunner | None = None,
+    videos_per_task: int = 4,
+    on_video: Callable[[VideoDone], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    on_task: Callable[[TaskResult], None] = lambda result: None,
+    stop: threading.Event | None = None,
+) -> ExtractReport:
+    """Extract every video in ``paths`` that the store lacks, then commit the store.
+
+    Args:
+        paths: video files (absolute paths are recorded in the store's path index).
+        store_path: the ``.h5`` store to create or extend.
+        options: extraction settings; must match an existing store's.
+        runner: a task runner (Dask); None runs in this process.
+        videos_per_task: videos per runner task.
+        on_video: progress callback per finished video (in-process runs).
+        on_plan: called once with the plan, before any decoding.
+        on_task: progress callback per finished runner task.
+        stop: cooperative cancellation for in-process runs.
+
+    Returns:
+        the run's report (also written beside the store by the CLI).
+    """
+    options.validate()
+    started = time.perf_counter()
+    store_path = Path(store_path)
+    if not store_path.parent.is_dir():
+        raise ConfigError(f"output directory {store_path.parent} does not exist")
+    config = resolve_extractor(store_path, options)
+    report = ExtractReport(
+        store=str(store_path),
+        extractor=config.to_dict(),
+        videos=len(paths),
+        random_backbone=config.weights.startswith("random"),
+    )
+    with StoreBuilder(store_path, config) as builder:
+        plan = plan_extraction([Path(os.path.abspath(p)) for p in paths], builder)
+        report.skipped = plan.skipped
+        for failure in plan.failures:
+            write_failure(builder.parts_dir, failure)
+        if on_plan:
+            on_plan(plan)
+        extract_started = time.perf_counter()
+        try:
+            if runner is None or not plan.todo:
+                infer = backbone_for(
+                    config, backbone_sidecar(store_path), mixed_precision=options.mixed_precision
+                )
+                extract_items(
+                    plan.todo,
+                    config=config,
+                    infer=infer,
+                    parts_dir=builder.parts_dir,
+                    batch_size=options.batch_size,
+                    stop=stop,
+                    on_video=on_video,
+                )
+            else:
+                spec = TaskSpec(
+                    config,
+                    str(backbone_sidecar(store_path)),
+                    str(builder.parts_dir),
+                    options.batch_size,
+                    options.mixed_precision,
+                )
+                runner(spec, split_tasks(plan.todo, videos_per_task), on_task)
+        except KeyboardInterrupt:
+            report.interrupted = True
+            raise
+        finally:
+            # Commit whatever finished, on success and on every way out.
+            summary = builder.commit()
+            builder.discard_staging()
+            report.extracted = summary.added
+            report.frames = summary.frames_added
+            report.failed = len(summary.failures)
+            report.failures = [asdict(f) for f in summary.failures]
+            now = time.perf_counter()
+            report.seconds = round(now - started, 3)
+            if summary.frames_added:
+                report.frames_per_sec = round(summary.frames_added / (now - extract_started), 1)
+    return report

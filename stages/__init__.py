@@ -1,0 +1,1 @@
+"""Thin CLI entry points, one module per pipeline stage, composed by :mod:`stages.cli`."""
