@@ -240,6 +240,8 @@ def make_inference_fn(model, *, jit: bool = False):
     def infer(frames):
         return model(frames, training=False)
 
+    infer(np.zeros((1, size, size, 3), np.uint8))  # trace now, not inside the first batch
+
     def run(frames: np.ndarray) -> np.ndarray:
         out = infer(frames).numpy()
         if out.shape[1:] != (FEATURE_DIM,):

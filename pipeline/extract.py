@@ -64,10 +64,12 @@ _BACKBONES: dict[tuple[str, int, bool], Callable[[np.ndarray], np.ndarray]] = {}
 _BACKBONES_LOCK = threading.Lock()
 
 
-def register_backbone(config: ExtractorConfig, infer: Callable, mixed_precision: bool) -> None:
+def register_backbone(
+    weights_sha256: str, input_size: int, mixed_precision: bool, infer: Callable
+) -> None:
     """Make an already built inference function reusable by :func:`backbone_for`."""
     with _BACKBONES_LOCK:
-        _BACKBONES[(config.weights_sha256, config.input_size, mixed_precision)] = infer
+        _BACKBONES[(weights_sha256, input_size, mixed_precision)] = infer
 
 
 def backbone_for(

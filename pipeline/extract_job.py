@@ -34,7 +34,13 @@ from pipeline.extract import (
     register_backbone,
 )
 from pipeline.identity import file_sha256, video_id_from_sha256
-from pipeline.store import StoreBuilder, open_store, write_alias, write_failure
+from pipeline.store import (
+    StoreBuilder,
+    open_store,
+    parts_dir_for,
+    write_alias,
+    write_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,53 +129,59 @@ def backbone_sidecar(store_path: Path) -> Path:
     return store_path.with_name(f"{store_path.stem}.backbone.weights.h5")
 
 
-def _existing_identity(store_path: Path) -> str | None:
+def _existing_config(store_path: Path) -> ExtractorConfig | None:
+    """Extractor of the committed store, else of its uncommitted parts, else None."""
     if store_path.exists():
         with open_store(store_path) as store:
-            return store.config.weights
+            return store.config
+    staged = parts_dir_for(store_path) / "config.json"
+    if staged.exists():
+        return ExtractorConfig.from_dict(json.loads(staged.read_text()))
     return None
 
 
 def resolve_extractor(store_path: Path, options: ExtractOptions) -> ExtractorConfig:
-    """Build (or reuse) the backbone, save its weights beside the store, return the config.
+    """The extractor config for this run; builds the backbone only when it is new.
 
-    A store that already exists with the same weights identity reuses its saved weights,
-    so a seeded random backbone stays bit-identical across reruns and machines.
+    A store (or staged run) that already exists with the same weights identity keeps its
+    saved weights, so a seeded random backbone stays bit-identical across reruns and
+    machines, and a rerun with nothing to do never builds a model (``backbone_for``
+    loads the saved weights and checks their sha256 when there is work).
     """
-    from pipeline.backbone import (
-        build_backbone,
-        fingerprint,
-        make_inference_fn,
-        parse_weights,
-        save_weights,
-    )
+    from pipeline.backbone import parse_weights
 
     spec = parse_weights(options.weights)
     sidecar = backbone_sidecar(store_path)
-    reuse = sidecar.exists() and _existing_identity(store_path) == spec.identity
-    model = build_backbone(
-        spec,
-        options.input_size,
-        weights_file=sidecar if reuse else None,
-        mixed_precision=options.mixed_precision,
-    )
-    config = ExtractorConfig(
+    existing = _existing_config(store_path)
+    if existing is not None and existing.weights == spec.identity and sidecar.exists():
+        sha256 = existing.weights_sha256
+    else:
+        sha256 = _build_and_save(spec, options, sidecar)
+    return ExtractorConfig(
         weights=spec.identity,
-        weights_sha256=fingerprint(model),
+        weights_sha256=sha256,
         input_size=options.input_size,
         resize=options.resize,
         fps=options.fps,
         dtype=options.dtype,
     )
-    if not reuse:
-        tmp = sidecar.with_name(f".{uuid.uuid4().hex}.weights.h5")
-        try:
-            save_weights(model, tmp)
-            os.replace(tmp, sidecar)
-        finally:
-            tmp.unlink(missing_ok=True)
-    register_backbone(config, make_inference_fn(model), options.mixed_precision)
-    return config
+
+
+def _build_and_save(spec, options: ExtractOptions, sidecar: Path) -> str:
+    """Build the backbone from ``spec``, save its weights to ``sidecar``, return the sha256."""
+    from pipeline.backbone import build_backbone, fingerprint, make_inference_fn, save_weights
+
+    model = build_backbone(spec, options.input_size, mixed_precision=options.mixed_precision)
+    sha256 = fingerprint(model)
+    tmp = sidecar.with_name(f".{uuid.uuid4().hex}.weights.h5")
+    try:
+        save_weights(model, tmp)
+        os.replace(tmp, sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
+    infer = make_inference_fn(model)
+    register_backbone(sha256, options.input_size, options.mixed_precision, infer)
+    return sha256
 
 
 @dataclass
@@ -273,7 +285,7 @@ def run_extraction(
             on_plan(plan)
         extract_started = time.perf_counter()
         try:
-            if runner is None or not plan.todo:
+            if plan.todo and runner is None:
                 infer = backbone_for(
                     config, backbone_sidecar(store_path), mixed_precision=options.mixed_precision
                 )
@@ -286,7 +298,7 @@ def run_extraction(
                     stop=stop,
                     on_video=on_video,
                 )
-            else:
+            elif plan.todo:
                 spec = TaskSpec(
                     config,
                     str(backbone_sidecar(store_path)),

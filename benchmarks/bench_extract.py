@@ -1,0 +1,170 @@
+"""Stage-1 throughput: pure backbone forward vs end-to-end ``extract``, side by side.
+
+Run:  python benchmarks/bench_extract.py [--sizes 224,112,64] [--weights random|PATH]
+
+For each input size, in one process and alternating so machine noise hits both alike:
+  * backbone fr/s — the same compiled inference function on batches of random uint8 frames;
+  * extract fr/s  — ``run_extraction`` on real encoded files (decode, resize, infer, write);
+  * ratio = extract / backbone (targets: ≥ 0.90 at 224 and 112, ≥ 0.80 at 64).
+Then: rerun time on the unchanged dataset as a fraction of the full run, stored bytes per
+frame, and peak RSS of a subprocess extracting one long 320×240 video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.extract import backbone_for
+from pipeline.extract_job import ExtractOptions, backbone_sidecar, run_extraction
+from pipeline.sample_data import write_video
+from pipeline.store import open_store
+
+
+def make_videos(root: Path, count: int, frames: int) -> list[Path]:
+    """Real H.264/MPEG-4/VP9/MJPEG files, 320×240, smooth moving content."""
+    suffixes = [".mp4", ".avi", ".webm", ".mkv"]
+    ys, xs = np.mgrid[0:240, 0:320]
+    paths = []
+    for i in range(count):
+        t = np.arange(frames)[:, None, None]
+        red = (128 + 100 * np.sin((xs + 4 * t + 30 * i) / 40)).astype(np.uint8)
+        green = (128 + 100 * np.cos((ys - 3 * t) / 25)).astype(np.uint8)
+        blue = np.broadcast_to(((xs + ys + 2 * t) % 256).astype(np.uint8), red.shape)
+        video = np.stack([red, green, blue], axis=-1)
+        paths.append(write_video(root / f"v{i}{suffixes[i % 4]}", video, fps=25))
+    return paths
+
+
+def pure_backbone_fps(infer, size: int, batch: int, frames: int) -> float:
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    infer(data)  # warm
+    started = time.perf_counter()
+    for _ in range(max(1, frames // batch)):
+        infer(data)
+    return (frames // batch) * batch / (time.perf_counter() - started)
+
+
+def extract_once(videos: list[Path], store: Path, options: ExtractOptions):
+    for stale in store.parent.glob(store.stem + "*"):
+        stale.unlink()
+    return run_extraction(videos, store, options)
+
+
+def long_video_rss(minutes: float, size: int, weights: str, root: Path) -> tuple[float, int]:
+    """Peak RSS (GB) of a child process extracting one ``minutes``-long 320×240 video."""
+    frames = int(minutes * 60 * 30)
+    path = root / "long.mp4"
+    ys, xs = np.mgrid[0:240, 0:320]
+    chunk = 300
+    import av
+
+    with av.open(str(path), "w") as container:  # streamed: never holds the video in memory
+        stream = container.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for start in range(0, frames, chunk):
+            t = np.arange(start, min(start + chunk, frames))[:, None, None]
+            gray = ((xs + ys + 3 * t) % 256).astype(np.uint8)
+            for image in np.stack([gray, gray[:, ::-1], gray], axis=-1):
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    code = (
+        "import resource, sys; from pathlib import Path;"
+        "from pipeline.extract_job import ExtractOptions, run_extraction;"
+        f"r = run_extraction([Path({str(path)!r})], Path({str(root / 'long.h5')!r}),"
+        f" ExtractOptions(weights={weights!r}, input_size={size}));"
+        "print(r.frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done, rss_kb = map(int, out.stdout.split()[-2:])
+    return rss_kb / 1e6, done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="224,112,64")
+    parser.add_argument("--weights", default="random")
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=150, help="frames per video")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--long-minutes", type=float, default=20.0)
+    parser.add_argument("--long-size", type=int, default=112)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bench_extract_"))
+    try:
+        videos = make_videos(root, args.videos, args.frames)
+        total = args.videos * args.frames
+        print(
+            f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"python {platform.python_version()}; {args.videos} videos × {args.frames} frames "
+            f"(320×240, 4 codecs), batch {args.batch_size}, weights {args.weights}"
+        )
+        print(
+            f"{'size':>5} {'backbone fr/s':>14} {'extract fr/s':>13} {'ratio':>6} "
+            f"{'rerun/full':>11} {'bytes/frame':>12}"
+        )
+        results = {}
+        for size in [int(s) for s in args.sizes.split(",")]:
+            options = ExtractOptions(
+                weights=args.weights, input_size=size, batch_size=args.batch_size
+            )
+            store = root / f"s{size}" / "features.h5"
+            store.parent.mkdir()
+            pure, e2e, full_seconds = [], [], []
+            for _ in range(args.repeats):
+                report = extract_once(videos, store, options)
+                assert report.frames == total, report
+                e2e.append(report.frames_per_sec)
+                full_seconds.append(report.seconds)
+                with open_store(store) as s:
+                    infer = backbone_for(s.config, backbone_sidecar(store))
+                pure.append(pure_backbone_fps(infer, size, args.batch_size, total))
+            started = time.perf_counter()
+            rerun = run_extraction(videos, store, options)
+            rerun_seconds = time.perf_counter() - started
+            assert rerun.extracted == 0
+            frames_bytes = store.stat().st_size / total
+            ratio = max(e2e) / max(pure)
+            rerun_frac = rerun_seconds / min(full_seconds)
+            print(
+                f"{size:>5} {max(pure):>14.0f} {max(e2e):>13.0f} {ratio:>6.2f} "
+                f"{rerun_frac:>10.1%} {frames_bytes:>12.0f}"
+            )
+            results[size] = {
+                "backbone_fps": max(pure),
+                "extract_fps": max(e2e),
+                "ratio": ratio,
+                "rerun_fraction": rerun_frac,
+                "bytes_per_frame": frames_bytes,
+            }
+        if args.long_minutes > 0:
+            rss_gb, frames = long_video_rss(args.long_minutes, args.long_size, args.weights, root)
+            print(
+                f"peak RSS extracting one {args.long_minutes:g}-min 320×240 video "
+                f"({frames} frames, input {args.long_size}): {rss_gb:.2f} GB"
+            )
+            results["long_video"] = {
+                "minutes": args.long_minutes,
+                "rss_gb": rss_gb,
+                "frames": frames,
+            }
+        print(json.dumps(results))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
