@@ -191,9 +191,7 @@ def build_backbone(
         keras.utils.set_random_seed(spec.seed)
         core = _mobilenet(input_size)
         _calibrate_batchnorm(core, spec.seed, input_size)
-        log.warning(
-            "using a RANDOM backbone (%s): features are not ImageNet features", spec.identity
-        )
+        log.info("using a RANDOM backbone (%s): features are not ImageNet features", spec.identity)
         return _wrap(core, input_size)
     if weights_file is None:
         weights_file = imagenet_weights_file(input_size) if spec.kind == "imagenet" else spec.path

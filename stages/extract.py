@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +36,21 @@ def _progress() -> Progress:
     )
 
 
+def _runner(
+    workers: int | None, scheduler: str | None, threads_per_worker: int | None, timeout: float
+) -> AbstractContextManager:
+    """A started Dask runner for ``--workers``/``--scheduler``, else ``None`` (in-process)."""
+    if workers is not None and scheduler is not None:
+        raise typer.BadParameter("use either --workers or --scheduler, not both")
+    if workers is None and scheduler is None:
+        if threads_per_worker is not None:
+            raise typer.BadParameter("--threads-per-worker needs --workers or --scheduler")
+        return nullcontext(None)
+    from pipeline.parallel import ClusterOptions, DaskRunner  # imports Dask only when used
+
+    return DaskRunner(ClusterOptions(workers, scheduler, threads_per_worker, timeout))
+
+
 def command(
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV (path,label,group,split).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Feature store (.h5).")],
@@ -46,11 +62,15 @@ def command(
         ),
     ] = "imagenet",
     input_size: Annotated[int, typer.Option(help="Backbone input side, pixels.")] = 224,
-    resize: Annotated[str, typer.Option(help="crop (centre-crop, keep aspect) or squash.")] = "crop",
+    resize: Annotated[
+        str, typer.Option(help="crop (centre-crop, keep aspect) or squash.")
+    ] = "crop",
     fps: Annotated[
         float | None, typer.Option(help="Sample this many frames/s (default: every frame).")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = "float16",
+    dtype: Annotated[
+        str, typer.Option(help="Stored feature dtype: float16 or float32.")
+    ] = "float16",
     batch_size: Annotated[int, typer.Option(help="Frames per backbone batch.")] = 32,
     mixed_precision: Annotated[
         bool, typer.Option(help="float16 compute (for GPUs with tensor cores).")
@@ -61,6 +81,29 @@ def command(
     report: Annotated[
         Path | None, typer.Option(help="Report JSON (default: extract_report.json beside -o).")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Run on a local Dask cluster of this many worker processes."),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on a running dask.distributed cluster (tcp://HOST:PORT); workers need "
+            "the output directory and the videos on a shared filesystem."
+        ),
+    ] = None,
+    threads_per_worker: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="TensorFlow threads per worker (default with --workers: cores ÷ workers)."
+        ),
+    ] = None,
+    connect_timeout: Annotated[
+        float, typer.Option(help="Seconds to try reaching --scheduler.")
+    ] = 10.0,
+    videos_per_task: Annotated[
+        int, typer.Option(min=1, help="Videos per Dask task (with --workers/--scheduler).")
+    ] = 4,
 ) -> None:
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
     from pipeline.extract_job import ExtractOptions, run_extraction
@@ -72,32 +115,38 @@ def command(
             f"[bold yellow]warning:[/] --weights {weights}: a seeded RANDOM backbone, not "
             "ImageNet features (fine for smoke runs and tests, not for real models)"
         )
-    with _progress() as bar:
-        task = bar.add_task("extract", total=None, rate="-")
-        frames = [0]
-
-        def on_plan(plan) -> None:
-            bar.update(task, total=len(plan.todo))
-
-        def on_video(done) -> None:
-            frames[0] += done.frames
-            elapsed = bar.tasks[task].elapsed or 1e-9
-            bar.update(task, advance=1, rate=f"{frames[0] / elapsed:.0f}")
-
-        try:
-            result = run_extraction(
-                [r.path for r in records],
-                output,
-                options,
-                on_plan=on_plan,
-                on_video=on_video,
-            )
-        except KeyboardInterrupt:
+    options.validate()  # before connecting to a cluster: bad options fail fast
+    with _runner(workers, scheduler, threads_per_worker, connect_timeout) as runner:
+        if runner is not None:
             console.print(
-                "[bold red]interrupted:[/] finished videos were committed to "
-                f"{output}; rerun the same command to resume"
+                f"[bold]dask:[/] {runner.info.describe()}", highlight=False, soft_wrap=True
             )
-            raise typer.Exit(130) from None
+        with _progress() as bar:
+            task = bar.add_task("extract", total=None, rate="-")
+            frames = [0]
+
+            def advance(videos: int, new_frames: int) -> None:
+                frames[0] += new_frames
+                elapsed = bar.tasks[task].elapsed or 1e-9
+                bar.update(task, advance=videos, rate=f"{frames[0] / elapsed:.0f}")
+
+            try:
+                result = run_extraction(
+                    [r.path for r in records],
+                    output,
+                    options,
+                    runner=runner,
+                    videos_per_task=videos_per_task,
+                    on_plan=lambda plan: bar.update(task, total=len(plan.todo)),
+                    on_video=lambda done: advance(1, done.frames),
+                    on_task=lambda done: advance(len(done.ok) + len(done.failed), done.frames),
+                )
+            except KeyboardInterrupt:
+                console.print(
+                    "[bold red]interrupted:[/] finished videos were committed to "
+                    f"{output}; rerun the same command to resume"
+                )
+                raise typer.Exit(130) from None
     result.write(report or output.with_name("extract_report.json"))
     typer.echo(
         f"extracted {result.extracted}, skipped {result.skipped} (already stored), "

@@ -1,0 +1,75 @@
+"""The ``vrnn`` Typer app: composes one command per stage and owns the error boundary.
+
+A :class:`~pipeline.errors.PipelineError` becomes one red line on stderr and exit status 1;
+any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from pipeline import __version__
+from pipeline.errors import PipelineError
+from stages import extract, index, sample_data
+
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise for CLI users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+app = typer.Typer(
+    name="vrnn",
+    help="Video classification: cache frozen MobileNetV2 features, train light RNN heads.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+
+def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PipelineError as e:
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vrnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """Video classification: cache frozen MobileNetV2 features, train light RNN heads."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+for _name, _command in [
+    ("sample-data", sample_data.command),
+    ("index", index.command),
+    ("extract", extract.command),
+]:
+    app.command(_name)(_one_line_errors(_command))

@@ -1,0 +1,47 @@
+"""``vrnn index``: folder tree, UCF101 lists or CSV → manifest CSV (path,label,group,split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.dataset import SplitFractions, index_source, write_manifest
+
+
+def command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Class-per-folder tree (SOURCE/<label>/<videos>), the UCF101 video root "
+            "(with --ucf101-lists), or a CSV with columns path,label[,group,split]."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Manifest CSV to write.")],
+    ucf101_lists: Annotated[
+        Path | None,
+        typer.Option(help="Folder with classInd.txt, trainlist0N.txt and testlist0N.txt."),
+    ] = None,
+    split_id: Annotated[int, typer.Option(help="UCF101 official split: 1, 2 or 3.")] = 1,
+    val_frac: Annotated[
+        float, typer.Option(help="Share of groups for val, where the source gives no split.")
+    ] = 0.15,
+    test_frac: Annotated[
+        float,
+        typer.Option(
+            help="Share of groups for test, where the source gives no split "
+            "(ignored with --ucf101-lists: the test list is the test split)."
+        ),
+    ] = 0.15,
+) -> None:
+    """Index a video collection into a manifest, with a deterministic group-aware split."""
+    fractions = SplitFractions.from_holdout(val=val_frac, test=test_frac)
+    result = index_source(source, ucf101_lists=ucf101_lists, split_id=split_id, fractions=fractions)
+    write_manifest(result.records, output)
+    splits = ", ".join(f"{name} {count}" for name, count in result.split_counts().items())
+    skipped = f"; skipped {result.skipped} non-video files" if result.skipped else ""
+    typer.echo(
+        f"indexed {len(result.records)} videos in {len(result.labels)} labels "
+        f"({splits}){skipped} → {output}"
+    )

@@ -1,0 +1,106 @@
+"""Shared fixtures: the default synthetic dataset (built once per session) and a video writer.
+
+* ``sample_dataset`` (session): :func:`pipeline.sample_data.generate` with its defaults into a
+  temporary folder; a :class:`SampleDataset` with ``root``, ``files`` and ``labels``. Read-only:
+  copy files elsewhere before changing them.
+* ``sample_manifest`` (session): ``manifest.csv`` indexing ``sample_dataset`` (default split),
+  written beside its root.
+* ``make_video`` (per test): a factory writing one small real video file into ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.dataset import index_folder, write_manifest
+from pipeline.sample_data import generate, write_video
+
+
+@dataclass(frozen=True)
+class SampleDataset:
+    """The default sample dataset on disk.
+
+    Attributes:
+        root: dataset folder (``root/<label>/v_<label>_g<NN>_c<MM>.<ext>``).
+        files: every video written, class by class in catalogue order.
+        labels: class labels in catalogue order.
+    """
+
+    root: Path
+    files: tuple[Path, ...]
+    labels: tuple[str, ...]
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> SampleDataset:
+    """The default sample dataset (6 classes × 12 clips, seed 0), generated once per session."""
+    root = tmp_path_factory.mktemp("sample_dataset") / "videos"
+    files = generate(root)
+    labels = tuple(dict.fromkeys(path.parent.name for path in files))
+    return SampleDataset(root=root, files=tuple(files), labels=labels)
+
+
+@pytest.fixture(scope="session")
+def sample_manifest(sample_dataset: SampleDataset) -> Path:
+    """``manifest.csv`` for ``sample_dataset`` with the default group-aware split."""
+    path = sample_dataset.root.parent / "manifest.csv"
+    return write_manifest(index_folder(sample_dataset.root).records, path)
+
+
+def moving_square(n_frames: int, width: int, height: int) -> np.ndarray:
+    """A bright square sliding right over a dark gradient: ``[T, H, W, 3]`` uint8 RGB.
+
+    The square moves at least one pixel per frame (wrapping around), so frame-order mistakes
+    show.
+    """
+    side = max(2, min(width, height) // 4)
+    xs = np.arange(width)
+    left = (np.arange(n_frames) * max(1, (width - side) // max(n_frames - 1, 1))) % max(
+        width - side, 1
+    )
+    rows = np.zeros(height, dtype=bool)
+    rows[(height - side) // 2 : (height - side) // 2 + side] = True
+    cols = (xs >= left[:, None]) & (xs < left[:, None] + side)  # [T, W]
+    inside = rows[None, :, None] & cols[:, None, :]  # [T, H, W]
+    background = np.broadcast_to((40 + 60 * xs / max(width - 1, 1))[:, None], (width, 3))
+    frames = np.where(inside[..., None], np.array([230, 200, 60]), background[None, None])
+    return frames.astype(np.uint8)
+
+
+VideoFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_video(tmp_path: Path) -> VideoFactory:
+    """Factory writing a small real video into ``tmp_path``; returns the file's path.
+
+    ``make_video(name="clip.mp4", *, n_frames=8, width=64, height=48, fps=10, codec=None,
+    pix_fmt=None, frames=None)``. The suffix of ``name`` picks the container; ``codec``
+    defaults to the sample dataset's codec for it (.mp4 H.264, .avi MPEG-4, .webm VP9,
+    .mkv MJPEG); ``frames`` (``[T, H, W, 3]`` uint8, even H and W) overrides the default
+    :func:`moving_square` content. ``name`` may contain folders (created as needed).
+    """
+
+    def make(
+        name: str = "clip.mp4",
+        *,
+        n_frames: int = 8,
+        width: int = 64,
+        height: int = 48,
+        fps: int = 10,
+        codec: str | None = None,
+        pix_fmt: str | None = None,
+        frames: np.ndarray | None = None,
+    ) -> Path:
+        if frames is None:
+            frames = moving_square(n_frames, width, height)
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_video(path, frames, fps=fps, codec=codec, pix_fmt=pix_fmt)
+
+    return make
