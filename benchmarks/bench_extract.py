@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.extract import backbone_for
-from pipeline.extract_job import ExtractOptions, backbone_sidecar, run_extraction
+from pipeline.extract_job import ExtractOptions, run_extraction
 from pipeline.sample_data import write_video
-from pipeline.store import open_store
+from pipeline.store import backbone_sidecar, open_store
 
 
 def make_videos(root: Path, count: int, frames: int) -> list[Path]:

@@ -334,6 +334,33 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def find_videos(root: Path) -> list[Path]:
+    """Every entry under ``root`` with a video extension, sorted, hidden entries skipped.
+
+    Entries are returned as found (a directory or broken link named ``x.mp4`` included), so
+    that whoever reads them can report why they are not videos instead of dropping them.
+    """
+    root = _abspath(Path(root))
+    return [p for p in sorted(root.rglob("*")) if is_video_path(p) and not _is_hidden(p, root)]
+
+
+def source_videos(source: Path) -> list[Path]:
+    """Video paths named by a manifest CSV, or found under a folder (duplicates removed).
+
+    Raises:
+        ManifestError: missing source, unreadable manifest, or a folder without videos.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = find_videos(source)
+        if not paths:
+            raise ManifestError(f"{source}: no video files in this folder")
+        return paths
+    if not source.exists():
+        raise ManifestError(f"{source}: no such manifest or folder")
+    return list(dict.fromkeys(record.path for record in read_manifest(source)))
+
+
 def index_folder(root: Path, fractions: SplitFractions = SplitFractions()) -> IndexResult:
     """Index a class-per-folder tree ``root/<label>/**/<video files>``.
 

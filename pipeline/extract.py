@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,38 +192,32 @@ class _Assembler:
         return videos
 
 
-def extract_items(
+def iter_features(
     items: Sequence[WorkItem],
     *,
     config: ExtractorConfig,
     infer: Callable[[np.ndarray], np.ndarray],
-    parts_dir: Path,
     batch_size: int = 32,
     stop: threading.Event | None = None,
-    on_video: Callable[[VideoDone], None] | None = None,
-) -> TaskResult:
-    """Extract ``items`` into part files under ``parts_dir``.
+) -> Iterator[tuple[int, VideoFeatures | ExtractionFailure]]:
+    """Decode and embed ``items``, yielding each video as soon as it is complete.
 
-    Decoding runs in a background thread, inference in this one. A video that fails to
-    decode is recorded as a failure part and the rest continue. Setting ``stop`` ends the
-    run after the current batch; videos not yet written are simply not there (a rerun
-    does them).
+    Decoding runs in a background thread, inference in the caller's. Batches of
+    ``batch_size`` frames span video boundaries, so results arrive in item order except
+    that a failed video is reported as soon as its decoder gives up. Setting ``stop`` (or
+    closing the generator) ends the run after the current batch.
 
     Args:
         items: the videos, with ids already computed.
         config: the extractor configuration (input size, resize, sampling, dtype).
         infer: uint8 ``[B, S, S, 3]`` → float32 ``[B, 1280]`` (see ``backbone_for``).
-        parts_dir: the store's staging directory.
-        batch_size: frames per backbone call; batches span video boundaries.
+        batch_size: frames per backbone call.
         stop: cooperative cancellation.
-        on_video: called after each video is written or recorded as failed.
 
-    Returns:
-        ids written, failures, frames extracted and wall seconds.
+    Yields:
+        ``(index into items, VideoFeatures)`` or ``(index, ExtractionFailure)``.
     """
-    started = time.perf_counter()
     stop = stop or threading.Event()
-    result = TaskResult()
     chunks: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
     decoder = threading.Thread(
         target=_decode_into, args=(items, config, chunks, stop), name="vrnn-decode", daemon=True
@@ -245,15 +239,6 @@ def extract_items(
                 start += count
         owners.clear()
         filled = 0
-        write_complete()
-
-    def write_complete() -> None:
-        for i, vf in videos.complete():
-            write_part(parts_dir, config, vf)
-            result.ok.append(vf.video_id)
-            result.frames += len(vf.features)
-            if on_video:
-                on_video(VideoDone(items[i], len(vf.features)))
 
     decoder.start()
     try:
@@ -275,20 +260,63 @@ def extract_items(
                     offset += take
                     if filled == batch_size:
                         run_batch()
+                        yield from videos.complete()
             elif kind == "done":
                 videos.finished[i] = payload
-                write_complete()  # writes it now if none of its frames await inference
+                yield from videos.complete()  # now, if none of its frames await inference
             else:  # failed
                 videos.drop(i)
-                failure = ExtractionFailure(items[i].path, payload, items[i].video_id)
-                write_failure(parts_dir, failure)
-                result.failed.append(failure)
-                if on_video:
-                    on_video(VideoDone(items[i], 0, failure))
+                yield i, ExtractionFailure(items[i].path, payload, items[i].video_id)
         if not stop.is_set():
             run_batch()
+            yield from videos.complete()
     finally:
         stop.set()
         decoder.join()
+
+
+def extract_items(
+    items: Sequence[WorkItem],
+    *,
+    config: ExtractorConfig,
+    infer: Callable[[np.ndarray], np.ndarray],
+    parts_dir: Path,
+    batch_size: int = 32,
+    stop: threading.Event | None = None,
+    on_video: Callable[[VideoDone], None] | None = None,
+) -> TaskResult:
+    """Extract ``items`` into part files under ``parts_dir`` (see :func:`iter_features`).
+
+    A video that fails to decode is recorded as a failure part and the rest continue;
+    videos not yet written when ``stop`` is set are simply not there (a rerun does them).
+
+    Args:
+        items: the videos, with ids already computed.
+        config: the extractor configuration.
+        infer: the backbone's inference function.
+        parts_dir: the store's staging directory.
+        batch_size: frames per backbone call; batches span video boundaries.
+        stop: cooperative cancellation.
+        on_video: called after each video is written or recorded as failed.
+
+    Returns:
+        ids written, failures, frames extracted and wall seconds.
+    """
+    started = time.perf_counter()
+    result = TaskResult()
+    for i, outcome in iter_features(
+        items, config=config, infer=infer, batch_size=batch_size, stop=stop
+    ):
+        if isinstance(outcome, ExtractionFailure):
+            write_failure(parts_dir, outcome)
+            result.failed.append(outcome)
+            done = VideoDone(items[i], 0, outcome)
+        else:
+            write_part(parts_dir, config, outcome)
+            result.ok.append(outcome.video_id)
+            result.frames += len(outcome.features)
+            done = VideoDone(items[i], len(outcome.features))
+        if on_video:
+            on_video(done)
     result.seconds = time.perf_counter() - started
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from pipeline.contracts import (
     ExtractionFailure,
     ExtractorConfig,
 )
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StoreError
 from pipeline.extract import (
     TaskResult,
     VideoDone,
@@ -36,8 +37,12 @@ from pipeline.extract import (
 from pipeline.identity import file_sha256, video_id_from_sha256
 from pipeline.store import (
     StoreBuilder,
+    backbone_sidecar,
+    discard,
     open_store,
+    os_reason,
     parts_dir_for,
+    require_free_space,
     write_alias,
     write_failure,
 )
@@ -118,15 +123,11 @@ class ExtractReport:
     tool_version: str = __version__
 
     def write(self, path: Path) -> None:
-        """Write the report as JSON, atomically."""
+        """Write the report as JSON, atomically (creating its directory)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
         os.replace(tmp, path)
-
-
-def backbone_sidecar(store_path: Path) -> Path:
-    """Where the exact backbone weights of a store are saved (``<stem>.backbone.weights.h5``)."""
-    return store_path.with_name(f"{store_path.stem}.backbone.weights.h5")
 
 
 def _existing_config(store_path: Path) -> ExtractorConfig | None:
@@ -174,11 +175,16 @@ def _build_and_save(spec, options: ExtractOptions, sidecar: Path) -> str:
     model = build_backbone(spec, options.input_size, mixed_precision=options.mixed_precision)
     sha256 = fingerprint(model)
     tmp = sidecar.with_name(f".{uuid.uuid4().hex}.weights.h5")
+    # HDF5 may crash instead of raising on a full disk (see require_free_space).
+    weight_bytes = 4 * sum(math.prod(w.shape) for w in model.weights)
+    require_free_space(sidecar.parent, weight_bytes + 2**20, f"the backbone weights {sidecar}")
     try:
         save_weights(model, tmp)
         os.replace(tmp, sidecar)
+    except OSError as e:
+        raise StoreError(f"cannot write the backbone weights {sidecar}: {os_reason(e)}") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     infer = make_inference_fn(model)
     register_backbone(sha256, options.input_size, options.mixed_precision, infer)
     return sha256
@@ -267,8 +273,12 @@ def run_extraction(
     options.validate()
     started = time.perf_counter()
     store_path = Path(store_path)
-    if not store_path.parent.is_dir():
-        raise ConfigError(f"output directory {store_path.parent} does not exist")
+    try:
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create output directory {store_path.parent}: {e.strerror}"
+        ) from e
     config = resolve_extractor(store_path, options)
     report = ExtractReport(
         store=str(store_path),

@@ -10,8 +10,12 @@ in flight.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import functools
+import glob
 import hashlib
+import io
 import json
 import logging
 import os
@@ -46,6 +50,11 @@ def parts_dir_for(store_path: Path) -> Path:
     return store_path.with_name(store_path.name + ".parts")
 
 
+def backbone_sidecar(store_path: Path) -> Path:
+    """Where the exact backbone weights of a store are saved (``<stem>.backbone.weights.h5``)."""
+    return store_path.with_name(f"{store_path.stem}.backbone.weights.h5")
+
+
 def _lock_path_for(store_path: Path) -> Path:
     return store_path.with_name(store_path.name + ".lock")
 
@@ -71,13 +80,60 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_json(path: Path, payload: dict) -> None:
+def os_reason(e: OSError) -> str:
+    """The short reason of an OSError ("No space left on device"), also for h5py's."""
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
+def discard(path: Path) -> None:
+    """Remove a temporary file if it is there (a read-only file system refuses even that)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def _write_error(path: Path, e: OSError) -> StoreError:
+    """A one-line StoreError for a failed write (disk full, read-only, permissions)."""
+    return StoreError(f"cannot write {path}: {os_reason(e)}")
+
+
+def require_free_space(directory: Path, nbytes: int, what: str, remedy: str = "") -> None:
+    """Raise :class:`StoreError` unless ``directory``'s file system has ``nbytes`` free.
+
+    HDF5 can crash the process (h5py issue #914) instead of raising when the disk fills up
+    mid-write, so large HDF5 writes check first and fail with a readable message.
+    """
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return  # cannot tell: let the write itself report
+    if st.f_flag & os.ST_RDONLY:
+        raise StoreError(f"cannot write {what} in {directory}: {os.strerror(errno.EROFS)}")
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes:
+        raise StoreError(
+            f"not enough free space in {directory} to write {what}: needs about "
+            f"{nbytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free"
+            + (f"; {remedy}" if remedy else "")
+        )
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp name, fsync, rename); StoreError on failure."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    finally:
+        discard(tmp)
+
+
+def _atomic_json(path: Path, payload: dict) -> None:
+    _atomic_bytes(path, json.dumps(payload).encode())
 
 
 # --------------------------------------------------------------------------- writing
@@ -116,19 +172,19 @@ def write_part(parts_dir: Path, config: ExtractorConfig, vf: VideoFeatures) -> P
     Safe to call from any process: each part has its own file and a unique temp name.
     """
     final = parts_dir / f"{vf.video_id}.h5"
-    tmp = parts_dir / f".{vf.video_id}.{uuid.uuid4().hex}.tmp"
-    size, mtime_ns = _file_stat(Path(vf.info.path))
     try:
-        with h5py.File(tmp, "w") as f:
-            _write_config_attrs(f, config)
-            _write_video(f.create_group(VIDEOS), vf, config.dtype)
-            f.attrs["source_size"] = size
-            f.attrs["source_mtime_ns"] = mtime_ns
-            f.flush()
-            os.fsync(f.id.get_vfd_handle())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+        size, mtime_ns = _file_stat(Path(vf.info.path))
+    except OSError:  # source deleted mid-run: an index entry that never matches, so rehash
+        size, mtime_ns = -1, -1
+    # Built in memory, written with plain file I/O: a full disk is then a clean OSError,
+    # not an HDF5 crash (h5py issue #914).
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        _write_config_attrs(f, config)
+        _write_video(f.create_group(VIDEOS), vf, config.dtype)
+        f.attrs["source_size"] = size
+        f.attrs["source_mtime_ns"] = mtime_ns
+    _atomic_bytes(final, image.getvalue())
     return final
 
 
@@ -184,7 +240,13 @@ class StoreBuilder:
         self._acquire_lock()
         try:
             self._check_existing()
-            self.parts_dir.mkdir(exist_ok=True)
+            # Only the lock holder assembles this store: an old temp is a killed commit's.
+            for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+                discard(stale)
+            try:
+                self.parts_dir.mkdir(exist_ok=True)
+            except OSError as e:
+                raise _write_error(self.parts_dir, e) from e
             _atomic_json(self.parts_dir / "config.json", self.config.to_dict())
         except BaseException:
             self._release_lock()
@@ -256,6 +318,17 @@ class StoreBuilder:
             if not (parts or aliases) and known:  # nothing new: keep the store as it is
                 self._clear_staged(parts)
                 return summary
+        # The new store holds the old one plus every part (raw chunks are copied as they are).
+        needed = sum(p.stat().st_size for p in parts) + (
+            self.path.stat().st_size if self.path.exists() else 0
+        )
+        require_free_space(
+            self.path.parent,
+            needed + needed // 50 + 2**18,
+            "the new store",
+            f"the previous {self.path.name} is unchanged and finished videos stay staged in "
+            f"{self.parts_dir.name}/; free space and rerun to commit them",
+        )
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         try:
             with h5py.File(tmp, "w") as out:
@@ -295,8 +368,13 @@ class StoreBuilder:
                 os.fsync(out.id.get_vfd_handle())
             os.replace(tmp, self.path)
             _fsync_dir(self.path.parent)
+        except OSError as e:
+            raise StoreError(
+                f"cannot write {self.path} ({os_reason(e)}); the previous store is unchanged "
+                f"and finished videos stay staged in {self.parts_dir} until a rerun commits them"
+            ) from e
         finally:
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
         self._clear_staged(parts)
         return summary
 
@@ -361,9 +439,13 @@ class FeatureStore:
     def __len__(self) -> int:
         return len(self.video_ids)
 
-    @property
+    @functools.cached_property
     def path_index(self) -> dict[str, list]:
-        """``{source path: [video_id, size_bytes, mtime_ns]}`` as recorded at extraction."""
+        """``{source path: [video_id, size_bytes, mtime_ns]}`` as recorded at extraction.
+
+        Parsed once per open store (the file is read-only), so joining a large manifest
+        costs one JSON parse, not one per video.
+        """
         if PATH_INDEX not in self._file:
             return {}
         return json.loads(self._file[PATH_INDEX][()])

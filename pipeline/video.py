@@ -92,10 +92,18 @@ def _open(path: Path) -> av.container.InputContainer:
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.VideoStream:
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
-        raise DecodeError(f"{path}: no video stream (streams: {', '.join(kinds)})")
-    return container.streams.video[0]
+    demuxer = container.format.name
+    if demuxer == "image2" or demuxer.endswith("_pipe"):  # e.g. a PNG renamed to .mp4
+        raise DecodeError(f"{path}: a still image ({demuxer.removesuffix('_pipe')}), not a video")
+    # Cover art of an audio file is a one-picture "video" stream: one frame of album art
+    # would be a silently wrong video.
+    cover = av.stream.Disposition.attached_pic
+    moving = [s for s in container.streams.video if not s.disposition & cover]
+    if not moving:
+        kinds = sorted({s.type for s in container.streams if s.type != "video"})
+        kinds += ["cover image"] if container.streams.video else []
+        raise DecodeError(f"{path}: no video stream (streams: {', '.join(kinds) or 'none'})")
+    return moving[0]
 
 
 def _decoded_frames(
@@ -151,7 +159,8 @@ class VideoReader:
 
     Iterate :meth:`chunks`; afterwards :attr:`info` describes what was decoded. Opening
     errors, a missing video stream and a stream without one decodable frame raise
-    :class:`DecodeError`; isolated corrupt packets are skipped and counted.
+    :class:`DecodeError`; isolated corrupt packets, and frames FFmpeg flags as corrupt
+    (partly concealed damage), are skipped and counted.
     """
 
     def __init__(self, path: Path, *, size: int, resize: str = "crop", fps: float | None = None):
@@ -195,6 +204,9 @@ class VideoReader:
         kept, last_t, first_t, rotation, shape = 0, None, None, 0, (0, 0)
         try:
             for frame in _decoded_frames(container, stream, corrupt):
+                if frame.is_corrupt:  # FFmpeg concealed damage (e.g. a cut-off last frame)
+                    corrupt[0] += 1
+                    continue
                 t = frame.time
                 if t is None:  # no pts: continue the clock of the previous frame
                     t = 0.0 if last_t is None else last_t + nominal_period

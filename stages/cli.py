@@ -18,9 +18,9 @@ from rich.markup import escape
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from stages import extract, index, sample_data
+from stages import evaluate, extract, index, sample_data, train
 
-# TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise for CLI users.
+# Quiets part of TensorFlow's C++ start-up logging (some absl lines still print).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 app = typer.Typer(
@@ -71,5 +71,7 @@ for _name, _command in [
     ("sample-data", sample_data.command),
     ("index", index.command),
     ("extract", extract.command),
+    ("train", train.command),
+    ("evaluate", evaluate.command),
 ]:
     app.command(_name)(_one_line_errors(_command))

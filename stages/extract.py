@@ -17,9 +17,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from pipeline.dataset import read_manifest
+from pipeline.dataset import source_videos
 
-console = Console(stderr=True)
+# soft_wrap: a failure line (path + reason) stays one greppable line in overnight logs.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _progress() -> Progress:
@@ -52,7 +53,9 @@ def _runner(
 
 
 def command(
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV (path,label,group,split).")],
+    source: Annotated[
+        Path, typer.Argument(help="Manifest CSV (path,label,group,split) or a folder of videos.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Feature store (.h5).")],
     weights: Annotated[
         str,
@@ -66,8 +69,8 @@ def command(
         str, typer.Option(help="crop (centre-crop, keep aspect) or squash.")
     ] = "crop",
     fps: Annotated[
-        float | None, typer.Option(help="Sample this many frames/s (default: every frame).")
-    ] = None,
+        float, typer.Option(help="Sample this many frames/s of presentation time; 0: every frame.")
+    ] = 0.0,
     dtype: Annotated[
         str, typer.Option(help="Stored feature dtype: float16 or float32.")
     ] = "float16",
@@ -108,8 +111,11 @@ def command(
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
     from pipeline.extract_job import ExtractOptions, run_extraction
 
-    records = read_manifest(manifest)
-    options = ExtractOptions(weights, input_size, resize, fps, dtype, batch_size, mixed_precision)
+    paths = source_videos(source)
+    sampling = fps or None  # 0 keeps every frame
+    options = ExtractOptions(
+        weights, input_size, resize, sampling, dtype, batch_size, mixed_precision
+    )
     if weights.startswith("random"):
         console.print(
             f"[bold yellow]warning:[/] --weights {weights}: a seeded RANDOM backbone, not "
@@ -132,7 +138,7 @@ def command(
 
             try:
                 result = run_extraction(
-                    [r.path for r in records],
+                    paths,
                     output,
                     options,
                     runner=runner,

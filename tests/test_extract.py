@@ -13,9 +13,9 @@ import pytest
 from pipeline import extract
 from pipeline.backbone import build_backbone, parse_weights
 from pipeline.errors import StoreError
-from pipeline.extract_job import ExtractOptions, backbone_sidecar, run_extraction
+from pipeline.extract_job import ExtractOptions, run_extraction
 from pipeline.sample_data import write_video
-from pipeline.store import open_store
+from pipeline.store import backbone_sidecar, open_store
 
 SIZE = 48
 OPTIONS = ExtractOptions(weights="random", input_size=SIZE, resize="squash", batch_size=8)
@@ -70,7 +70,9 @@ def test_features_equal_backbone_on_independently_decoded_frames(
 
 def test_random_backbone_features_are_not_degenerate(store: Path) -> None:
     with open_store(store) as feature_store:
-        features = np.concatenate([v.features for v in feature_store.iter_videos()])
+        features = np.concatenate([v.features for v in feature_store.iter_videos()]).astype(
+            np.float32
+        )
     assert features.std() > 0.05
     assert (np.abs(features) < 1e-5).mean() < 0.5
 
@@ -101,7 +103,7 @@ def test_renamed_copy_is_not_extracted_again(
 
 
 def test_other_extractor_options_are_refused(videos: list[Path], store: Path) -> None:
-    with pytest.raises(StoreError, match="size=48.*size=64"):
+    with pytest.raises(StoreError, match=r"size=48.*size=64"):
         run_extraction(videos, store, ExtractOptions(weights="random", input_size=64))
 
 

@@ -80,7 +80,7 @@ def test_other_extractor_config_is_refused_naming_both(tmp_path: Path) -> None:
         write_part(builder.parts_dir, CONFIG, _video(tmp_path, "a.mp4", 3, 1))
         builder.commit()
     other = ExtractorConfig(**{**CONFIG.to_dict(), "input_size": 224})
-    with pytest.raises(StoreError, match="size=64.*size=224"), StoreBuilder(store_path, other):
+    with pytest.raises(StoreError, match=r"size=64.*size=224"), StoreBuilder(store_path, other):
         pass
     with pytest.raises(StoreError, match="different extractor"):
         open_store(store_path, expected=other)
@@ -88,9 +88,12 @@ def test_other_extractor_config_is_refused_naming_both(tmp_path: Path) -> None:
 
 def test_a_second_writer_is_refused(tmp_path: Path) -> None:
     store_path = tmp_path / "f.h5"
-    with StoreBuilder(store_path, CONFIG):
-        with pytest.raises(StoreError, match="another extraction"), StoreBuilder(store_path, CONFIG):
-            pass
+    with (
+        StoreBuilder(store_path, CONFIG),
+        pytest.raises(StoreError, match="another extraction"),
+        StoreBuilder(store_path, CONFIG),
+    ):
+        pass
     with StoreBuilder(store_path, CONFIG):  # released on exit
         pass
 

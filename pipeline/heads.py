@@ -1,0 +1,283 @@
+"""Keras heads trained on cached features: named builders, seeded fitting, safe save/load.
+
+Every head reads ``features`` ``[B, T, D]`` (float16 is cast to float32 inside) and a boolean
+``mask`` ``[B, T]`` (True = real frame, False = right padding) that is passed explicitly to
+the recurrent layers, so padding never changes a prediction. ``meanpool`` averages the real
+frames and is blind to their order: the baseline an RNN must beat on order-dependent actions.
+Custom layers are registered, so a saved ``.keras`` file loads with ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline.contracts import FEATURE_DIM
+from pipeline.errors import ConfigError, ModelError
+from pipeline.sequences import TrainingSampler
+
+log = logging.getLogger(__name__)
+
+HEAD_NAMES = ("lstm", "gru", "bigru", "meanpool")
+"""Builders known to :func:`build_head`; ``lstm`` is the default."""
+
+FEATURES_INPUT = "features"
+MASK_INPUT = "mask"
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+"""Called after each epoch with the 0-based epoch index and its logs (loss, accuracy, …)."""
+
+
+@keras.saving.register_keras_serializable(package="vrnn")
+class MaskedMean(keras.layers.Layer):
+    """Mean over time of the real frames: ``[B, T, D]`` + mask ``[B, T]`` → ``[B, D]`` float32.
+
+    An all-padding sequence averages to zeros rather than dividing by zero.
+    """
+
+    def call(self, inputs: keras.KerasTensor, mask: keras.KerasTensor) -> keras.KerasTensor:
+        """Masked mean; ``mask`` True marks real frames."""
+        x = keras.ops.cast(inputs, "float32")
+        weights = keras.ops.cast(mask, "float32")[:, :, None]
+        total = keras.ops.sum(x * weights, axis=1)
+        count = keras.ops.maximum(keras.ops.sum(weights, axis=1), 1.0)
+        return total / count
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """``(batch, features)``."""
+        return (input_shape[0], input_shape[2])
+
+    def compute_mask(self, inputs: object, mask: object = None) -> None:
+        """The time axis is gone, so is the mask."""
+        return None
+
+
+@keras.saving.register_keras_serializable(package="vrnn")
+class ToFloat32(keras.layers.Layer):
+    """Casts stored features (float16) to float32 before any arithmetic."""
+
+    def call(self, inputs: keras.KerasTensor) -> keras.KerasTensor:
+        """``[B, T, D]`` any float dtype → float32."""
+        return keras.ops.cast(inputs, "float32")
+
+
+def _recurrent(name: str, units: int, return_sequences: bool, index: int) -> keras.layers.Layer:
+    if name == "lstm":
+        return keras.layers.LSTM(units, return_sequences=return_sequences, name=f"lstm_{index}")
+    gru = keras.layers.GRU(units, return_sequences=return_sequences, name=f"gru_{index}")
+    if name == "bigru":
+        return keras.layers.Bidirectional(gru, name=f"bigru_{index}")
+    return gru
+
+
+def _check_options(
+    name: str, num_classes: int, seq_len: int, units: int, layers: int, dropout: float
+) -> None:
+    if name not in HEAD_NAMES:
+        raise ConfigError(f"unknown head {name!r}; choose one of {', '.join(HEAD_NAMES)}")
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if seq_len < 1:
+        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
+    if units < 1 or layers < 1:
+        raise ConfigError(f"--units and --layers must be >= 1, got {units} and {layers}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"--dropout must be in [0, 1), got {dropout}")
+
+
+def build_head(
+    name: str,
+    *,
+    num_classes: int,
+    seq_len: int,
+    feature_dim: int = FEATURE_DIM,
+    units: int = 64,
+    layers: int = 1,
+    dropout: float = 0.0,
+    dense_units: int = 32,
+    learning_rate: float = 1e-3,
+) -> keras.Model:
+    """Build and compile a named head (Adam, sparse categorical cross-entropy, accuracy).
+
+    ``lstm``/``gru``: ``layers`` stacked recurrent layers of ``units`` → Dense(``dense_units``,
+    relu) → Dropout(``dropout``) → softmax. ``bigru`` is the same with bidirectional GRUs.
+    ``meanpool`` replaces the recurrent stack with a masked mean over time.
+
+    Args:
+        name: one of :data:`HEAD_NAMES`.
+        num_classes: output classes (>= 2).
+        seq_len: frames per sample (``T``).
+        feature_dim: width of one frame's features (``D``).
+        units: recurrent units per layer (per direction for ``bigru``).
+        layers: stacked recurrent layers.
+        dropout: dropout rate before the softmax layer, in [0, 1).
+        dense_units: width of the hidden dense layer (0 leaves it out).
+        learning_rate: Adam's learning rate.
+
+    Returns:
+        A compiled ``keras.Model`` named ``<name>_head`` with inputs ``{"features": [B, T, D]
+        float16, "mask": [B, T] bool}`` and output ``[B, num_classes]`` float32 probabilities.
+
+    Raises:
+        ConfigError: unknown name or invalid sizes.
+    """
+    _check_options(name, num_classes, seq_len, units, layers, dropout)
+    features = keras.Input((seq_len, feature_dim), dtype="float16", name=FEATURES_INPUT)
+    mask = keras.Input((seq_len,), dtype="bool", name=MASK_INPUT)  # True = real frame
+    x = ToFloat32(name="to_float32")(features)
+    if name == "meanpool":
+        x = MaskedMean(name="masked_mean")(x, mask=mask)
+    else:
+        for i in range(layers):
+            x = _recurrent(name, units, return_sequences=i < layers - 1, index=i)(x, mask=mask)
+    if dense_units > 0:
+        x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    model = keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and the backend, and ask TensorFlow for deterministic ops.
+
+    Call before :func:`build_head`: the initial weights depend on it. Op determinism is a
+    process-wide TensorFlow setting (ops without a deterministic kernel then raise).
+    """
+    keras.utils.set_random_seed(seed)
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+class _SamplerDataset(keras.utils.PyDataset):
+    """Adapts a :class:`~pipeline.sequences.TrainingSampler` to Keras (one thread, in order)."""
+
+    def __init__(self, sampler: TrainingSampler):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.sampler = sampler
+
+    @property
+    def num_batches(self) -> int:
+        return self.sampler.num_batches
+
+    def __getitem__(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        features, mask, labels = self.sampler.batch(index)
+        return {FEATURES_INPUT: features, MASK_INPUT: mask}, labels
+
+    def on_epoch_end(self) -> None:
+        self.sampler.next_epoch()
+
+
+class _EpochReporter(keras.callbacks.Callback):
+    def __init__(self, on_epoch: EpochCallback):
+        super().__init__()
+        self.on_epoch = on_epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.on_epoch(epoch, {k: float(v) for k, v in (logs or {}).items()})
+
+
+def fit_head(
+    model: keras.Model,
+    sampler: TrainingSampler,
+    validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    *,
+    epochs: int,
+    patience: int,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` on re-drawn sequences; with validation data, stop early on val_loss.
+
+    The best epoch's weights (lowest validation loss) are restored at the end. Without
+    validation data the model trains for all ``epochs``.
+
+    Args:
+        model: a compiled head from :func:`build_head`.
+        sampler: training batches (shuffled and re-cropped each epoch).
+        validation: ``(features [N, T, D], mask [N, T] bool, labels [N] int)`` or None.
+        epochs: maximum epochs (>= 1).
+        patience: epochs without val_loss improvement before stopping (>= 0).
+        on_epoch: progress callback, called after every epoch.
+
+    Returns:
+        One dict per epoch run: ``loss``, ``accuracy`` and, with validation,
+        ``val_loss``, ``val_accuracy``.
+    """
+    callbacks: list[keras.callbacks.Callback] = []
+    validation_data = None
+    if validation is not None:
+        features, mask, labels = validation
+        validation_data = ({FEATURES_INPUT: features, MASK_INPUT: mask}, labels)
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=True
+            )
+        )
+    if on_epoch is not None:
+        callbacks.append(_EpochReporter(on_epoch))
+    history = model.fit(
+        _SamplerDataset(sampler),
+        validation_data=validation_data,
+        epochs=epochs,
+        shuffle=False,  # the sampler shuffles, seeded per epoch
+        callbacks=callbacks,
+        verbose=0,
+    )
+    keys = list(history.history)
+    return [
+        {key: float(history.history[key][i]) for key in keys} for i in range(len(history.epoch))
+    ]
+
+
+def predict_proba(
+    model: keras.Model, features: np.ndarray, mask: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Class probabilities for padded sequences.
+
+    Args:
+        model: a head from :func:`build_head` or :func:`load_head`.
+        features: ``[N, T, D]`` float16/float32 (``T`` = the model's seq_len).
+        mask: ``[N, T]`` bool, True = real frame.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        ``[N, num_classes]`` float32 probabilities (rows sum to 1).
+    """
+    num_classes = model.output_shape[-1]
+    if len(features) == 0:
+        return np.zeros((0, num_classes), dtype=np.float32)
+    inputs = {FEATURES_INPUT: features.astype(np.float16, copy=False), MASK_INPUT: mask}
+    probs = model.predict(inputs, batch_size=batch_size, verbose=0)
+    return np.asarray(probs, dtype=np.float32)
+
+
+def save_head(model: keras.Model, path: Path) -> None:
+    """Write the model (architecture, weights, optimizer) as one ``.keras`` file."""
+    model.save(path)
+
+
+def load_head(path: Path) -> keras.Model:
+    """Load a head saved by :func:`save_head` for inference; ``safe_mode`` refuses code.
+
+    Raises:
+        ModelError: the file is missing or not a loadable head.
+    """
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: model file not found")
+    try:
+        # compile=False: inference needs no optimizer state or loss.
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, OSError, TypeError, KeyError) as e:
+        raise ModelError(f"{path}: cannot load the model ({e})") from e

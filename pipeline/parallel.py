@@ -1,0 +1,341 @@
+"""Running extraction tasks on Dask: a local cluster of worker processes, or a remote scheduler.
+
+The only module that imports ``dask``/``distributed``. :class:`DaskRunner` is a
+:data:`~pipeline.extract_job.TaskRunner`: each task (a few videos) runs
+:func:`~pipeline.extract_job.run_task` in a persistent worker process, which builds its
+backbone once and writes part files straight into the store's staging directory, so workers
+need that directory (and the backbone weights beside the store) on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+from distributed import Client, Future, LocalCluster, as_completed
+from distributed.client import CancelledError
+from distributed.scheduler import KilledWorker
+
+from pipeline.contracts import ExtractionFailure
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.extract import TaskResult, WorkItem
+from pipeline.extract_job import TaskSpec, run_task
+from pipeline.store import write_failure
+
+log = logging.getLogger(__name__)
+
+TASK_RETRIES = 1
+"""Extra attempts for a task that *raised* (e.g. a transient shared-filesystem error).
+
+A task whose worker *died* is rescheduled by Dask itself, up to the scheduler's
+``distributed.scheduler.allowed-failures`` (default 3) times, before it ends as KilledWorker.
+"""
+KILLED_REASON = "worker died repeatedly while extracting (KilledWorker)"
+
+
+class ClusterError(PipelineError):
+    """A Dask scheduler that cannot be reached, or a cluster that cannot run the tasks."""
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where extraction tasks run (see ``vrnn extract --workers/--scheduler``).
+
+    Attributes:
+        workers: worker processes of a local cluster started for this run.
+        scheduler: address of a running ``dask scheduler`` (``tcp://HOST:PORT``).
+        threads_per_worker: TensorFlow intra-op threads per worker process; default for a
+            local cluster: cores // workers; for a remote one: whatever the workers have.
+        connect_timeout_sec: how long to try reaching ``scheduler``.
+    """
+
+    workers: int | None = None
+    scheduler: str | None = None
+    threads_per_worker: int | None = None
+    connect_timeout_sec: float = 10.0
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for settings no cluster can use."""
+        if (self.workers is None) == (self.scheduler is None):
+            raise ConfigError("give exactly one of --workers N or --scheduler ADDRESS")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be ≥ 1, got {self.workers}")
+        if self.threads_per_worker is not None and self.threads_per_worker < 1:
+            raise ConfigError(f"--threads-per-worker must be ≥ 1, got {self.threads_per_worker}")
+        if not self.connect_timeout_sec > 0:
+            raise ConfigError(f"--connect-timeout must be > 0, got {self.connect_timeout_sec}")
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What a runner is connected to, for the user."""
+
+    address: str
+    local: bool
+    workers: int
+    tf_threads: int | None
+    dashboard_link: str | None
+
+    def describe(self) -> str:
+        """One line: cluster kind, address, workers, threads and the dashboard link."""
+        kind = "local Dask cluster" if self.local else "Dask cluster"
+        threads = f"{self.tf_threads} TF threads each" if self.tf_threads else "TF threads as set"
+        board = (
+            f"dashboard {self.dashboard_link}"
+            if self.dashboard_link
+            else "no dashboard (install bokeh>=3.1 where the scheduler runs)"
+        )
+        workers = f"{self.workers} worker{'' if self.workers == 1 else 's'}"
+        return f"{kind} {self.address}: {workers}, {threads}; {board}"
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_tf_threads(workers: int, cores: int | None = None) -> int:
+    """TF threads per worker so that workers × threads ≈ cores (at least 1)."""
+    return max(1, (cores or available_cores()) // workers)
+
+
+class DaskRunner:
+    """Runs extraction tasks on Dask; a context manager owning the client (and local cluster).
+
+    Entering it starts the local cluster or connects to the scheduler — *before* the caller
+    writes anything, so an unreachable scheduler leaves no trace. Each worker runs one task
+    at a time (decoding already overlaps inference inside a task) with ``tf_threads``
+    TensorFlow intra-op threads.
+
+    Args:
+        options: local cluster size or scheduler address, threads, connect timeout.
+    """
+
+    def __init__(self, options: ClusterOptions):
+        options.validate()
+        self.options = options
+        self.tf_threads = options.threads_per_worker
+        if options.workers is not None and self.tf_threads is None:
+            self.tf_threads = default_tf_threads(options.workers)
+        self.cluster: LocalCluster | None = None
+        self.client: Client | None = None
+        self.info: ClusterInfo | None = None
+
+    def __enter__(self) -> DaskRunner:
+        if logging.getLogger().getEffectiveLevel() > logging.INFO:
+            # Dask logs every connection at INFO; keep that for --verbose runs only.
+            logging.getLogger("distributed").setLevel(logging.WARNING)
+        try:
+            self.info = self._start_local() if self.options.workers else self._connect()
+        except BaseException:
+            self.close()
+            raise
+        log.info("extraction runs on %s", self.info.describe())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disconnect; a local cluster is shut down with its workers."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.cluster is not None:
+            # A worker that has loaded TensorFlow can take more than the nanny's 4 s grace to
+            # exit on a busy machine; the nanny then kills it, which is harmless at this point.
+            nanny = logging.getLogger("distributed.nanny")
+            level = nanny.level
+            nanny.setLevel(max(level, logging.ERROR))
+            try:
+                self.cluster.close()
+            finally:
+                nanny.setLevel(level)
+            self.cluster = None
+
+    def _start_local(self) -> ClusterInfo:
+        threads = str(self.tf_threads)
+        # Read by TensorFlow (and OpenMP/BLAS) when a worker first initialises it; Dask's
+        # own default of OMP_NUM_THREADS=1 would otherwise apply.
+        env = {"TF_NUM_INTRAOP_THREADS": threads, "OMP_NUM_THREADS": threads}
+        # Saturation 1.0: a worker holds only the task it runs, so when a video crashes its
+        # worker no queued innocent task is blamed (and counted towards KilledWorker) too.
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            self.cluster = LocalCluster(
+                n_workers=self.options.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                env=env,
+            )
+        self.client = Client(self.cluster, set_as_default=False)
+        return self._describe(local=True)
+
+    def _connect(self) -> ClusterInfo:
+        address, timeout = self.options.scheduler, self.options.connect_timeout_sec
+        try:
+            self.client = Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, ValueError, TypeError) as e:  # OSError covers timeouts and refusals
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
+                f"({_first_line(e)}); is `dask scheduler` running there?"
+            ) from None
+        return self._describe(local=False)
+
+    def _describe(self, *, local: bool) -> ClusterInfo:
+        assert self.client is not None
+        info = self.client.scheduler_info()
+        # Without bokeh a scheduler still serves a page, one that only says to install it.
+        has_board = "dashboard" in info.get("services", {}) and not (
+            local and importlib.util.find_spec("bokeh") is None
+        )
+        return ClusterInfo(
+            address=self.client.scheduler.address,
+            local=local,
+            workers=len(info.get("workers", {})),
+            tf_threads=self.tf_threads,
+            dashboard_link=self.client.dashboard_link if has_board else None,
+        )
+
+    def __call__(
+        self,
+        spec: TaskSpec,
+        tasks: list[list[WorkItem]],
+        on_task: Callable[[TaskResult], None],
+    ) -> None:
+        """Run ``tasks`` and call ``on_task`` with each result in completion order.
+
+        A task that keeps killing its worker (e.g. a decoder crash) is split into one task
+        per video it had not finished, so only the culprit is recorded as a failure.
+        Raises the first task exception (other tasks are cancelled) or
+        :class:`ClusterError` when the scheduler is lost.
+        """
+        if self.client is None:
+            raise RuntimeError("DaskRunner used outside its `with` block")
+        client = self.client
+        pending: dict[Future, list[WorkItem]] = {}
+
+        def submit(items: list[WorkItem]) -> Future:
+            future = client.submit(
+                _extract_task,
+                spec,
+                items,
+                self.tf_threads,
+                key=f"vrnn-extract-{uuid.uuid4().hex}",
+                pure=False,
+                retries=TASK_RETRIES,
+            )
+            pending[future] = items
+            return future
+
+        finished = as_completed([submit(items) for items in tasks], loop=client.loop)
+        try:
+            for future in finished:
+                items = pending.pop(future)
+                try:
+                    result = future.result()
+                except KilledWorker:
+                    result = self._after_killed(spec, items, lambda i: finished.add(submit(i)))
+                except CancelledError as e:
+                    raise ClusterError(
+                        f"lost the Dask scheduler at {self.options.scheduler or 'local'} with "
+                        f"{len(pending) + 1} tasks unfinished ({_first_line(e)}); finished "
+                        "videos are kept, rerun to resume"
+                    ) from None
+                on_task(result)
+        finally:
+            if pending:
+                client.cancel(list(pending))
+
+    @staticmethod
+    def _after_killed(
+        spec: TaskSpec, items: list[WorkItem], resubmit: Callable[[list[WorkItem]], None]
+    ) -> TaskResult:
+        parts_dir = Path(spec.parts_dir)
+        staged = _staged_ids(parts_dir)
+        result = TaskResult(ok=[item.video_id for item in items if item.video_id in staged])
+        left = [item for item in items if item.video_id not in staged]
+        if len(left) > 1:
+            log.warning(
+                "a task of %d videos kept killing workers; retrying them one by one", len(left)
+            )
+            for item in left:
+                resubmit([item])
+            return result
+        for item in left:
+            failure = ExtractionFailure(item.path, KILLED_REASON, item.video_id)
+            write_failure(parts_dir, failure)
+            result.failed.append(failure)
+        return result
+
+
+# --------------------------------------------------------------------------- worker side
+
+_TF_THREADS_LOCK = threading.Lock()
+_TF_THREADS_APPLIED = False
+
+
+def _staged_ids(parts_dir: Path) -> set[str]:
+    """Video ids with a finished part file (named ``<video_id>.h5`` by ``write_part``)."""
+    return {p.stem for p in parts_dir.glob("v*.h5")}
+
+
+def _limit_tf_threads(threads: int) -> None:
+    """Set TensorFlow's intra-op threads once per process, before any backbone exists."""
+    global _TF_THREADS_APPLIED
+    with _TF_THREADS_LOCK:
+        if _TF_THREADS_APPLIED:
+            return
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already ran something in this worker
+            current = tf.config.threading.get_intra_op_parallelism_threads()
+            if current != threads:
+                log.warning(
+                    "worker %s: TensorFlow already initialised with %s intra-op threads; "
+                    "cannot switch to %d",
+                    socket.gethostname(),
+                    current or "default",
+                    threads,
+                )
+        _TF_THREADS_APPLIED = True
+
+
+def _extract_task(spec: TaskSpec, items: list[WorkItem], tf_threads: int | None) -> TaskResult:
+    """What a worker runs: check the shared filesystem, then :func:`run_task` on new videos.
+
+    Videos already staged (by an earlier attempt of this task on a worker that died) are
+    not extracted again.
+    """
+    parts_dir, weights = Path(spec.parts_dir), Path(spec.weights_file)
+    if not (parts_dir.is_dir() and weights.is_file()):
+        raise ClusterError(
+            f"Dask worker on {socket.gethostname()} cannot see {parts_dir} and {weights}; "
+            "workers need the store's directory on a shared filesystem at the same path"
+        )
+    if tf_threads:
+        _limit_tf_threads(tf_threads)
+    staged = _staged_ids(parts_dir)
+    todo = [item for item in items if item.video_id not in staged]
+    result = run_task(spec, todo) if todo else TaskResult()
+    result.ok.extend(item.video_id for item in items if item.video_id in staged)
+    return result
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

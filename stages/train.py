@@ -1,0 +1,79 @@
+"""``vrnn train``: stage 2, manifest + feature store → a trained head in a model directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def _epoch_line(epochs: int) -> Callable[[int, dict[str, float]], None]:
+    def show(epoch: int, logs: dict[str, float]) -> None:
+        val = ""
+        if "val_loss" in logs:
+            val = f"  val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.3f}"
+        console.print(
+            f"epoch {epoch + 1:>3}/{epochs}  loss {logs['loss']:.4f}  "
+            f"acc {logs['accuracy']:.3f}{val}",
+            highlight=False,
+        )
+
+    return show
+
+
+def command(
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV (path,label,group,split).")],
+    features: Annotated[Path, typer.Argument(help="Feature store (.h5) from vrnn extract.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Model directory (replaced atomically).")
+    ] = Path("models"),
+    head: Annotated[str, typer.Option(help="lstm, gru, bigru or meanpool.")] = "lstm",
+    seq_len: Annotated[int, typer.Option(help="Frames per sample.")] = 16,
+    units: Annotated[int, typer.Option(help="Recurrent units per layer.")] = 64,
+    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = 1,
+    dropout: Annotated[float, typer.Option(help="Dropout before the softmax layer.")] = 0.0,
+    dense_units: Annotated[int, typer.Option(help="Hidden dense width (0: none).")] = 32,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seeds init, shuffling and crops.")] = 0,
+) -> None:
+    """Train an RNN head on cached features (labels and splits from the manifest)."""
+    from pipeline.dataset import read_manifest
+    from pipeline.training import TrainConfig, describe_missing, train
+
+    config = TrainConfig(
+        head=head,
+        seq_len=seq_len,
+        units=units,
+        layers=layers,
+        dropout=dropout,
+        dense_units=dense_units,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        patience=patience,
+        seed=seed,
+    )
+    config.validate()  # before reading anything
+    records = read_manifest(manifest)
+    result = train(records, features, output, config, on_epoch=_epoch_line(epochs))
+    if result.missing:
+        console.print(
+            f"[bold yellow]warning:[/] {describe_missing(result.missing)}", highlight=False
+        )
+    if not result.counts["val"]:
+        console.print("[bold yellow]warning:[/] no val split: trained without early stopping")
+    last = result.history[result.best_epoch - 1]
+    val = f", val_accuracy {last['val_accuracy']:.3f}" if "val_accuracy" in last else ""
+    typer.echo(
+        f"trained {head} on {result.counts['train']} videos ({len(result.labels)} classes, "
+        f"val {result.counts['val']}); kept epoch {result.best_epoch} of "
+        f"{len(result.history)}{val} → {result.model_dir}"
+    )

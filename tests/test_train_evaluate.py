@@ -1,0 +1,365 @@
+"""Stage 2 end to end on small synthetic stores: train → model dir → evaluate, and the CLI.
+
+Stores are built through :mod:`pipeline.store` from stand-in video files (unique bytes, so
+each has its own content hash) and synthetic "appearance" features: each class has its own
+mean vector. The extraction engine is not involved.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import training
+from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo, VideoRecord
+from pipeline.dataset import write_manifest
+from pipeline.errors import ConfigError, ModelError
+from pipeline.identity import file_sha256, video_id_from_sha256
+from pipeline.store import StoreBuilder, backbone_sidecar, open_store, write_part
+from stages.cli import app
+
+DIM = 32
+CLASSES = ("clap", "jump", "wave")
+PER_SPLIT = {"train": 12, "val": 4, "test": 6}
+EXTRACTOR = ExtractorConfig(
+    weights="random:seed=0", weights_sha256="ab" * 32, input_size=32, feature_dim=DIM
+)
+CONFIG = training.TrainConfig(seq_len=8, epochs=8, batch_size=8, patience=3, seed=0)
+
+
+def make_videos(folder: Path, counts: dict[str, int], seed: int = 0) -> list[tuple]:
+    """Stand-in files plus ``(record, features [T, DIM] float16)`` for each class and split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    centres = np.random.default_rng(99).normal(0.0, 1.0, (len(CLASSES), DIM))
+    rng = np.random.default_rng(seed)
+    videos = []
+    for c, label in enumerate(CLASSES):
+        for split, count in counts.items():
+            for i in range(count):
+                path = folder / f"{label}_{split}_{i}.mp4"
+                path.write_bytes(f"{label}/{split}/{i}/{seed}".encode())
+                frames = int(rng.integers(4, 30))
+                features = centres[c] + rng.normal(0.0, 0.8, (frames, DIM))
+                record = VideoRecord(path, label, f"{label}_{split}_{i}", split)
+                videos.append((record, features.astype(np.float16)))
+    return videos
+
+
+def build_store(path: Path, videos: list[tuple], config: ExtractorConfig = EXTRACTOR) -> Path:
+    """Commit ``videos`` into a feature store at ``path`` the way extraction would."""
+    with StoreBuilder(path, config) as builder:
+        for record, features in videos:
+            sha = file_sha256(record.path)
+            frames = len(features)
+            info = VideoInfo(str(record.path), 25.0, 32, 32, frames, frames, frames / 25, "h264")
+            vf = VideoFeatures(
+                video_id_from_sha256(sha), sha, features, np.arange(frames) / 25.0, info
+            )
+            write_part(builder.parts_dir, config, vf)
+        builder.commit()
+        builder.discard_staging()
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """A store of 66 videos, a manifest listing them plus one never-extracted train video."""
+    root = tmp_path_factory.mktemp("stage2")
+    videos = make_videos(root / "videos", PER_SPLIT)
+    store = build_store(root / "features.h5", videos)
+    unextracted = root / "videos" / "clap_train_new.mp4"
+    unextracted.write_bytes(b"not extracted yet")
+    records = [r for r, _ in videos] + [VideoRecord(unextracted, "clap", "clap_new", "train")]
+    manifest = write_manifest(records, root / "manifest.csv")
+    return {"root": root, "store": store, "manifest": manifest, "records": records}
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> training.TrainResult:
+    return training.train(data["records"], data["store"], data["root"] / "models", CONFIG)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_a_complete_model_dir(data, trained):
+    model_dir = trained.model_dir
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(
+        [*training.MODEL_FILES, training.HISTORY_FILE]
+    )
+    assert json.loads((model_dir / "labels.json").read_text()) == list(CLASSES)
+    assert json.loads((model_dir / "extractor.json").read_text()) == EXTRACTOR.to_dict()
+    assert json.loads((model_dir / "train_config.json").read_text()) == CONFIG.to_dict()
+    history = _rows(model_dir / "history.csv")
+    assert list(history[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert [int(r["epoch"]) for r in history] == list(range(1, len(trained.history) + 1))
+    assert trained.counts == {"train": 36, "val": 12}
+    assert [r.path.name for r in trained.missing] == ["clap_train_new.mp4"]
+    assert not [p for p in model_dir.parent.iterdir() if p.name.startswith(".models")]
+
+
+def test_model_keeps_the_weights_of_the_best_val_epoch(data, trained):
+    loaded = training.load_model_dir(trained.model_dir)
+    with open_store(data["store"]) as store:
+        joined = training.join_manifest(data["records"], store)
+        val = training.read_split(store, joined.videos, "val", loaded.labels)
+    probs = training.predict_videos(loaded, val.features)
+    val_loss = -np.mean(np.log(probs[np.arange(len(probs)), val.targets]))
+    best = min(h["val_loss"] for h in trained.history)
+    assert val_loss == pytest.approx(best, rel=1e-3)
+    assert trained.history[trained.best_epoch - 1]["val_loss"] == best
+
+
+def test_evaluate_writes_dvc_metrics(data, trained, tmp_path):
+    result = training.evaluate(
+        trained.model_dir, data["records"], data["store"], tmp_path / "metrics", split="test"
+    )
+    summary = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert summary["split"] == "test" and summary["n"] == 18 and "top5" not in summary
+    assert summary["top1"] >= 0.9 and summary["macro_f1"] >= 0.9
+    assert [r["label"] for r in _rows(tmp_path / "metrics" / "per_class.csv")] == list(CLASSES)
+    confusion = _rows(tmp_path / "metrics" / "confusion.csv")
+    assert len(confusion) == 18 and set(confusion[0]) == {"actual", "predicted"}
+    assert result.confusion.sum() == 18 and not result.missing
+
+
+def test_same_seed_gives_the_same_history_and_metrics(data, trained, tmp_path):
+    again = training.train(data["records"], data["store"], tmp_path / "again", CONFIG)
+    assert again.history == trained.history
+    assert (tmp_path / "again" / "history.csv").read_bytes() == (
+        trained.model_dir / "history.csv"
+    ).read_bytes()
+    for name, model_dir in [("a", trained.model_dir), ("b", tmp_path / "again")]:
+        training.evaluate(model_dir, data["records"], data["store"], tmp_path / name)
+    assert (tmp_path / "a" / "eval.json").read_text() == (tmp_path / "b" / "eval.json").read_text()
+
+
+RELOAD = """
+import sys
+import numpy as np
+from pipeline.store import open_store
+from pipeline.training import load_model_dir, predict_videos
+model_dir, store_path, out = sys.argv[1:]
+trained = load_model_dir(model_dir)
+with open_store(store_path) as store:
+    videos = [store.read(v).features for v in store.video_ids]
+np.save(out, predict_videos(trained, videos))
+"""
+
+
+def test_model_dir_reloads_in_a_fresh_process_with_identical_predictions(data, trained, tmp_path):
+    out = tmp_path / "probs.npy"
+    subprocess.run(
+        [sys.executable, "-c", RELOAD, str(trained.model_dir), str(data["store"]), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    loaded = training.load_model_dir(trained.model_dir)
+    with open_store(data["store"]) as store:
+        videos = [store.read(v).features for v in store.video_ids]
+    np.testing.assert_array_equal(np.load(out), training.predict_videos(loaded, videos))
+
+
+def test_without_a_val_split_training_runs_every_epoch(data, tmp_path, caplog):
+    records = [r for r in data["records"] if r.split != "val"]
+    config = training.TrainConfig(seq_len=8, epochs=2, batch_size=16)
+    with caplog.at_level(logging.WARNING, logger="pipeline.training"):
+        result = training.train(records, data["store"], tmp_path / "m", config)
+    assert "without early stopping" in caplog.text
+    assert len(result.history) == 2 and result.counts["val"] == 0
+    assert [r["val_loss"] for r in _rows(tmp_path / "m" / "history.csv")] == ["", ""]
+
+
+def test_a_failed_write_leaves_the_previous_model_dir_loadable(trained, tmp_path, monkeypatch):
+    target = shutil.copytree(trained.model_dir, tmp_path / "models")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    loaded = training.load_model_dir(target)
+    args = (loaded.model, loaded.labels, loaded.extractor, loaded.train_config, [])
+
+    def killed(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_write_history", killed)
+        with pytest.raises(KeyboardInterrupt):
+            training.write_model_dir(target, *args)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["models"]  # no temporary siblings left
+    training.write_model_dir(target, *args)  # a successful rewrite replaces it
+    assert (target / "history.csv").read_text() == "epoch,loss,accuracy,val_loss,val_accuracy\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["models"]
+    training.load_model_dir(target)
+
+
+@pytest.mark.parametrize("atomic_swap", [True, False], ids=["renameat2", "two renames"])
+def test_rewriting_a_model_dir_swaps_it_whole(trained, tmp_path, monkeypatch, atomic_swap):
+    target = shutil.copytree(trained.model_dir, tmp_path / "models")
+    loaded = training.load_model_dir(target)
+    if not atomic_swap:
+        monkeypatch.setattr(training, "_exchange", lambda first, second: False)
+    history = [{"loss": 1.0, "accuracy": 0.5}]
+    training.write_model_dir(target, loaded.model, ["x", "y", "z"], EXTRACTOR, CONFIG, history)
+    assert json.loads((target / "labels.json").read_text()) == ["x", "y", "z"]
+    assert [p.name for p in tmp_path.iterdir()] == ["models"]
+
+
+def test_train_refuses_to_replace_a_directory_that_is_not_a_model(data, tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(ConfigError, match="not a model directory"):
+        training.train(data["records"], data["store"], tmp_path, CONFIG)
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_model_refuses_a_store_from_another_extractor(data, trained, tmp_path):
+    other = ExtractorConfig(weights="random:seed=1", weights_sha256="cd" * 32, input_size=32)
+    store = build_store(tmp_path / "other.h5", make_videos(tmp_path / "v", {"test": 1}), other)
+    with pytest.raises(ModelError) as error:
+        training.evaluate(trained.model_dir, data["records"], store, tmp_path / "m")
+    assert EXTRACTOR.describe() in str(error.value) and other.describe() in str(error.value)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_vrnn_train_and_evaluate(data, tmp_path):
+    runner = CliRunner()
+    models, metrics = tmp_path / "models", tmp_path / "metrics"
+    args = ["--seq-len", "8", "--epochs", "3", "--batch-size", "16", "--head", "meanpool"]
+    result = runner.invoke(app, ["train", str(data["manifest"]), str(data["store"]), "-o",
+                                 str(models), *args])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "epoch   1/3  loss" in result.output
+    assert "1 manifest video(s) are not in the feature store" in result.output
+    assert f"→ {models}" in result.output
+    result = runner.invoke(app, ["evaluate", str(models), str(data["manifest"]),
+                                 str(data["store"]), "-o", str(metrics)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "test: top-1" in result.output and (metrics / "confusion.csv").exists()
+
+
+def _manifest(tmp_path: Path, records: list[VideoRecord]) -> str:
+    return str(write_manifest(records, tmp_path / "manifest.csv"))
+
+
+BAD_INPUTS = {
+    "class without train videos": (
+        lambda d, t: ["train", _manifest(t, [r for r in d["records"] if
+                      not (r.label == "wave" and r.split == "train")]), str(d["store"])],
+        "class(es) 'wave' have no videos in the train split",
+    ),
+    "no train split": (
+        lambda d, t: ["train", _manifest(t, [r for r in d["records"] if r.split == "test"]),
+                      str(d["store"])],
+        "the manifest has no videos in the train split",
+    ),
+    "no videos in the evaluated split": (
+        lambda d, t: ["evaluate", str(d["root"] / "models"),
+                      _manifest(t, [r for r in d["records"] if r.split != "val"]),
+                      str(d["store"]), "--split", "val"],
+        "the manifest has no videos in the val split",
+    ),
+    "nothing in common": (
+        lambda d, t: ["train", _manifest(t, d["records"][-1:]), str(d["store"])],
+        "none of the 1 manifest videos are in the feature store",
+    ),
+    "unknown head": (
+        lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--head", "transformer"],
+        "unknown head 'transformer'; choose one of lstm, gru, bigru, meanpool",
+    ),
+    "seq-len below 1": (
+        lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--seq-len", "0"],
+        "--seq-len must be a whole number of frames >= 1, got 0",
+    ),
+    "model dir missing files": (
+        lambda d, t: ["evaluate", str(t), str(d["manifest"]), str(d["store"])],
+        "is not a complete model directory: missing head.keras, labels.json, extractor.json",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_are_one_line_errors(case, data, trained, tmp_path):
+    make_args, message = BAD_INPUTS[case]
+    args = make_args(data, tmp_path)
+    if args[0] == "train":
+        args += ["-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_refuses_a_store_from_another_extractor(data, trained, tmp_path):
+    other = ExtractorConfig(weights="random:seed=1", weights_sha256="cd" * 32, input_size=32)
+    store = build_store(tmp_path / "other.h5", make_videos(tmp_path / "v", {"test": 1}), other)
+    result = CliRunner().invoke(
+        app, ["evaluate", str(trained.model_dir), str(data["manifest"]), str(store)]
+    )
+    assert result.exit_code == 1
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert "weights=random:seed=0" in line and "weights=random:seed=1" in line
+
+
+def test_stage_modules_do_not_import_tensorflow():
+    code = (
+        "import sys, stages.train, stages.evaluate; "
+        "assert not {'tensorflow', 'keras'} & set(sys.modules), 'TF imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _pair_accuracy(trained: training.TrainedModel, split: training.SplitData, pair: tuple) -> float:
+    """Accuracy on the videos of two classes, deciding between those two classes only."""
+    probs = training.predict_videos(trained, split.features)
+    first, second = (trained.labels.index(label) for label in pair)
+    chosen = np.isin(split.targets, [first, second])
+    guess = np.where(probs[chosen, first] > probs[chosen, second], first, second)
+    return float(np.mean(guess == split.targets[chosen]))
+
+
+@pytest.mark.slow
+def test_sample_dataset_end_to_end_lstm_sees_order_meanpool_does_not(sample_manifest, tmp_path):
+    """Extract the sample dataset (random backbone, 32 px, every frame), train both heads.
+
+    Random 32 px features carry the global brightness trend but little of the rotation
+    direction, so the check uses the brightening/darkening pair: its clips are each other's
+    reverse, which the order-blind meanpool cannot tell apart.
+    """
+    from pipeline.dataset import read_manifest
+    from pipeline.extract_job import ExtractOptions, run_extraction
+
+    records = read_manifest(sample_manifest)
+    store = tmp_path / "features.h5"
+    run_extraction(
+        [r.path for r in records], store, ExtractOptions(weights="random", input_size=32)
+    )
+    pair = ("brightening", "darkening")
+    accuracy = {}
+    for head in ("lstm", "meanpool"):
+        config = training.TrainConfig(head=head, epochs=25, batch_size=8, patience=5)
+        training.train(records, store, tmp_path / head, config)
+        copied = (tmp_path / head / training.BACKBONE_FILE).read_bytes()
+        assert copied == backbone_sidecar(store).read_bytes()  # predict rebuilds this extractor
+        result = training.evaluate(tmp_path / head, records, store, tmp_path / f"{head}-metrics")
+        assert result.summary.n == sum(r.split == "test" for r in records)
+        trained = training.load_model_dir(tmp_path / head)
+        with open_store(store) as features:
+            joined = training.join_manifest([r for r in records if r.split == "test"], features)
+            test = training.read_split(features, joined.videos, "test", trained.labels)
+        accuracy[head] = _pair_accuracy(trained, test, pair)
+    assert accuracy["lstm"] >= 0.8 and accuracy["lstm"] >= accuracy["meanpool"] + 0.3, accuracy
