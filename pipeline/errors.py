@@ -31,3 +31,7 @@ class StoreError(PipelineError):
 
 class ModelError(PipelineError):
     """A trained model directory that is missing files or incompatible."""
+
+
+class ClusterError(PipelineError):
+    """A Dask scheduler that cannot be reached, or a cluster that cannot run the tasks."""

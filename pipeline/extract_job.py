@@ -200,16 +200,18 @@ class Plan:
 
 
 def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
-    """Decide per file: skip (content already stored or staged), extract, or fail now.
+    """Decide per file: skip (content already stored), extract, or fail now.
 
     Files whose size and mtime match the store's path index are skipped without reading
     them; others are hashed. A second path with the same content is recorded as an alias.
+    Videos finished by an interrupted run (staged parts) are neither redone nor counted as
+    skipped: this run's commit stores them.
     """
     index, stored = {}, set()
     if builder.path.exists():
         with open_store(builder.path) as store:
             index, stored = store.path_index, set(store.video_ids)
-    done = stored | builder.staged_ids()
+    staged = builder.staged_ids()
     plan, queued = Plan(), set()
     for path in paths:
         key = str(path)
@@ -219,7 +221,7 @@ def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
             continue
         st = path.stat()
         entry = index.get(key)
-        if entry and entry[0] in done and tuple(entry[1:]) == (st.st_size, st.st_mtime_ns):
+        if entry and entry[0] in stored and tuple(entry[1:]) == (st.st_size, st.st_mtime_ns):
             plan.skipped += 1
             continue
         try:
@@ -228,8 +230,8 @@ def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
             plan.failures.append(ExtractionFailure(key, f"cannot read file ({e.strerror})"))
             continue
         video_id = video_id_from_sha256(sha)
-        if video_id in done or video_id in queued:
-            plan.skipped += 1
+        if video_id in stored or video_id in queued or video_id in staged:
+            plan.skipped += video_id not in staged
             write_alias(builder.parts_dir, path, video_id)
             continue
         queued.add(video_id)

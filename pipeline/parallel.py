@@ -25,10 +25,10 @@ from distributed.client import CancelledError
 from distributed.scheduler import KilledWorker
 
 from pipeline.contracts import ExtractionFailure
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ClusterError, ConfigError
 from pipeline.extract import TaskResult, WorkItem
 from pipeline.extract_job import TaskSpec, run_task
-from pipeline.store import write_failure
+from pipeline.store import staged_video_ids, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ A task whose worker *died* is rescheduled by Dask itself, up to the scheduler's
 ``distributed.scheduler.allowed-failures`` (default 3) times, before it ends as KilledWorker.
 """
 KILLED_REASON = "worker died repeatedly while extracting (KilledWorker)"
-
-
-class ClusterError(PipelineError):
-    """A Dask scheduler that cannot be reached, or a cluster that cannot run the tasks."""
 
 
 @dataclass(frozen=True)
@@ -264,7 +260,7 @@ class DaskRunner:
         spec: TaskSpec, items: list[WorkItem], resubmit: Callable[[list[WorkItem]], None]
     ) -> TaskResult:
         parts_dir = Path(spec.parts_dir)
-        staged = _staged_ids(parts_dir)
+        staged = staged_video_ids(parts_dir)
         result = TaskResult(ok=[item.video_id for item in items if item.video_id in staged])
         left = [item for item in items if item.video_id not in staged]
         if len(left) > 1:
@@ -285,11 +281,6 @@ class DaskRunner:
 
 _TF_THREADS_LOCK = threading.Lock()
 _TF_THREADS_APPLIED = False
-
-
-def _staged_ids(parts_dir: Path) -> set[str]:
-    """Video ids with a finished part file (named ``<video_id>.h5`` by ``write_part``)."""
-    return {p.stem for p in parts_dir.glob("v*.h5")}
 
 
 def _limit_tf_threads(threads: int) -> None:
@@ -329,7 +320,7 @@ def _extract_task(spec: TaskSpec, items: list[WorkItem], tf_threads: int | None)
         )
     if tf_threads:
         _limit_tf_threads(tf_threads)
-    staged = _staged_ids(parts_dir)
+    staged = staged_video_ids(parts_dir)
     todo = [item for item in items if item.video_id not in staged]
     result = run_task(spec, todo) if todo else TaskResult()
     result.ok.extend(item.video_id for item in items if item.video_id in staged)

@@ -188,6 +188,11 @@ def write_part(parts_dir: Path, config: ExtractorConfig, vf: VideoFeatures) -> P
     return final
 
 
+def staged_video_ids(parts_dir: Path) -> set[str]:
+    """Ids of the finished part files in a staging directory (see :func:`write_part`)."""
+    return {p.stem for p in parts_dir.glob("v*.h5")}
+
+
 def write_failure(parts_dir: Path, failure: ExtractionFailure) -> Path:
     """Record a failed video in the staging directory (committed into the store's failures)."""
     path = parts_dir / f"{_path_key(failure.path)}.failed.json"
@@ -297,7 +302,7 @@ class StoreBuilder:
 
     def staged_ids(self) -> set[str]:
         """Video ids finished in the staging directory but not yet committed."""
-        return {p.stem for p in self.parts_dir.glob("v*.h5")}
+        return staged_video_ids(self.parts_dir)
 
     def commit(self) -> CommitSummary:
         """Merge the store and all staged parts into a new store, atomically.
