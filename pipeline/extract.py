@@ -144,6 +144,11 @@ def _decode_into(
                 message: tuple = ("failed", i, _reason(e, item.path))
             except MemoryError:
                 message = ("failed", i, "out of memory while decoding")
+            except Exception as e:
+                # An unexpected error on one file (a decoder or library bug) must not stall
+                # a whole batch night after night: record it loudly and go on.
+                log.exception("unexpected error while decoding %s", item.path)
+                message = ("failed", i, f"unexpected decoder error ({type(e).__name__}: {e})")
             else:
                 message = ("done", i, reader.info)
             if not put(message):

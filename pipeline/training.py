@@ -332,6 +332,7 @@ def write_model_dir(
         ``target``.
     """
     target = Path(target)
+    _restore_interrupted_swap(target)
     _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -349,7 +350,8 @@ def write_model_dir(
             pass  # swapped in one step: ``tmp`` now holds the previous model
         else:
             # No atomic swap here: move the old model aside, then the new one in. A kill in
-            # the microseconds between leaves the old one as ``.<name>.old-*``.
+            # the microseconds between leaves the old one as ``.<name>.old-*``, which the
+            # next load or write puts back (``_restore_interrupted_swap``).
             if target.exists():
                 target.rename(old)
             try:
@@ -397,6 +399,16 @@ def _read_json(path: Path) -> object:
         raise ModelError(f"{path}: unreadable model file ({e})") from e
 
 
+def _restore_interrupted_swap(target: Path) -> None:
+    """Put back a previous model moved aside by a fallback swap that was killed halfway."""
+    if target.exists():
+        return
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        log.warning("%s: restoring the previous model from %s", target, aside[-1])
+        aside[-1].rename(target)
+
+
 def load_model_dir(path: Path) -> TrainedModel:
     """Load a model directory written by :func:`train`.
 
@@ -404,6 +416,7 @@ def load_model_dir(path: Path) -> TrainedModel:
         ModelError: not a directory, a required file missing or unreadable.
     """
     path = Path(path)
+    _restore_interrupted_swap(path)
     if not path.is_dir():
         raise ModelError(f"{path}: model directory not found")
     missing = [name for name in MODEL_FILES if not (path / name).is_file()]

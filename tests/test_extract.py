@@ -150,3 +150,20 @@ def test_variable_frame_rate_timestamps_survive_extraction(tmp_path: Path) -> No
     with open_store(tmp_path / "f.h5") as feature_store:
         stamps = feature_store.read(feature_store.video_id_for(path)).timestamps_sec
     np.testing.assert_allclose(stamps, np.array(pts_ms) / 1000)
+
+
+def test_unexpected_decoder_error_fails_only_that_video(
+    videos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = extract.VideoReader.chunks
+
+    def chunks(self, *args, **kwargs):
+        if self.path == videos[1]:
+            raise RuntimeError("simulated library bug")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(extract.VideoReader, "chunks", chunks)
+    report = run_extraction(videos, tmp_path / "f.h5", OPTIONS)
+    assert (report.extracted, report.failed) == (3, 1)
+    assert report.failures[0]["path"] == str(videos[1])
+    assert "RuntimeError: simulated library bug" in report.failures[0]["reason"]

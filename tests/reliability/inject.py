@@ -1,0 +1,121 @@
+"""Run the ``vrnn`` CLI with one fault injected at an exact point of a real run.
+
+Usage: ``python inject.py POINT ARGS...`` runs ``vrnn ARGS...`` (real files, real process) and
+SIGKILLs (or Ctrl-Cs) itself at POINT. External kills from the tests hit moments at random;
+these hit the few moments where a crash could do the most damage, every time.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import Callable
+
+Paths = Callable[[pathlib.Path, pathlib.Path], bool]
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _interrupt() -> None:
+    os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt at the next bytecode
+
+
+def _is_part(src: pathlib.Path, dst: pathlib.Path) -> bool:
+    return dst.parent.name.endswith(".parts") and dst.suffix == ".h5"
+
+
+def _is_store(src: pathlib.Path, dst: pathlib.Path) -> bool:
+    return src.name.startswith(f".{dst.name}.") and not dst.parent.name.endswith(".parts")
+
+
+def _is_sidecar(src: pathlib.Path, dst: pathlib.Path) -> bool:
+    return dst.name.endswith(".backbone.weights.h5")
+
+
+def _on_os_replace(matches: Paths, *, after: bool = False, action=_kill) -> None:
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        hit = matches(pathlib.Path(src), pathlib.Path(dst))
+        if hit and not after:
+            action()
+        real(src, dst, *args, **kwargs)
+        if hit and after:
+            action()
+
+    os.replace = replace
+
+
+def _on_hdf5_copy(nth: int, action=_kill) -> None:
+    """Act on the ``nth`` group copied into a store being assembled (commit only copies)."""
+    import h5py
+
+    real = h5py.Group.copy
+    calls = [0]
+
+    def copy(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == nth:
+            action()
+        return real(self, *args, **kwargs)
+
+    h5py.Group.copy = copy
+
+
+def _on_model_swap(*, exchange: bool) -> None:
+    """Kill ``vrnn train`` once its new model is complete, just before it takes the target.
+
+    With ``exchange``, before the atomic swap (``renameat2``, Linux); without, the platform
+    fallback is forced (no atomic swap) and the kill lands between its two renames.
+    """
+    from pipeline import training
+
+    real_exchange = training._exchange
+
+    def swap(first, second):
+        _kill()
+        return real_exchange(first, second)
+
+    if exchange:
+        training._exchange = swap
+        return
+    training._exchange = lambda first, second: False
+    real_rename = pathlib.Path.rename
+
+    def rename(self, target):
+        result = real_rename(self, target)
+        if ".old-" in pathlib.Path(target).name:  # the previous model moved aside
+            _kill()
+        return result
+
+    pathlib.Path.rename = rename
+
+
+POINTS: dict[str, Callable[[], None]] = {
+    # extract
+    "sidecar-before-rename": lambda: _on_os_replace(_is_sidecar),
+    "part-before-rename": lambda: _on_os_replace(_is_part),
+    "commit-half-written": lambda: _on_hdf5_copy(2),
+    "store-before-rename": lambda: _on_os_replace(_is_store),
+    "store-after-rename": lambda: _on_os_replace(_is_store, after=True),
+    "interrupt-in-commit": lambda: _on_hdf5_copy(1, action=_interrupt),
+    # train
+    "model-before-swap": lambda: _on_model_swap(exchange=True),
+    "model-between-fallback-renames": lambda: _on_model_swap(exchange=False),
+}
+
+
+def main() -> None:
+    point, args = sys.argv[1], sys.argv[2:]
+    POINTS[point]()
+    from stages.cli import app
+
+    app(prog_name="vrnn", args=args)
+
+
+if __name__ == "__main__":
+    main()
