@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from stages import evaluate, extract, index, sample_data, train
+from stages import evaluate, export, extract, index, predict, sample_data, train
 
 # Quiets part of TensorFlow's C++ start-up logging (some absl lines still print).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -73,5 +73,7 @@ for _name, _command in [
     ("extract", extract.command),
     ("train", train.command),
     ("evaluate", evaluate.command),
+    ("predict", predict.command),
+    ("export", export.command),
 ]:
     app.command(_name)(_one_line_errors(_command))

@@ -1,0 +1,255 @@
+"""End-to-end export: the frozen backbone and a trained head in one Keras graph.
+
+Signature of the exported model (``S`` = the extractor's input size, ``T`` = the head's
+``seq_len``, ``C`` = the number of classes)::
+
+    frames  uint8   [B, T, S, S, 3]   RGB, decoded and resized as ``extract`` does
+        → probabilities  float32 [B, C]  in labels.json order (rows sum to 1)
+
+There is no mask input: all ``T`` frames are real. A video with at least ``T`` sampled frames,
+reduced to ``T`` with :func:`pipeline.sequences.uniform_indices`, gets the probabilities
+``vrnn predict`` gives it; ``predict`` pads shorter videos and masks the padding, which
+this graph cannot express. MobileNetV2's preprocessing is inside the graph, and the features
+are rounded to float16 as the store keeps them, so the head sees what it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from pipeline.backbone import build_backbone, fingerprint, parse_weights
+from pipeline.contracts import ExtractorConfig
+from pipeline.errors import ConfigError, ModelError, WeightsError
+from pipeline.heads import FEATURES_INPUT, MASK_INPUT
+from pipeline.predict import model_weights_file
+from pipeline.training import LABELS_FILE, TrainedModel, load_model_dir
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
+"""``keras``: one ``.keras`` file; ``savedmodel``: a TF SavedModel directory (Keras
+``ExportArchive``, endpoint ``serve``); ``tflite``: one ``.tflite`` file with batch size 1."""
+FRAMES_INPUT = "frames"
+TFLITE_BATCH = 1
+"""The TFLite converter lowers the RNN's loop to builtin ops only with a static batch size."""
+
+
+@keras.saving.register_keras_serializable(package="vrnn")
+class PerFrame(keras.layers.Wrapper):
+    """Applies a per-image model to every frame: ``[B, T, ...]`` → ``[B, T, D]``.
+
+    Time is folded into the batch (one backbone call on ``B·T`` images) rather than looped
+    over as ``TimeDistributed`` does with a static ``T``.
+    """
+
+    def build(self, input_shape: tuple) -> None:
+        """Builds the wrapped model for single images, if it is not built yet."""
+        if not self.layer.built:
+            self.layer.build((None, *input_shape[2:]))
+        self.built = True
+
+    def call(self, inputs: keras.KerasTensor) -> keras.KerasTensor:
+        """``[B, T, ...]`` → the wrapped model's ``[B·T, D]`` output → ``[B, T, D]``."""
+        shape = keras.ops.shape(inputs)
+        images = keras.ops.reshape(inputs, (-1, *inputs.shape[2:]))
+        outputs = self.layer(images, training=False)
+        return keras.ops.reshape(outputs, (shape[0], shape[1], outputs.shape[-1]))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """``(batch, time, features)``."""
+        inner = self.layer.compute_output_shape((None, *input_shape[2:]))
+        return (input_shape[0], input_shape[1], inner[-1])
+
+
+@keras.saving.register_keras_serializable(package="vrnn")
+class AllFrames(keras.layers.Layer):
+    """The head's mask for a sequence without padding: ``[B, T, ...]`` → ``[B, T]`` all True."""
+
+    def call(self, inputs: keras.KerasTensor) -> keras.KerasTensor:
+        """A boolean ``[B, T]`` tensor of True."""
+        shape = keras.ops.shape(inputs)
+        return keras.ops.ones((shape[0], shape[1]), dtype="bool")
+
+    def compute_output_spec(self, inputs: keras.KerasTensor) -> keras.KerasTensor:
+        """``(batch, time)`` bool."""
+        return keras.KerasTensor(inputs.shape[:2], dtype="bool")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote.
+
+    Attributes:
+        path: the exported model (file or SavedModel directory).
+        labels_path: ``labels.json`` beside it (class names, in output order).
+        format: one of :data:`EXPORT_FORMATS`.
+        batch: the fixed batch size (tflite), or None for any.
+        seq_len: frames per input sequence (``T``).
+        input_size: frame side in pixels (``S``).
+        labels: class names (``C`` of them).
+    """
+
+    path: Path
+    labels_path: Path
+    format: str
+    batch: int | None
+    seq_len: int
+    input_size: int
+    labels: list[str]
+
+    def signature(self) -> str:
+        """One line: input name, dtype and shape → output dtype and shape."""
+        b, s = self.batch or "B", self.input_size
+        return (
+            f"{FRAMES_INPUT} uint8 [{b}, {self.seq_len}, {s}, {s}, 3] → probabilities "
+            f"float32 [{b}, {len(self.labels)}]"
+        )
+
+
+def load_backbone(extractor: ExtractorConfig, weights_file: Path) -> keras.Model:
+    """Build the model's backbone from ``weights_file`` and check its sha256.
+
+    Raises:
+        WeightsError: not MobileNetV2 weights, or not the weights the head was trained on.
+    """
+    model = build_backbone(
+        parse_weights(str(weights_file)), extractor.input_size, weights_file=weights_file
+    )
+    actual = fingerprint(model)
+    if actual != extractor.weights_sha256:
+        raise WeightsError(
+            f"{weights_file}: weights sha256 {actual[:12]} does not match the extractor's "
+            f"{extractor.weights_sha256[:12]} ({extractor.weights})"
+        )
+    return model
+
+
+def build_end_to_end(backbone: keras.Model, trained: TrainedModel) -> keras.Model:
+    """Frames → backbone → float16 features → head, as one frozen ``keras.Model``.
+
+    Args:
+        backbone: uint8 ``[N, S, S, 3]`` → float32 ``[N, D]`` (see ``build_backbone``).
+        trained: the loaded model directory (head, labels, extractor, seq_len).
+
+    Returns:
+        ``vrnn_classifier``: uint8 ``[B, T, S, S, 3]`` → float32 ``[B, C]``.
+    """
+    size, seq_len = trained.extractor.input_size, trained.train_config.seq_len
+    frames = keras.Input((seq_len, size, size, 3), dtype="uint8", name=FRAMES_INPUT)
+    features = PerFrame(backbone, name="backbone")(frames)
+    # The head learned from stored float16 features (predict feeds it float16 too).
+    features = keras.layers.Activation("linear", dtype="float16", name="to_float16")(features)
+    mask = AllFrames(name="all_frames")(frames)
+    probabilities = trained.model({FEATURES_INPUT: features, MASK_INPUT: mask})
+    model = keras.Model(frames, probabilities, name="vrnn_classifier")
+    model.trainable = False
+    return model
+
+
+def _check_output(out: Path, fmt: str) -> None:
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown --format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    suffix = {"keras": ".keras", "tflite": ".tflite"}.get(fmt)
+    if suffix and out.suffix != suffix:
+        raise ConfigError(f"-o {out}: a {fmt} export must end with {suffix}")
+    if suffix and out.is_dir():
+        raise ConfigError(f"-o {out} is a directory; give a {suffix} file name")
+    if fmt == "savedmodel" and out.exists() and not (out / "saved_model.pb").is_file():
+        raise ConfigError(f"-o {out} exists and is not a SavedModel; refusing to replace it")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _write(model: keras.Model, out: Path, fmt: str) -> None:
+    """Write into a temporary sibling, then rename it over ``out``."""
+    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.tmp{out.suffix}")
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "keras":
+            model.save(tmp)
+        elif fmt == "savedmodel":
+            model.export(str(tmp), format="tf_saved_model", verbose=False)
+        else:
+            size, seq_len = model.input_shape[2], model.input_shape[1]
+            spec = keras.InputSpec(
+                shape=(TFLITE_BATCH, seq_len, size, size, 3), dtype="uint8", name=FRAMES_INPUT
+            )
+            model.export(str(tmp), format="litert", input_signature=[spec], verbose=False)
+        if tmp.is_dir() and out.exists():  # a directory cannot be renamed over another
+            out.rename(old)
+        os.replace(tmp, out)
+    except OSError as e:
+        if old.exists() and not out.exists():
+            old.rename(out)  # put the previous export back
+        raise ModelError(f"cannot write {out}: {e.strerror or e}") from e
+    finally:
+        _remove(tmp)
+        _remove(old)
+
+
+def export_model(
+    model_dir: Path, out: Path, *, fmt: str = "keras", weights: Path | None = None
+) -> ExportResult:
+    """Export a model directory as one end-to-end model plus ``labels.json`` beside it.
+
+    Args:
+        model_dir: a directory written by ``vrnn train``.
+        out: ``.keras`` file, SavedModel directory or ``.tflite`` file (replaced).
+        fmt: one of :data:`EXPORT_FORMATS`.
+        weights: backbone weights overriding the model directory's copy (sha256-checked).
+
+    Raises:
+        ConfigError: unknown format or an output path that does not fit it.
+        ModelError: unusable model directory, or the output cannot be written.
+        WeightsError: backbone weights missing or not the model's.
+    """
+    out = Path(out)
+    _check_output(out, fmt)
+    trained = load_model_dir(model_dir)
+    backbone = load_backbone(
+        trained.extractor, model_weights_file(model_dir, trained.extractor, weights)
+    )
+    model = build_end_to_end(backbone, trained)
+    _write(model, out, fmt)
+    labels_path = out.parent / LABELS_FILE
+    try:
+        labels_path.write_text(json.dumps(trained.labels, indent=2) + "\n")
+    except OSError as e:
+        raise ModelError(f"cannot write {labels_path}: {e.strerror or e}") from e
+    return ExportResult(
+        path=out,
+        labels_path=labels_path,
+        format=fmt,
+        batch=TFLITE_BATCH if fmt == "tflite" else None,
+        seq_len=trained.train_config.seq_len,
+        input_size=trained.extractor.input_size,
+        labels=trained.labels,
+    )
+
+
+def load_exported(path: Path) -> keras.Model:
+    """Load an exported ``.keras`` model in safe mode (this module registers its layers).
+
+    Raises:
+        ModelError: missing or not loadable.
+    """
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: exported model not found")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, OSError, TypeError, KeyError) as e:
+        raise ModelError(f"{path}: cannot load the exported model ({e})") from e
