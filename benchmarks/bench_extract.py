@@ -79,12 +79,15 @@ def long_video_rss(minutes: float, size: int, weights: str, root: Path) -> tuple
             for image in np.stack([gray, gray[:, ::-1], gray], axis=-1):
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode(None))
+    # VmHWM, not getrusage: Linux carries ru_maxrss over fork + exec, so a child started
+    # by this (large) benchmark process would report the parent's high-water mark.
     code = (
-        "import resource, sys; from pathlib import Path;"
+        "from pathlib import Path;"
         "from pipeline.extract_job import ExtractOptions, run_extraction;"
         f"r = run_extraction([Path({str(path)!r})], Path({str(root / 'long.h5')!r}),"
         f" ExtractOptions(weights={weights!r}, input_size={size}));"
-        "print(r.frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
+        "print(r.frames, hwm)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     done, rss_kb = map(int, out.stdout.split()[-2:])
@@ -95,8 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="224,112,64")
     parser.add_argument("--weights", default="random")
-    parser.add_argument("--videos", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=150, help="frames per video")
+    parser.add_argument("--videos", type=int, default=12)
+    parser.add_argument("--frames", type=int, default=200, help="frames per video")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--long-minutes", type=float, default=20.0)

@@ -8,8 +8,11 @@ written as a part file (see :mod:`pipeline.store`); nothing here touches the fin
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 QUEUE_CHUNKS = 8
 """Decoded chunks buffered ahead of inference (each ≤ ``CHUNK_FRAMES`` frames)."""
 CHUNK_FRAMES = 16
+DECODER_NICE = 10
+"""Nice increment of the decoder thread (see ``_lower_thread_priority``)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,19 @@ def _reason(error: Exception, path: str) -> str:
     return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
 
 
+def _lower_thread_priority() -> None:
+    """Give the calling (decoder) thread a lower CPU priority than inference, on Linux.
+
+    The backbone is the bottleneck and its intra-op threads wait on each other at every op,
+    so a decoder preempting one of them stalls all of them. The decoder needs a small share
+    of one core and has a queue of chunks to absorb delays, so it yields to inference; on an
+    otherwise idle machine (or when a GPU does the inference) nice changes nothing.
+    """
+    if sys.platform == "linux":  # per-thread nice values are a Linux feature
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICE)
+
+
 def _decode_into(
     items: Sequence[WorkItem],
     config: ExtractorConfig,
@@ -131,6 +149,7 @@ def _decode_into(
                 continue
         return False
 
+    _lower_thread_priority()
     try:
         for i, item in enumerate(items):
             reader = VideoReader(
