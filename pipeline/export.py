@@ -28,7 +28,7 @@ import keras
 from pipeline.backbone import build_backbone, fingerprint, parse_weights
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import ConfigError, ModelError, WeightsError
-from pipeline.heads import FEATURES_INPUT, MASK_INPUT
+from pipeline.heads import FEATURES_INPUT, MASK_INPUT, load_head
 from pipeline.predict import model_weights_file
 from pipeline.training import LABELS_FILE, TrainedModel, load_model_dir
 
@@ -247,9 +247,4 @@ def load_exported(path: Path) -> keras.Model:
     Raises:
         ModelError: missing or not loadable.
     """
-    if not Path(path).is_file():
-        raise ModelError(f"{path}: exported model not found")
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except (ValueError, OSError, TypeError, KeyError) as e:
-        raise ModelError(f"{path}: cannot load the exported model ({e})") from e
+    return load_head(path)  # the same safe-mode loader as a head; the layers are registered
