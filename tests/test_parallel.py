@@ -306,7 +306,8 @@ def test_unreachable_scheduler_fails_within_the_timeout() -> None:
         ClusterError, match=f"cannot reach the Dask scheduler at {address} within 1 s"
     ):
         DaskRunner(ClusterOptions(scheduler=address, connect_timeout_sec=1)).__enter__()
-    assert time.perf_counter() - started < 2.5
+    # Well under Dask's own 30 s default: the option is honoured (margin for a loaded CI box).
+    assert time.perf_counter() - started < 1 + 8
 
 
 def test_unreachable_scheduler_is_one_error_line_and_writes_nothing(
