@@ -43,13 +43,13 @@ def test_default_classes_are_two_order_pairs_and_two_appearance_classes():
     assert [c.label for c in first_six] == [
         "brightening",
         "darkening",
-        "clockwise",
-        "counterclockwise",
+        "growing",
+        "shrinking",
         "disc",
         "stripes",
     ]
-    assert [c.reverse_of for c in first_six if c.reverse_of] == ["brightening", "clockwise"]
-    assert ("growing", "shrinking") in ORDER_PAIRS
+    assert [c.reverse_of for c in first_six if c.reverse_of] == ["brightening", "growing"]
+    assert ("clockwise", "counterclockwise") in ORDER_PAIRS
 
 
 def test_every_file_decodes_with_the_frame_count_and_size_written(sample_dataset):
