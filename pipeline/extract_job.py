@@ -88,8 +88,18 @@ class TaskSpec:
     mixed_precision: bool = False
 
 
-def run_task(spec: TaskSpec, items: Sequence[WorkItem]) -> TaskResult:
-    """Worker entry point: extract ``items`` into part files (backbone built once per process)."""
+def run_task(
+    spec: TaskSpec,
+    items: Sequence[WorkItem],
+    *,
+    stop: threading.Event | None = None,
+    on_video: Callable[[VideoDone], None] | None = None,
+) -> TaskResult:
+    """Extract ``items`` into part files, in this process or a worker's.
+
+    The backbone is built once per process (see ``backbone_for``); ``stop`` and
+    ``on_video`` serve in-process runs (cancellation, per-video progress).
+    """
     infer = backbone_for(spec.config, Path(spec.weights_file), mixed_precision=spec.mixed_precision)
     return extract_items(
         items,
@@ -97,6 +107,8 @@ def run_task(spec: TaskSpec, items: Sequence[WorkItem]) -> TaskResult:
         infer=infer,
         parts_dir=Path(spec.parts_dir),
         batch_size=spec.batch_size,
+        stop=stop,
+        on_video=on_video,
     )
 
 
@@ -297,27 +309,16 @@ def run_extraction(
             on_plan(plan)
         extract_started = time.perf_counter()
         try:
+            spec = TaskSpec(
+                config,
+                str(backbone_sidecar(store_path)),
+                str(builder.parts_dir),
+                options.batch_size,
+                options.mixed_precision,
+            )
             if plan.todo and runner is None:
-                infer = backbone_for(
-                    config, backbone_sidecar(store_path), mixed_precision=options.mixed_precision
-                )
-                extract_items(
-                    plan.todo,
-                    config=config,
-                    infer=infer,
-                    parts_dir=builder.parts_dir,
-                    batch_size=options.batch_size,
-                    stop=stop,
-                    on_video=on_video,
-                )
+                run_task(spec, plan.todo, stop=stop, on_video=on_video)
             elif plan.todo:
-                spec = TaskSpec(
-                    config,
-                    str(backbone_sidecar(store_path)),
-                    str(builder.parts_dir),
-                    options.batch_size,
-                    options.mixed_precision,
-                )
                 runner(spec, split_tasks(plan.todo, videos_per_task), on_task)
         except KeyboardInterrupt:
             report.interrupted = True
