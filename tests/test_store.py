@@ -104,12 +104,13 @@ def test_corrupted_feature_bytes_are_detected_naming_the_video(tmp_path: Path) -
     with StoreBuilder(store_path, CONFIG) as builder:
         write_part(builder.parts_dir, CONFIG, vf)
         builder.commit()
-    with h5py.File(store_path, "r") as f:
-        chunk = f["videos"][vf.video_id]["features"].id.get_chunk_info(0)
-    data = bytearray(store_path.read_bytes())
+    with h5py.File(store_path, "r") as f:  # through the index's external link, to the shard
+        features = f["videos"][vf.video_id]["features"]
+        chunk, shard = features.id.get_chunk_info(0), Path(features.file.filename)
+    data = bytearray(shard.read_bytes())
     middle = chunk.byte_offset + chunk.size // 2
     data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
-    store_path.write_bytes(bytes(data))
+    shard.write_bytes(bytes(data))
     with open_store(store_path) as store, pytest.raises(StoreError, match=vf.video_id):
         store.read(vf.video_id)
 

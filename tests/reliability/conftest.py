@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.sample_data import write_video
-from pipeline.store import backbone_sidecar
+from pipeline.store import backbone_sidecar, shards_dir_for
 
 from .helpers import Snapshot, extract_args, run_vrnn, snapshot, write_csv_manifest
 
@@ -85,5 +85,6 @@ def copy_store(clean: CleanStore, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / clean.path.name
     shutil.copy2(clean.path, target)
+    shutil.copytree(shards_dir_for(clean.path), shards_dir_for(target))
     shutil.copy2(backbone_sidecar(clean.path), backbone_sidecar(target))
     return target

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,13 +175,13 @@ def test_disk_full_in_process_without_mount(
 def test_corrupted_feature_bytes_are_reported_by_train_naming_the_video(
     tmp_path: Path, clips: Clips, reference: CleanStore
 ) -> None:
-    store = tmp_path / "features.h5"
-    shutil.copy2(reference.path, store)
+    store = copy_store(reference, tmp_path)
     victim = reference.contents.ids[3]
-    with h5py.File(store, "r") as f:
-        chunk = f["videos"][victim]["features"].id.get_chunk_info(0)
+    with h5py.File(store, "r") as f:  # the index links each video to its shard file
+        features = f["videos"][victim]["features"]
+        chunk, shard = features.id.get_chunk_info(0), features.file.filename
         source = f["videos"][victim].attrs["source_path"]
-    with open(store, "r+b") as f:  # flip 8 bytes in the middle of the compressed chunk
+    with open(shard, "r+b") as f:  # flip 8 bytes in the middle of the compressed chunk
         f.seek(chunk.byte_offset + chunk.size // 2)
         data = f.read(8)
         f.seek(chunk.byte_offset + chunk.size // 2)

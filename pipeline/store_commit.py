@@ -1,0 +1,167 @@
+"""The steps of a commit: read staging → merge (pure dict logic) → write shards + index → replace.
+
+Staged part files already have the shard layout, so "writing" a new video's shard is a hard
+link into the shard directory (a copy where the file system has no hard links): no feature
+byte is read or rewritten by the committing process. The index is then written under a
+temporary name and renamed over the store. Until that rename the new shards are unreferenced;
+:func:`remove_unreferenced` (run by the next writer, under the lock) deletes such leftovers.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+
+from pipeline.contracts import ExtractionFailure
+from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
+from pipeline.store_layout import FEATURES, VIDEOS, discard, fsync_dir, new_shard_name
+
+NO_HARD_LINKS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK}
+
+
+@dataclass(frozen=True)
+class StagedVideo:
+    """One finished video waiting in the staging directory."""
+
+    part: Path
+    video_id: str
+    frames: int
+    source: str
+    entry: PathEntry
+    shard: str = field(default_factory=new_shard_name)
+
+
+@dataclass
+class Staging:
+    """Everything a staging directory holds: finished videos, aliases and failures."""
+
+    videos: list[StagedVideo] = field(default_factory=list)
+    aliases: dict[str, PathEntry] = field(default_factory=dict)
+    failures: list[ExtractionFailure] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    """Staged files to delete once the commit is in place."""
+
+
+@dataclass
+class CommitSummary:
+    """What a commit changed: videos now stored, videos and frames added, failures recorded."""
+
+    videos: int = 0
+    added: int = 0
+    frames_added: int = 0
+    failures: list[ExtractionFailure] = field(default_factory=list)
+
+
+def _staged_video(part: Path) -> StagedVideo:
+    with h5py.File(part, "r") as f:
+        (video_id, group), *_ = f[VIDEOS].items()
+        attrs = group.attrs
+        # Version-1 parts (left by an older vrnn) kept the source stat on the root.
+        size = attrs.get("source_size", f.attrs.get("source_size"))
+        mtime_ns = attrs.get("source_mtime_ns", f.attrs.get("source_mtime_ns"))
+        return StagedVideo(
+            part=part,
+            video_id=video_id,
+            frames=int(group[FEATURES].shape[0]),
+            source=str(attrs["source_path"]),
+            entry=PathEntry(video_id, int(size), int(mtime_ns)),
+        )
+
+
+def read_staging(parts_dir: Path) -> Staging:
+    """Read the metadata (never the features) of everything staged in ``parts_dir``."""
+    staging = Staging()
+    for part in sorted(parts_dir.glob("v*.h5")):
+        staging.videos.append(_staged_video(part))
+        staging.files.append(part)
+    for path in sorted(parts_dir.glob("*.alias.json")):
+        alias = json.loads(path.read_text())
+        entry = PathEntry(alias["video_id"], alias["size"], alias["mtime_ns"])
+        staging.aliases[alias["path"]] = entry
+        staging.files.append(path)
+    for path in sorted(parts_dir.glob("*.failed.json")):
+        staging.failures.append(ExtractionFailure(**json.loads(path.read_text())))
+        staging.files.append(path)
+    return staging
+
+
+def merge(
+    index: StoreIndex, staging: Staging
+) -> tuple[StoreIndex, list[StagedVideo], CommitSummary]:
+    """The index after ``staging`` is committed, the videos needing a shard, and a summary.
+
+    Pure: ``index`` is not modified. A staged video already stored (same content) only
+    updates the path index; an alias counts only when its video is stored; a failure
+    removes its path from the path index until the file extracts again.
+    """
+    videos, paths, failures = dict(index.videos), dict(index.paths), dict(index.failures)
+    summary = CommitSummary(failures=list(staging.failures))
+    new: list[StagedVideo] = []
+    for staged in staging.videos:
+        if staged.video_id not in videos:
+            videos[staged.video_id] = VideoEntry(staged.shard, staged.frames)
+            new.append(staged)
+            summary.added += 1
+            summary.frames_added += staged.frames
+        paths[staged.source] = staged.entry
+        failures.pop(staged.source, None)
+    for path, entry in staging.aliases.items():
+        if entry.video_id in videos:  # its original may have failed meanwhile
+            paths[path] = entry
+            failures.pop(path, None)
+    for failure in staging.failures:
+        failures[failure.path] = failure
+        paths.pop(failure.path, None)
+    summary.videos = len(videos)
+    return StoreIndex(videos, paths, failures), new, summary
+
+
+def changes_nothing(index: StoreIndex, staging: Staging) -> bool:
+    """True when committing ``staging`` would leave ``index`` as it is."""
+    known = all(index.failures.get(f.path) == f for f in staging.failures)
+    return not (staging.videos or staging.aliases) and known
+
+
+def link_shards(new: list[StagedVideo], shards_dir: Path) -> None:
+    """Make each new video's part file a shard (hard link; copy without hard links)."""
+    shards_dir.mkdir(exist_ok=True)
+    for staged in new:
+        target = shards_dir / staged.shard
+        try:
+            os.link(staged.part, target)
+        except OSError as e:
+            if e.errno not in NO_HARD_LINKS:
+                raise
+            _copy_durably(staged.part, target)
+    fsync_dir(shards_dir)
+
+
+def _copy_durably(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        discard(tmp)
+
+
+def remove_unreferenced(shards_dir: Path, referenced: set[str]) -> list[Path]:
+    """Delete shard files (and temp files) no committed index references; the ones removed.
+
+    Only a writer holding the store's lock may call this: a reader never deletes anything.
+    """
+    if not shards_dir.is_dir():
+        return []
+    stale = [p for p in shards_dir.glob("shard-*.h5") if p.name not in referenced]
+    stale += list(shards_dir.glob(".*.tmp"))
+    for path in stale:
+        discard(path)
+    return stale

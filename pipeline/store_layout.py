@@ -1,0 +1,157 @@
+"""Where a feature store's files live, their format markers, and the crash-safe write helpers.
+
+A version-2 store is an index file (``features.h5``) plus a directory of immutable shard
+files (``features.h5.d/shard-<hex>.h5``); see docs/FORMAT.md. Everything here is shared by
+the writer (:mod:`pipeline.store`), the index (:mod:`pipeline.store_index`), the reader
+(:mod:`pipeline.store_read`) and maintenance (:mod:`pipeline.store_maintenance`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import uuid
+from pathlib import Path
+
+import h5py
+
+from pipeline import __version__
+from pipeline.contracts import ExtractorConfig
+from pipeline.errors import StoreError
+
+FORMAT_NAME = "video-rnn-features"
+SHARD_FORMAT_NAME = "video-rnn-shard"
+FORMAT_VERSION = 2
+VIDEOS = "videos"
+FEATURES = "features"
+TIMESTAMPS = "timestamps"
+FAILURES = "failures"
+SHARDS_ATTR = "shards"
+"""Root attribute of the index: the shard directory, relative to the index file's directory."""
+CHUNK_ROWS = 256
+"""Feature rows per HDF5 chunk: a short video is one chunk, long ones read in 320–640 KB pieces."""
+
+
+def parts_dir_for(store_path: Path) -> Path:
+    """Staging directory of finished-but-uncommitted videos for ``store_path``."""
+    return store_path.with_name(store_path.name + ".parts")
+
+
+def shards_dir_for(store_path: Path) -> Path:
+    """Directory of the committed shard files of ``store_path`` (``<name>.d``)."""
+    return store_path.with_name(store_path.name + ".d")
+
+
+def new_shard_name() -> str:
+    """A fresh, collision-free shard file name (``shard-<16 hex>.h5``)."""
+    return f"shard-{uuid.uuid4().hex[:16]}.h5"
+
+
+def temp_path_for(path: Path) -> Path:
+    """A unique hidden temporary name beside ``path`` (``.<name>.<hex>.tmp``)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames/links inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def os_reason(e: OSError) -> str:
+    """The short reason of an OSError ("No space left on device"), also for h5py's."""
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
+def discard(path: Path) -> None:
+    """Remove a temporary file if it is there (a read-only file system refuses even that)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def write_error(path: Path, e: OSError) -> StoreError:
+    """A one-line StoreError for a failed write (disk full, read-only, permissions)."""
+    return StoreError(f"cannot write {path}: {os_reason(e)}")
+
+
+def require_free_space(directory: Path, nbytes: int, what: str, remedy: str = "") -> None:
+    """Raise :class:`StoreError` unless ``directory``'s file system has ``nbytes`` free.
+
+    HDF5 can crash the process (h5py issue #914) instead of raising when the disk fills up
+    mid-write, so large HDF5 writes check first and fail with a readable message.
+    """
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return  # cannot tell: let the write itself report
+    if st.f_flag & os.ST_RDONLY:
+        raise StoreError(f"cannot write {what} in {directory}: {os.strerror(errno.EROFS)}")
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes:
+        raise StoreError(
+            f"not enough free space in {directory} to write {what}: needs about "
+            f"{nbytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free"
+            + (f"; {remedy}" if remedy else "")
+        )
+
+
+def atomic_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp name, fsync, rename); StoreError on failure."""
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from e
+    finally:
+        discard(tmp)
+
+
+def atomic_json(path: Path, payload: dict) -> None:
+    """:func:`atomic_bytes` of ``payload`` as JSON."""
+    atomic_bytes(path, json.dumps(payload).encode())
+
+
+def write_config_attrs(f: h5py.File, config: ExtractorConfig, *, shard: bool = False) -> None:
+    """Root provenance attributes of an index (or, with ``shard``, a shard) file."""
+    f.attrs["format"] = SHARD_FORMAT_NAME if shard else FORMAT_NAME
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["tool_version"] = __version__
+    f.attrs["extractor"] = json.dumps(config.to_dict(), sort_keys=True)
+    for key, value in config.to_dict().items():  # readable with h5dump / HDFView
+        f.attrs[key] = "every frame" if key == "fps" and value is None else value
+
+
+def check_format(path: Path, f: h5py.File, name: str = FORMAT_NAME) -> None:
+    """Raise :class:`StoreError` unless ``f`` is a version-2 file of kind ``name``.
+
+    A version-1 store is refused with one line naming ``vrnn store migrate``.
+    """
+    if f.attrs.get("format") != name:
+        raise StoreError(
+            f"{path}: not a video-rnn {'shard' if name != FORMAT_NAME else 'feature store'}"
+        )
+    version = int(f.attrs.get("format_version", -1))
+    if version == 1 and name == FORMAT_NAME:
+        raise StoreError(
+            f"{path} is a version 1 feature store; convert it once with "
+            f"`vrnn store migrate {path}` (this vrnn reads version {FORMAT_VERSION})"
+        )
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            f"{path}: store format version {f.attrs.get('format_version')} is not "
+            f"supported (this vrnn reads version {FORMAT_VERSION}); re-extract it"
+        )
+
+
+def config_of(f: h5py.File) -> ExtractorConfig:
+    """The extractor configuration recorded in a store or shard file's root attributes."""
+    return ExtractorConfig.from_dict(json.loads(f.attrs["extractor"]))

@@ -1,0 +1,230 @@
+"""Reading a committed version-2 store: the index once, then videos straight from their shards.
+
+The reader does not follow the index's external links (those are for plain h5py users): it
+looks a video up in the catalog and reads it from its shard, keeping a few shard files open.
+A shard the index references but the directory lacks is one error naming the missing
+shard(s) and the videos they held. When the index was replaced since it was opened (a
+compaction moved videos to new shards), the reader reloads it once before giving up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
+from pipeline.errors import StoreError
+from pipeline.identity import file_sha256, video_id_from_sha256
+from pipeline.store_index import PathEntry, VideoEntry, read_catalog, read_failures, read_paths
+from pipeline.store_layout import (
+    FEATURES,
+    SHARDS_ATTR,
+    TIMESTAMPS,
+    VIDEOS,
+    check_format,
+    config_of,
+)
+
+OPEN_SHARDS = 16
+"""Shard files a reader keeps open (least recently used ones are closed)."""
+NAMED_VIDEOS = 5
+
+
+def _file_stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _open_index(path: Path) -> h5py.File:
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise StoreError(f"{path}: feature store not found") from None
+    except OSError as e:
+        raise StoreError(f"{path}: not a readable HDF5 feature store ({e})") from e
+    try:
+        check_format(path, f)
+    except StoreError:
+        f.close()
+        raise
+    return f
+
+
+class FeatureStore:
+    """Read-only view of a committed store. Prefer :func:`open_store`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._shards: OrderedDict[str, h5py.File] = OrderedDict()
+        self._load()
+
+    def _load(self) -> None:
+        with _open_index(self.path) as f:
+            self._identity = _file_stat(self.path)
+            self.config: ExtractorConfig = config_of(f)
+            self.shards_dir = self.path.parent / str(f.attrs[SHARDS_ATTR])
+            self._catalog = read_catalog(f)
+            self._paths = read_paths(f)
+            self._failures = read_failures(f)
+        self.__dict__.pop("video_ids", None)
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every open shard file."""
+        while self._shards:
+            self._shards.popitem()[1].close()
+
+    @functools.cached_property
+    def video_ids(self) -> list[str]:
+        """Ids of all stored videos, sorted."""
+        return sorted(self._catalog)
+
+    @property
+    def catalog(self) -> dict[str, VideoEntry]:
+        """``{video_id: VideoEntry(shard, frames)}`` of every stored video."""
+        return self._catalog
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._catalog
+
+    def __len__(self) -> int:
+        return len(self._catalog)
+
+    @property
+    def path_index(self) -> dict[str, PathEntry]:
+        """``{source path: PathEntry(video_id, size, mtime_ns)}`` as recorded at extraction."""
+        return self._paths
+
+    @property
+    def failures(self) -> list[ExtractionFailure]:
+        """Videos whose last extraction attempt failed, with reasons."""
+        return list(self._failures.values())
+
+    def require_config(self, expected: ExtractorConfig) -> None:
+        """Raise :class:`StoreError` naming both configurations unless they are equal."""
+        if self.config != expected:
+            raise StoreError(
+                f"{self.path} was built by a different extractor: store has "
+                f"({self.config.describe()}), expected ({expected.describe()})"
+            )
+
+    def video_id_for(self, source: Path) -> str | None:
+        """The stored id for a video file, or None when its content is not in the store.
+
+        Uses the path index when size and mtime still match; otherwise hashes the file.
+        """
+        entry = self._paths.get(str(source))
+        if entry is not None:
+            with contextlib.suppress(OSError):
+                if (entry.size, entry.mtime_ns) == _file_stat(source) and entry.video_id in self:
+                    return entry.video_id
+        try:
+            video_id = video_id_from_sha256(file_sha256(source))
+        except OSError:
+            return None
+        return video_id if video_id in self else None
+
+    def missing_shards(self) -> dict[str, list[str]]:
+        """``{shard name: [video ids]}`` for referenced shards absent from the directory."""
+        held: dict[str, list[str]] = {}
+        for vid, entry in sorted(self._catalog.items()):
+            held.setdefault(entry.shard, []).append(vid)
+        return {s: ids for s, ids in held.items() if not (self.shards_dir / s).is_file()}
+
+    def _missing_error(self) -> StoreError:
+        missing = self.missing_shards()
+        ids = [vid for held in missing.values() for vid in held]
+        more = f" (and {len(ids) - NAMED_VIDEOS} more)" if len(ids) > NAMED_VIDEOS else ""
+        return StoreError(
+            f"{self.path}: shard file(s) missing from {self.shards_dir}: "
+            f"{', '.join(sorted(missing))}; {len(ids)} video(s) affected: "
+            f"{', '.join(ids[:NAMED_VIDEOS])}{more}; restore the directory or re-extract"
+        )
+
+    def _shard(self, name: str) -> h5py.File:
+        if name in self._shards:
+            self._shards.move_to_end(name)
+            return self._shards[name]
+        try:
+            f = h5py.File(self.shards_dir / name, "r")
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise StoreError(
+                f"{self.path}: shard {self.shards_dir / name} is not readable ({e}); "
+                "restore it or re-extract"
+            ) from e
+        self._shards[name] = f
+        if len(self._shards) > OPEN_SHARDS:
+            self._shards.popitem(last=False)[1].close()
+        return f
+
+    def _group(self, video_id: str) -> h5py.Group:
+        try:
+            return self._shard(self._catalog[video_id].shard)[VIDEOS][video_id]
+        except (FileNotFoundError, KeyError):
+            pass
+        if _file_stat(self.path) != self._identity:  # replaced meanwhile (e.g. compacted)
+            self.close()
+            self._load()
+            if video_id in self._catalog:
+                with contextlib.suppress(FileNotFoundError, KeyError):
+                    return self._shard(self._catalog[video_id].shard)[VIDEOS][video_id]
+        raise self._missing_error()
+
+    def read(self, video_id: str) -> VideoFeatures:
+        """One video's features (stored dtype), timestamps and decode facts.
+
+        Raises:
+            StoreError: unknown id, a missing shard (naming it and the videos it held), or
+                data failing its fletcher32 checksum.
+        """
+        if video_id not in self:
+            raise StoreError(f"{self.path}: no video {video_id}")
+        g = self._group(video_id)
+        attrs = dict(g.attrs)
+        try:
+            features = g[FEATURES][()]
+            timestamps = g[TIMESTAMPS][()]
+        except OSError as e:
+            raise StoreError(
+                f"{self.path}: video {video_id} ({attrs.get('source_path')}) is corrupt on "
+                f"disk ({e}); delete the store or re-extract"
+            ) from e
+        info = VideoInfo(
+            path=str(attrs.pop("source_path")),
+            **{k: _plain(attrs[k]) for k in VideoInfo.__dataclass_fields__ if k in attrs},
+        )
+        return VideoFeatures(video_id, str(attrs["content_sha256"]), features, timestamps, info)
+
+    def iter_videos(self) -> Iterator[VideoFeatures]:
+        """Every stored video, in id order."""
+        for video_id in self.video_ids:
+            yield self.read(video_id)
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def open_store(path: Path, expected: ExtractorConfig | None = None) -> FeatureStore:
+    """Open a committed store read-only; with ``expected``, also check its extractor config."""
+    store = FeatureStore(path)
+    if expected is not None:
+        try:
+            store.require_config(expected)
+        except StoreError:
+            store.close()
+            raise
+    return store
