@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -228,6 +229,15 @@ class StoreBuilder:
 
     def __exit__(self, *exc: object) -> None:
         self._release_lock()
+
+    @contextlib.contextmanager
+    def lock_only(self) -> Iterator[StoreBuilder]:
+        """Hold the writer's lock without checking or staging anything (store migration)."""
+        self._acquire_lock()
+        try:
+            yield self
+        finally:
+            self._release_lock()
 
     def remove_leftovers(self) -> None:
         """Delete what killed commits left: temp index files and unreferenced shards.

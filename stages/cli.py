@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from stages import evaluate, export, extract, index, predict, sample_data, train
+from stages import evaluate, export, extract, index, predict, sample_data, store, train
 
 # Quiets part of TensorFlow's C++ start-up logging (some absl lines still print).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -77,3 +77,7 @@ for _name, _command in [
     ("export", export.command),
 ]:
     app.command(_name)(_one_line_errors(_command))
+
+for _info in store.app.registered_commands:  # `vrnn store …` shares the error boundary
+    _info.callback = _one_line_errors(_info.callback)
+app.add_typer(store.app, name="store")
