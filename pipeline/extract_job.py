@@ -211,11 +211,38 @@ class Plan:
     failures: list[ExtractionFailure] = field(default_factory=list)
 
 
-def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
+@dataclass(frozen=True)
+class FileHash:
+    """A file's content sha256, or why it could not be read (picklable: runs in workers)."""
+
+    path: str
+    sha256: str | None = None
+    error: str | None = None
+
+
+def hash_files(paths: Sequence[str]) -> list[FileHash]:
+    """Content sha256 of each file, in order; an unreadable file gets an ``error`` instead."""
+    hashes = []
+    for path in paths:
+        try:
+            hashes.append(FileHash(path, file_sha256(Path(path))))
+        except OSError as e:
+            hashes.append(FileHash(path, error=f"cannot read file ({e.strerror})"))
+    return hashes
+
+
+FileHasher = Callable[[Sequence[str]], list[FileHash]]
+"""Hashes files somewhere: :func:`hash_files` here, or a task runner's workers in parallel."""
+
+
+def plan_extraction(
+    paths: Iterable[Path], builder: StoreBuilder, hasher: FileHasher = hash_files
+) -> Plan:
     """Decide per file: skip (content already stored), extract, or fail now.
 
     Files whose size and mtime match the store's path index are skipped without reading
-    them; others are hashed. A second path with the same content is recorded as an alias.
+    them; the others are hashed by ``hasher`` (all at once, so a cluster hashes them in
+    parallel). A second path with the same content is recorded as an alias.
     Videos finished by an interrupted run (staged parts) are neither redone nor counted as
     skipped: this run's commit stores them.
     """
@@ -224,7 +251,7 @@ def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
         with open_store(builder.path) as store:
             index, stored = store.path_index, set(store.video_ids)
     staged = builder.staged_ids()
-    plan, queued = Plan(), set()
+    plan, queued, unknown = Plan(), set(), []
     for path in paths:
         key = str(path)
         if not path.exists() or path.is_dir():
@@ -236,18 +263,18 @@ def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
         if entry and entry[0] in stored and tuple(entry[1:]) == (st.st_size, st.st_mtime_ns):
             plan.skipped += 1
             continue
-        try:
-            sha = file_sha256(path)
-        except OSError as e:
-            plan.failures.append(ExtractionFailure(key, f"cannot read file ({e.strerror})"))
+        unknown.append(path)
+    for path, hashed in zip(unknown, hasher([str(p) for p in unknown]), strict=True):
+        if hashed.sha256 is None:
+            plan.failures.append(ExtractionFailure(hashed.path, hashed.error or "unreadable"))
             continue
-        video_id = video_id_from_sha256(sha)
+        video_id = video_id_from_sha256(hashed.sha256)
         if video_id in stored or video_id in queued or video_id in staged:
             plan.skipped += video_id not in staged
             write_alias(builder.parts_dir, path, video_id)
             continue
         queued.add(video_id)
-        plan.todo.append(WorkItem(key, video_id, sha))
+        plan.todo.append(WorkItem(hashed.path, video_id, hashed.sha256))
     return plan
 
 
@@ -301,7 +328,9 @@ def run_extraction(
         random_backbone=config.weights.startswith("random"),
     )
     with StoreBuilder(store_path, config) as builder:
-        plan = plan_extraction([Path(os.path.abspath(p)) for p in paths], builder)
+        # A cluster runner hashes new files in its workers; the driver only stats them.
+        hasher = getattr(runner, "hash_files", hash_files)
+        plan = plan_extraction([Path(os.path.abspath(p)) for p in paths], builder, hasher)
         report.skipped = plan.skipped
         for failure in plan.failures:
             write_failure(builder.parts_dir, failure)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from distributed.scheduler import KilledWorker
 from pipeline.contracts import ExtractionFailure
 from pipeline.errors import ClusterError, ConfigError
 from pipeline.extract import TaskResult, WorkItem
-from pipeline.extract_job import TaskSpec, run_task
+from pipeline.extract_job import FileHash, TaskSpec, hash_files, run_task
 from pipeline.store import staged_video_ids, write_failure
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ TASK_RETRIES = 1
 A task whose worker *died* is rescheduled by Dask itself, up to the scheduler's
 ``distributed.scheduler.allowed-failures`` (default 3) times, before it ends as KilledWorker.
 """
+HASH_FILES_PER_TASK = 16
+"""At most this many files per hashing task (about four tasks per worker below that)."""
 KILLED_REASON = "worker died repeatedly while extracting (KilledWorker)"
 
 
@@ -255,6 +258,35 @@ class DaskRunner:
             if pending:
                 client.cancel(list(pending))
 
+    def hash_files(self, paths: Sequence[str]) -> list[FileHash]:
+        """Content-hash ``paths`` in the workers, in parallel (a :data:`FileHasher`).
+
+        Only hashes travel back to the driver. Raises :class:`ClusterError` when a worker
+        cannot see a file the driver sees (no shared filesystem) or the scheduler is lost.
+        """
+        if self.client is None:
+            raise RuntimeError("DaskRunner used outside its `with` block")
+        if not paths:
+            return []
+        workers = max(1, self.info.workers if self.info else 1)
+        per_task = max(1, min(HASH_FILES_PER_TASK, math.ceil(len(paths) / (4 * workers))))
+        batches = [list(paths[i : i + per_task]) for i in range(0, len(paths), per_task)]
+        futures = [
+            self.client.submit(
+                _hash_task, batch, key=f"vrnn-hash-{uuid.uuid4().hex}", pure=False,
+                retries=TASK_RETRIES,
+            )
+            for batch in batches
+        ]  # fmt: skip
+        try:
+            results = self.client.gather(futures)
+        except CancelledError as e:
+            raise ClusterError(
+                f"lost the Dask scheduler at {self.options.scheduler or 'local'} while "
+                f"hashing new files ({_first_line(e)}); nothing was extracted, rerun"
+            ) from None
+        return [hashed for batch in results for hashed in batch]
+
     @staticmethod
     def _after_killed(
         spec: TaskSpec, items: list[WorkItem], resubmit: Callable[[list[WorkItem]], None]
@@ -325,6 +357,17 @@ def _extract_task(spec: TaskSpec, items: list[WorkItem], tf_threads: int | None)
     result = run_task(spec, todo) if todo else TaskResult()
     result.ok.extend(item.video_id for item in items if item.video_id in staged)
     return result
+
+
+def _hash_task(paths: list[str]) -> list[FileHash]:
+    """What a worker runs to hash new files (see :meth:`DaskRunner.hash_files`)."""
+    unseen = [p for p in paths if not os.path.lexists(p)]
+    if unseen:
+        raise ClusterError(
+            f"Dask worker on {socket.gethostname()} cannot see {unseen[0]}; workers need the "
+            "videos on a shared filesystem at the same path"
+        )
+    return hash_files(paths)
 
 
 def _first_line(error: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 from distributed import Client, WorkerPlugin
 from typer.testing import CliRunner
 
+from pipeline import extract, extract_job
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import ClusterError
 from pipeline.extract_job import ExtractOptions, TaskSpec, run_extraction
@@ -34,7 +36,7 @@ from pipeline.parallel import (
     _extract_task,
 )
 from pipeline.sample_data import write_video
-from pipeline.store import open_store, parts_dir_for
+from pipeline.store import open_store, parts_dir_for, shards_dir_for
 from stages.cli import app
 
 pytestmark = pytest.mark.slow
@@ -256,6 +258,48 @@ def test_scheduler_option_builds_the_in_process_store(
     assert f"Dask cluster {scheduler_address}: 2 workers, 1 TF threads each" in result.output
     assert "extracted 8, skipped 0 (already stored), failed 0 of 8 videos" in result.output
     assert_same_store(store, reference)
+
+
+def test_workers_hash_new_files_and_write_the_shards_the_driver_only_indexes(
+    videos: list[Path],
+    reference: Path,
+    scheduler_address: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    twin = tmp_path / "twin.mp4"  # same content as videos[0] under another path
+    shutil.copyfile(videos[0], twin)
+    manifest = tmp_path / "manifest.csv"
+    rows = [f"{video},c{i % 2},g{i},train" for i, video in enumerate([*videos, twin])]
+    manifest.write_text("\n".join(["path,label,group,split", *rows]) + "\n")
+
+    def not_in_the_driver(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the driver hashed a video or wrote features")
+
+    monkeypatch.setattr(extract_job, "file_sha256", not_in_the_driver)
+    monkeypatch.setattr(extract, "write_part", not_in_the_driver)
+    store = tmp_path / "features.h5"
+    args = ["extract", str(manifest), "-o", str(store), *CLI_OPTIONS]
+    args += ["--scheduler", scheduler_address, "--videos-per-task", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "extracted 8, skipped 1 (already stored), failed 0 of 9 videos" in result.output
+    with Client(scheduler_address, timeout=30, set_as_default=False) as client:
+        prefixes = client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.task_prefixes)
+        )
+    assert {"vrnn-hash", "vrnn-extract"} <= set(prefixes)
+    with open_store(store) as fs:
+        shards = {entry.shard for entry in fs.catalog.values()}
+        assert fs.path_index[str(twin)].video_id == fs.path_index[str(videos[0])].video_id
+    assert shards == {p.name for p in shards_dir_for(store).iterdir()} and len(shards) == 8
+    with open_store(reference) as want:  # the twin adds a path, not a video
+        assert_same_store(store, reference, video_ids=want.video_ids)
+
+
+def _task_prefixes(dask_scheduler) -> list[str]:
+    """Names of every kind of task the scheduler has run (``vrnn-hash``, …)."""
+    return list(dask_scheduler.task_prefixes)
 
 
 def test_killed_client_loses_nothing_finished_and_the_rerun_resumes(

@@ -50,20 +50,37 @@ def _on_os_replace(matches: Paths, *, after: bool = False, action=_kill) -> None
     os.replace = replace
 
 
-def _on_hdf5_copy(nth: int, action=_kill) -> None:
-    """Act on the ``nth`` group copied into a store being assembled (commit only copies)."""
-    import h5py
+def _is_shard(src: pathlib.Path, dst: pathlib.Path) -> bool:
+    return dst.parent.name.endswith(".d") and dst.name.startswith("shard-")
 
-    real = h5py.Group.copy
+
+def _on_shard_link(nth: int, action=_kill) -> None:
+    """Act once the ``nth`` staged part has been linked into the shard directory (commit)."""
+    real = os.link
     calls = [0]
 
-    def copy(self, *args, **kwargs):
+    def link(src, dst, *args, **kwargs):
+        real(src, dst, *args, **kwargs)
         calls[0] += 1
         if calls[0] == nth:
             action()
-        return real(self, *args, **kwargs)
 
-    h5py.Group.copy = copy
+    os.link = link
+
+
+def _on_index_copied(action=_kill) -> None:
+    """Act once the previous index has been copied to the new index's temporary name."""
+    import shutil
+
+    real = shutil.copyfile
+
+    def copyfile(src, dst, *args, **kwargs):
+        result = real(src, dst, *args, **kwargs)
+        if _is_store(pathlib.Path(dst), pathlib.Path(src)):
+            action()
+        return result
+
+    shutil.copyfile = copyfile
 
 
 def _on_model_swap(*, exchange: bool) -> None:
@@ -99,10 +116,13 @@ POINTS: dict[str, Callable[[], None]] = {
     # extract
     "sidecar-before-rename": lambda: _on_os_replace(_is_sidecar),
     "part-before-rename": lambda: _on_os_replace(_is_part),
-    "commit-half-written": lambda: _on_hdf5_copy(2),
+    "commit-half-written": lambda: _on_shard_link(2),  # 2 of the new shards linked
+    "index-half-written": _on_index_copied,  # new index copied from the old, not yet updated
     "store-before-rename": lambda: _on_os_replace(_is_store),
     "store-after-rename": lambda: _on_os_replace(_is_store, after=True),
-    "interrupt-in-commit": lambda: _on_hdf5_copy(1, action=_interrupt),
+    "interrupt-in-commit": lambda: _on_shard_link(1, action=_interrupt),
+    # store compact (store-before/after-rename also apply: the index replace)
+    "compact-shard-before-rename": lambda: _on_os_replace(_is_shard),
     # train
     "model-before-swap": lambda: _on_model_swap(exchange=True),
     "model-between-fallback-renames": lambda: _on_model_swap(exchange=False),

@@ -21,7 +21,7 @@ import pytest
 from pipeline import extract_job
 from pipeline.errors import StoreError
 from pipeline.extract_job import ExtractOptions, run_extraction
-from pipeline.store import parts_dir_for
+from pipeline.store import open_store, parts_dir_for, shards_dir_for
 
 from .conftest import CleanStore, Clips, copy_store
 from .helpers import (
@@ -96,8 +96,8 @@ def test_disk_full_keeps_the_previous_store_and_a_rerun_finishes(
 ) -> None:
     with tmpfs(tmp_path / "disk", "16m") as disk:
         store = copy_store(half_store, disk)
-        new_bytes = reference.path.stat().st_size - half_store.path.stat().st_size
-        # Room for the 8 new parts but not for old + new store: the commit is what fails.
+        new_bytes = _store_bytes(reference.path) - _store_bytes(half_store.path)
+        # Room for the 8 new parts but not for the new index: the commit is what fails.
         room = 16 * 1024 if where == "while staging parts" else new_bytes * 13 // 10 + 65536
         filler = fill_until(disk, room)
         args = extract_args(clips.all_csv, store)
@@ -137,6 +137,12 @@ def test_read_only_output_directory_fails_in_one_line(
         assert_same_store(snapshot(store), half_store.contents)
 
 
+def _store_bytes(store: Path) -> int:
+    """Bytes of a store: its index plus its shards."""
+    shards = shards_dir_for(store).glob("shard-*.h5")
+    return store.stat().st_size + sum(p.stat().st_size for p in shards)
+
+
 def test_disk_full_in_process_without_mount(
     tmp_path: Path,
     clips: Clips,
@@ -164,7 +170,7 @@ def test_disk_full_in_process_without_mount(
     assert_same_store(snapshot(store), half_store.contents)
     assert leftovers(tmp_path) == []
 
-    full[0] = f".{store.name}."  # the new store being assembled
+    full[0] = f".{store.name}."  # the new index being written
     with pytest.raises(StoreError, match=r"No space left on device.*previous store is unchanged"):
         run_extraction(list(clips.files), store, options)
     assert_same_store(snapshot(store), half_store.contents)
@@ -193,4 +199,22 @@ def test_corrupted_feature_bytes_are_reported_by_train_naming_the_video(
     )  # fmt: skip
     assert trained.returncode == 1, trained.stderr[-3000:]
     assert_one_error_line(trained.stderr, victim, source, "corrupt on disk")
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_missing_shard_makes_train_fail_in_one_line_naming_it_and_its_videos(
+    tmp_path: Path, clips: Clips, reference: CleanStore
+) -> None:
+    store = copy_store(reference, tmp_path)
+    victim = reference.contents.ids[5]
+    with open_store(store) as fs:
+        shard = fs.catalog[victim].shard
+    (shards_dir_for(store) / shard).unlink()
+    trained = run_vrnn(
+        "train", clips.all_csv, store, "-o", tmp_path / "model",
+        "--epochs", "1", "--units", "4", "--seq-len", "4", "--batch-size", "4",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert trained.returncode == 1, trained.stderr[-3000:]
+    assert_one_error_line(trained.stderr, shard, victim, "1 video(s) affected")
     assert not (tmp_path / "model").exists()

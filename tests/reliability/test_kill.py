@@ -21,7 +21,7 @@ import pytest
 
 from pipeline.contracts import ExtractorConfig
 from pipeline.extract import WorkItem, extract_items
-from pipeline.store import backbone_sidecar, parts_dir_for
+from pipeline.store import backbone_sidecar, open_store, parts_dir_for, shards_dir_for
 
 from .conftest import CleanStore, Clips, copy_store
 from .helpers import (
@@ -128,7 +128,8 @@ def test_kill_9_while_saving_the_backbone_weights(
 GAUNTLET = [
     # (point, videos in the store right after the kill, staged parts right after the kill)
     ("part-before-rename", 8, 0),  # the first finished video dies with the process
-    ("commit-half-written", 8, 8),  # all 8 new videos staged; the temp store half copied
+    ("commit-half-written", 8, 8),  # all 8 new videos staged, 2 linked as unreferenced shards
+    ("index-half-written", 8, 8),  # the new index copied from the old one, not yet updated
     ("store-before-rename", 8, 8),  # new store complete under its temp name
     ("store-after-rename", 16, 8),  # new store in place, staged parts not yet deleted
 ]
@@ -146,6 +147,40 @@ def test_kill_9_at_each_exact_point_of_the_write_path(
         assert len(list(parts_dir_for(store).glob("v*.h5"))) == staged, point
     out = _resume_equals_reference(store, clips.all_csv, reference)
     assert out.startswith("extracted 0, skipped 16 (already stored), failed 0 of 16 videos")
+    assert leftovers(tmp_path) == []
+    assert _shard_files(store) == _referenced_shards(store)  # killed commits' shards removed
+
+
+def _shard_files(store: Path) -> set[str]:
+    return {p.name for p in shards_dir_for(store).iterdir()}
+
+
+def _referenced_shards(store: Path) -> set[str]:
+    with open_store(store) as fs:
+        return {entry.shard for entry in fs.catalog.values()}
+
+
+# `vrnn store compact` killed at each of its steps: the store always reads whole.
+COMPACT_GAUNTLET = [
+    "compact-shard-before-rename",  # the merged shard complete under its temp name
+    "store-before-rename",  # the new index complete under its temp name
+    "store-after-rename",  # the new index in place, the superseded shards not yet deleted
+]
+
+
+def test_kill_9_at_each_step_of_a_compaction(tmp_path: Path, reference: CleanStore) -> None:
+    store = copy_store(reference, tmp_path)
+    shards_before = _shard_files(store)
+    for point in COMPACT_GAUNTLET:
+        killed = run_vrnn("store", "compact", store, cwd=tmp_path, inject=point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+        assert_same_store(snapshot(store), reference.contents)
+    assert len(_referenced_shards(store)) == 1  # the last kill came after the index replace
+    assert shards_before <= _shard_files(store)  # superseded shards: unreferenced, still there
+    done = run_vrnn("store", "compact", store, cwd=tmp_path)  # the next writer cleans up
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _shard_files(store) == _referenced_shards(store)
+    assert_same_store(snapshot(store), reference.contents)
     assert leftovers(tmp_path) == []
 
 

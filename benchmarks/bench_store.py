@@ -1,0 +1,185 @@
+"""Feature store v2: does appending cost O(new data) whatever the store's size?
+
+Run:  python benchmarks/bench_store.py [--sizes 2000 10000 20000] [--frames 180] [--append 20]
+
+Synthetic stores (no decoding), grown in place from the smallest size to the largest: filler
+videos in shards of 1,000 plus a full index (``replace_index``); then at each size:
+  * append        — write ``--append`` new videos' parts and commit them (best of
+                    ``--repeats``, each one growing the store): wall seconds and
+                    bytes this process wrote (``wchar`` of /proc/self/io), next to the new
+                    shards' size plus the new index's size;
+  * open + lookup — a fresh process: ``open_store`` + ``video_id_for`` of one stored path
+                    (size/mtime fast path), seconds;
+  * RSS           — that process's peak RSS (VmHWM) after opening the store and reading 100
+                    random videos, next to the same process's RSS before opening it.
+Filler videos have cheap, very compressible features (so building 20k stays quick); the
+appended ones have ReLU-like random features (about half zeros, like real pooled features).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo
+from pipeline.store import (
+    StoreBuilder,
+    _write_video,
+    read_committed,
+    replace_index,
+    shards_dir_for,
+    write_part,
+)
+from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
+from pipeline.store_layout import write_config_attrs
+
+CONFIG = ExtractorConfig(weights="random:seed=0", weights_sha256="ab" * 32, input_size=224)
+
+PROBE = r"""
+import json, random, sys, time
+from pathlib import Path
+def hwm():
+    return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+from pipeline.store import open_store
+store_path, lookup = Path(sys.argv[1]), Path(sys.argv[2])
+before = hwm()
+t = time.perf_counter()
+store = open_store(store_path)
+found = store.video_id_for(lookup)
+opened = time.perf_counter() - t
+assert found is not None
+for vid in random.Random(0).sample(store.video_ids, 100):
+    store.read(vid)
+store.close()
+print(json.dumps({"open_lookup_s": opened, "rss_before_mb": before / 1e3, "rss_mb": hwm() / 1e3}))
+"""
+
+
+def _video(root: Path, n: int, frames: int, realistic: bool, rng: np.random.Generator):
+    source = root / "sources" / f"video{n:06d}.mp4"
+    source.write_bytes(n.to_bytes(8, "little"))
+    if realistic:
+        features = np.maximum(0, rng.standard_normal((frames, 1280), dtype=np.float32))
+    else:
+        features = np.full((frames, 1280), n % 7, np.float32)
+    info = VideoInfo(str(source), 30.0, 320, 240, frames, frames, frames / 30, "h264")
+    sha = hashlib.sha256(str(n).encode()).hexdigest()
+    return VideoFeatures("v" + sha[:20], sha, features, np.arange(frames) / 30, info)
+
+
+def _wchar() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise RuntimeError("no wchar in /proc/self/io")
+
+
+def _add_filler(store: Path, index: StoreIndex, start: int, count: int, frames: int) -> None:
+    """Add ``count`` filler videos as one shard, then write the index from scratch.
+
+    Writing 20k part files one by one takes most of an hour on a loaded 2-core machine, so
+    the filler goes straight into shards (the shard layout, written by the store's own
+    ``_write_video``); the measured append goes through ``write_part`` + ``commit``.
+    """
+    shards = shards_dir_for(store)
+    shards.mkdir(exist_ok=True)
+    name = f"shard-filler{start:08d}.h5"
+    rng = np.random.default_rng(start)
+    with h5py.File(shards / name, "w") as f:
+        write_config_attrs(f, CONFIG, shard=True)
+        group = f.create_group("videos")
+        for n in range(start, start + count):
+            vf = _video(store.parent, n, frames, False, rng)
+            _write_video(group, vf, CONFIG.dtype)
+            index.videos[vf.video_id] = VideoEntry(name, frames)
+            st = Path(vf.info.path).stat()
+            index.paths[vf.info.path] = PathEntry(vf.video_id, st.st_size, st.st_mtime_ns)
+    replace_index(store, index, CONFIG, incremental=False)
+
+
+def _measure_append(store: Path, start: int, count: int, frames: int) -> dict:
+    before_shards = set(shards_dir_for(store).iterdir())
+    rng = np.random.default_rng(start)
+    videos = [_video(store.parent, start + i, frames, True, rng) for i in range(count)]
+    written, t = _wchar(), time.perf_counter()
+    with StoreBuilder(store, CONFIG) as builder:
+        for vf in videos:
+            write_part(builder.parts_dir, CONFIG, vf)
+        builder.commit()
+        builder.discard_staging()
+    seconds, written = time.perf_counter() - t, _wchar() - written
+    new_bytes = sum(p.stat().st_size for p in set(shards_dir_for(store).iterdir()) - before_shards)
+    return {
+        "append_s": seconds,
+        "written_mb": written / 1e6,
+        "new_shards_mb": new_bytes / 1e6,
+        "index_mb": store.stat().st_size / 1e6,
+        "lookup": str(videos[0].info.path),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000, 20000])
+    parser.add_argument("--frames", type=int, default=180)
+    parser.add_argument("--append", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="appends per size (best of)")
+    parser.add_argument("--root", type=Path, default=None, help="where to build (default: tmp)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.root) as tmp:
+        store = Path(tmp) / "features.h5"
+        (Path(tmp) / "sources").mkdir()
+        rows, size, next_id = [], 0, 10**9
+        for target in sorted(args.sizes):
+            t = time.perf_counter()
+            index = read_committed(store)
+            for start in range(size, target, 1000):
+                _add_filler(store, index, start, min(1000, target - start), args.frames)
+            row = {"videos": target, "build_s": time.perf_counter() - t}
+            appends = []
+            for _ in range(args.repeats):  # best of N: the machine is shared and noisy
+                appends.append(_measure_append(store, next_id, args.append, args.frames))
+                next_id += args.append
+            row |= min(appends, key=lambda a: a["append_s"])
+            probe = subprocess.run(
+                [sys.executable, "-c", PROBE, str(store), row.pop("lookup")],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if probe.returncode:
+                raise SystemExit(probe.stderr)
+            row |= json.loads(probe.stdout)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+            size = target + args.append * args.repeats
+    print(f"\nappend {args.append} videos × {args.frames} frames (float16) to a store of N videos")
+    print(
+        "| videos | append s | written MB | new shards MB | index MB | written ÷ (shards+index) "
+        "| open + lookup ms | peak RSS MB (before open) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ratio = r["written_mb"] / (r["new_shards_mb"] + r["index_mb"])
+        print(
+            f"| {r['videos']:,} | {r['append_s']:.2f} | {r['written_mb']:.1f} | "
+            f"{r['new_shards_mb']:.1f} | {r['index_mb']:.2f} | {ratio:.2f} | "
+            f"{r['open_lookup_s'] * 1e3:.0f} | {r['rss_mb']:.0f} ({r['rss_before_mb']:.0f}) |"
+        )
+    first, last = rows[0], rows[-1]
+    print(
+        f"\n{last['videos']:,} vs {first['videos']:,} videos: append time "
+        f"{last['append_s'] / first['append_s']:.2f}×, bytes written "
+        f"{last['written_mb'] / first['written_mb']:.2f}×"
+    )
+
+
+if __name__ == "__main__":
+    main()
