@@ -29,7 +29,8 @@ def _is_part(src: pathlib.Path, dst: pathlib.Path) -> bool:
 
 
 def _is_store(src: pathlib.Path, dst: pathlib.Path) -> bool:
-    return src.name.startswith(f".{dst.name}.") and not dst.parent.name.endswith(".parts")
+    staging_or_shards = dst.parent.name.endswith((".parts", ".d"))
+    return src.name.startswith(f".{dst.name}.") and not staging_or_shards
 
 
 def _is_sidecar(src: pathlib.Path, dst: pathlib.Path) -> bool:
