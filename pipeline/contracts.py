@@ -92,6 +92,10 @@ class VideoInfo:
         codec: decoder name.
         rotation: display rotation applied, degrees counter-clockwise.
         corrupt_packets: packets that failed to demux or decode and were skipped.
+        decoded_frames: frames the decoder output intact (before ``fps`` sampling); every
+            one is kept unless sampling skips it.
+        timestamps_repaired: frames whose stored timestamp is not their own pts (missing,
+            scrambled or not increasing; see ``video._Retimer``).
     """
 
     path: str
@@ -104,6 +108,14 @@ class VideoInfo:
     codec: str
     rotation: int = 0
     corrupt_packets: int = 0
+    decoded_frames: int = 0
+    timestamps_repaired: int = 0
+
+    @property
+    def partial(self) -> bool:
+        """True when damage cost frames: corrupt packets, or fewer frames than the container
+        claims."""
+        return self.corrupt_packets > 0 or 0 < self.decoded_frames < self.container_frames
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pipeline.contracts import (
     RESIZE_POLICIES,
     ExtractionFailure,
     ExtractorConfig,
+    VideoInfo,
 )
 from pipeline.errors import ConfigError, StoreError
 from pipeline.extract import (
@@ -43,6 +44,7 @@ from pipeline.store import (
     os_reason,
     parts_dir_for,
     require_free_space,
+    staged_video_infos,
     write_alias,
     write_failure,
 )
@@ -132,7 +134,31 @@ class ExtractReport:
     interrupted: bool = False
     random_backbone: bool = False
     failures: list[dict] = field(default_factory=list)
+    partial: int = 0
+    partial_videos: list[dict] = field(default_factory=list)
+    repaired_timestamps: int = 0
+    repaired_videos: list[dict] = field(default_factory=list)
     tool_version: str = __version__
+
+    def note_decodes(self, infos: Iterable[tuple[str, VideoInfo]]) -> None:
+        """Record the added videos that decoded partially or had their timestamps repaired."""
+        for video_id, info in infos:
+            if info.partial:
+                self.partial_videos.append(
+                    {
+                        "path": info.path,
+                        "video_id": video_id,
+                        "decoded_frames": info.decoded_frames,
+                        "container_frames": info.container_frames,
+                        "corrupt_packets": info.corrupt_packets,
+                    }
+                )
+            if info.timestamps_repaired:
+                self.repaired_videos.append(
+                    {"path": info.path, "video_id": video_id, "frames": info.timestamps_repaired}
+                )
+        self.partial = len(self.partial_videos)
+        self.repaired_timestamps = len(self.repaired_videos)
 
     def write(self, path: Path) -> None:
         """Write the report as JSON, atomically (creating its directory)."""
@@ -325,6 +351,7 @@ def run_extraction(
             raise
         finally:
             # Commit whatever finished, on success and on every way out.
+            report.note_decodes(staged_video_infos(builder.parts_dir))
             summary = builder.commit()
             builder.discard_staging()
             report.extracted = summary.added

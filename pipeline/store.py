@@ -193,6 +193,15 @@ def staged_video_ids(parts_dir: Path) -> set[str]:
     return {p.stem for p in parts_dir.glob("v*.h5")}
 
 
+def staged_video_infos(parts_dir: Path) -> list[tuple[str, VideoInfo]]:
+    """``(video_id, decode facts)`` of every finished part file, features left unread."""
+    infos = []
+    for part in sorted(parts_dir.glob("v*.h5")):
+        with contextlib.suppress(OSError), h5py.File(part, "r") as f:
+            infos.extend((vid, _video_info(dict(g.attrs))) for vid, g in f[VIDEOS].items())
+    return infos
+
+
 def write_failure(parts_dir: Path, failure: ExtractionFailure) -> Path:
     """Record a failed video in the staging directory (committed into the store's failures)."""
     path = parts_dir / f"{_path_key(failure.path)}.failed.json"
@@ -504,10 +513,7 @@ class FeatureStore:
                 f"{self.path}: video {video_id} ({attrs.get('source_path')}) is corrupt on "
                 f"disk ({e}); delete the store or re-extract"
             ) from e
-        info = VideoInfo(
-            path=str(attrs.pop("source_path")),
-            **{k: _plain(attrs[k]) for k in VideoInfo.__dataclass_fields__ if k in attrs},
-        )
+        info = _video_info(attrs)
         return VideoFeatures(video_id, str(attrs["content_sha256"]), features, timestamps, info)
 
     def iter_videos(self) -> Iterator[VideoFeatures]:
@@ -518,6 +524,13 @@ class FeatureStore:
 
 def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _video_info(attrs: dict) -> VideoInfo:
+    """A video group's decode facts (attributes missing in older stores take defaults)."""
+    fields = {k: _plain(attrs[k]) for k in VideoInfo.__dataclass_fields__ if k in attrs}
+    fields.pop("path", None)
+    return VideoInfo(path=str(attrs["source_path"]), **fields)
 
 
 def open_store(path: Path, expected: ExtractorConfig | None = None) -> FeatureStore:

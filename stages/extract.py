@@ -154,11 +154,26 @@ def command(
                 )
                 raise typer.Exit(130) from None
     result.write(report or output.with_name("extract_report.json"))
+    notes = "".join(
+        f", {count} {what}"
+        for count, what in [
+            (result.partial, "decoded partially"),
+            (result.repaired_timestamps, "with repaired timestamps"),
+        ]
+        if count
+    )
     typer.echo(
         f"extracted {result.extracted}, skipped {result.skipped} (already stored), "
-        f"failed {result.failed} of {result.videos} videos; {result.frames} frames at "
+        f"failed {result.failed} of {result.videos} videos{notes}; {result.frames} frames at "
         f"{result.frames_per_sec:.0f} fr/s → {output}"
     )
+    for video in result.partial_videos[:20]:
+        console.print(
+            f"  [yellow]partial[/] {video['path']}: decoded {video['decoded_frames']} frames "
+            f"(container: {video['container_frames'] or '?'}), "
+            f"{video['corrupt_packets']} corrupt packets skipped",
+            highlight=False,
+        )
     for failure in result.failures[:20]:
         console.print(f"  [red]failed[/] {failure['path']}: {failure['reason']}", highlight=False)
     if result.failed > 20:
