@@ -28,6 +28,7 @@ from pipeline.contracts import (
 )
 from pipeline.errors import ConfigError, StoreError
 from pipeline.extract import (
+    CHANGED_REASON,
     TaskResult,
     VideoDone,
     WorkItem,
@@ -63,6 +64,7 @@ class ExtractOptions:
     dtype: str = "float16"
     batch_size: int = 32
     mixed_precision: bool = False
+    rehash: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values no extraction can use."""
@@ -237,13 +239,15 @@ class Plan:
     failures: list[ExtractionFailure] = field(default_factory=list)
 
 
-def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
+def plan_extraction(paths: Iterable[Path], builder: StoreBuilder, *, rehash: bool = False) -> Plan:
     """Decide per file: skip (content already stored), extract, or fail now.
 
-    Files whose size and mtime match the store's path index are skipped without reading
-    them; others are hashed. A second path with the same content is recorded as an alias.
-    Videos finished by an interrupted run (staged parts) are neither redone nor counted as
-    skipped: this run's commit stores them.
+    Fast path: a file whose path, size and mtime match the store's path index is skipped
+    without reading it (``rehash`` turns this off: every file is hashed). Others are
+    hashed, and their size/mtime recorded at that moment are checked again after decoding.
+    A second path with the same content is recorded as an alias. Videos finished by an
+    interrupted run (staged parts) are neither redone nor counted as skipped: this run's
+    commit stores them.
     """
     index, stored = {}, set()
     if builder.path.exists():
@@ -259,21 +263,26 @@ def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
             continue
         st = path.stat()
         entry = index.get(key)
-        if entry and entry[0] in stored and tuple(entry[1:]) == (st.st_size, st.st_mtime_ns):
+        fast = entry and entry[0] in stored and tuple(entry[1:]) == (st.st_size, st.st_mtime_ns)
+        if fast and not rehash:
             plan.skipped += 1
             continue
         try:
             sha = file_sha256(path)
+            after = path.stat()
         except OSError as e:
             plan.failures.append(ExtractionFailure(key, f"cannot read file ({e.strerror})"))
             continue
         video_id = video_id_from_sha256(sha)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            plan.failures.append(ExtractionFailure(key, CHANGED_REASON, video_id))
+            continue
         if video_id in stored or video_id in queued or video_id in staged:
             plan.skipped += video_id not in staged
             write_alias(builder.parts_dir, path, video_id)
             continue
         queued.add(video_id)
-        plan.todo.append(WorkItem(key, video_id, sha))
+        plan.todo.append(WorkItem(key, video_id, sha, st.st_size, st.st_mtime_ns))
     return plan
 
 
@@ -327,7 +336,8 @@ def run_extraction(
         random_backbone=config.weights.startswith("random"),
     )
     with StoreBuilder(store_path, config) as builder:
-        plan = plan_extraction([Path(os.path.abspath(p)) for p in paths], builder)
+        absolute = [Path(os.path.abspath(p)) for p in paths]
+        plan = plan_extraction(absolute, builder, rehash=options.rehash)
         report.skipped = plan.skipped
         for failure in plan.failures:
             write_failure(builder.parts_dir, failure)

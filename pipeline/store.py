@@ -166,14 +166,22 @@ def _write_video(group: h5py.Group, vf: VideoFeatures, dtype: str) -> None:
         g.attrs["source_path" if key == "path" else key] = value
 
 
-def write_part(parts_dir: Path, config: ExtractorConfig, vf: VideoFeatures) -> Path:
+def write_part(
+    parts_dir: Path,
+    config: ExtractorConfig,
+    vf: VideoFeatures,
+    *,
+    source_stat: tuple[int, int] | None = None,
+) -> Path:
     """Write one extracted video as a part file, atomically (temp name, fsync, rename).
 
     Safe to call from any process: each part has its own file and a unique temp name.
+    ``source_stat`` is the source's ``(size, mtime_ns)`` when it was hashed (the path
+    index's fast-path key); None stats the file now.
     """
     final = parts_dir / f"{vf.video_id}.h5"
     try:
-        size, mtime_ns = _file_stat(Path(vf.info.path))
+        size, mtime_ns = source_stat or _file_stat(Path(vf.info.path))
     except OSError:  # source deleted mid-run: an index entry that never matches, so rehash
         size, mtime_ns = -1, -1
     # Built in memory, written with plain file I/O: a full disk is then a clean OSError,

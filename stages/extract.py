@@ -78,6 +78,13 @@ def command(
     mixed_precision: Annotated[
         bool, typer.Option(help="float16 compute (for GPUs with tensor cores).")
     ] = False,
+    rehash: Annotated[
+        bool,
+        typer.Option(
+            help="Hash every listed file, even those whose path, size and mtime match the "
+            "store (finds content replaced with the same size and mtime, e.g. cp -p)."
+        ),
+    ] = False,
     strict: Annotated[
         bool, typer.Option(help="Exit 1 if any video failed (default: record and go on).")
     ] = False,
@@ -114,7 +121,7 @@ def command(
     paths = source_videos(source)
     sampling = fps or None  # 0 keeps every frame
     options = ExtractOptions(
-        weights, input_size, resize, sampling, dtype, batch_size, mixed_precision
+        weights, input_size, resize, sampling, dtype, batch_size, mixed_precision, rehash
     )
     if weights.startswith("random"):
         console.print(

@@ -6,15 +6,22 @@ Every input is a real file encoded in the test; the backbone is the seeded rando
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
+from pipeline import extract_job
+from pipeline.extract import CHANGED_REASON
 from pipeline.extract_job import ExtractOptions, run_extraction
+from pipeline.identity import file_sha256, video_id_from_sha256
 from pipeline.sample_data import write_video
 from pipeline.store import open_store
 from stages.cli import app
@@ -26,6 +33,12 @@ OPTIONS = ExtractOptions(weights="random", input_size=SIZE, resize="squash", bat
 def noisy_clip(frames: int, seed: int) -> np.ndarray:
     """Incompressible 64×48 frames: every packet is large, so damage hits many packets."""
     return np.random.default_rng(seed).integers(0, 255, (frames, 48, 64, 3), dtype=np.uint8)
+
+
+def clip_file(path: Path, frames: int, seed: int) -> Path:
+    """A real MJPEG/mkv clip of noise at ``path`` (folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_video(path, noisy_clip(frames, seed), fps=10)
 
 
 def damaged_h264(tmp_path: Path, name: str = "damaged.mp4") -> Path:
@@ -93,7 +106,7 @@ def test_long_damaged_stretch_stores_every_decodable_frame_and_is_reported(
 def test_cli_summary_and_report_name_partial_and_repaired_videos(tmp_path: Path) -> None:
     damaged = damaged_h264(tmp_path)
     avi = h264_avi(tmp_path / "camera.avi")
-    healthy = write_video(tmp_path / "fine.mkv", noisy_clip(10, 4), fps=10)
+    healthy = clip_file(tmp_path / "fine.mkv", 10, 4)
     store = tmp_path / "features.h5"
     args = ["extract", str(tmp_path), "-o", str(store), "--weights", "random"]
     result = CliRunner().invoke(app, [*args, "--input-size", str(SIZE), "--resize", "squash"])
@@ -113,3 +126,91 @@ def test_cli_summary_and_report_name_partial_and_repaired_videos(tmp_path: Path)
         assert info.frame_count == 30 and info.timestamps_repaired > 0
         healthy_info = feature_store.read(feature_store.video_id_for(healthy)).info
         assert (healthy_info.timestamps_repaired, healthy_info.partial) == (0, False)
+
+
+def other_content_same_size(path: Path) -> None:
+    """Change one byte near the end of ``path`` keeping its size and mtime (like ``cp -p``)."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-len(data) // 4] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_file_replaced_after_hashing_is_a_failure_not_wrong_features(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    first = clip_file(videos / "a.mkv", 8, 5)
+    second = clip_file(videos / "b.mkv", 12, 6)
+    replacement = clip_file(tmp_path / "new.mkv", 20, 7)
+    old_id = video_id_from_sha256(file_sha256(second))
+
+    def replace_second(plan) -> None:  # hashed by the plan, replaced before it is decoded
+        assert [Path(item.path).name for item in plan.todo] == ["a.mkv", "b.mkv"]
+        shutil.copyfile(replacement, second)
+
+    store = tmp_path / "features.h5"
+    report = run_extraction([first, second], store, OPTIONS, on_plan=replace_second)
+    assert (report.extracted, report.failed) == (1, 1)
+    assert report.failures == [{"path": str(second), "reason": CHANGED_REASON, "video_id": old_id}]
+    with open_store(store) as feature_store:
+        assert old_id not in feature_store  # the new content is not stored under the old id
+        assert str(second) not in feature_store.path_index
+    rerun = run_extraction([first, second], store, OPTIONS)  # picks up the new content
+    assert (rerun.extracted, rerun.skipped, rerun.failed) == (1, 1, 0)
+    with open_store(store) as feature_store:
+        new_id = video_id_from_sha256(file_sha256(replacement))
+        assert feature_store.path_index[str(second)][0] == new_id
+        assert len(feature_store.read(new_id).features) == 20
+        assert feature_store.failures == []
+
+
+def test_file_changing_while_hashed_is_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = clip_file(tmp_path / "a.mkv", 8, 5)
+    real_hash = extract_job.file_sha256
+
+    def hash_then_touch(path: Path) -> str:
+        digest = real_hash(path)
+        os.utime(path, ns=(0, path.stat().st_mtime_ns + 10**9))  # written to while read
+        return digest
+
+    monkeypatch.setattr(extract_job, "file_sha256", hash_then_touch)
+    report = run_extraction([clip], tmp_path / "features.h5", OPTIONS)
+    assert (report.extracted, report.failed) == (0, 1)
+    assert report.failures[0]["reason"] == CHANGED_REASON
+
+
+def test_rehash_finds_new_content_with_the_same_size_and_mtime(tmp_path: Path) -> None:
+    clip = clip_file(tmp_path / "videos" / "a.mkv", 10, 8)
+    store = tmp_path / "features.h5"
+    run_extraction([clip], store, OPTIONS)
+    other_content_same_size(clip)
+    new_id = video_id_from_sha256(file_sha256(clip))
+
+    # The documented fast path: same path, size and mtime → not read again.
+    assert run_extraction([clip], store, OPTIONS).skipped == 1
+    with open_store(store) as feature_store:
+        assert feature_store.path_index[str(clip)][0] != new_id
+
+    rehashed = run_extraction([clip], store, dataclasses.replace(OPTIONS, rehash=True))
+    assert (rehashed.extracted, rehashed.skipped) == (1, 0)
+    with open_store(store) as feature_store:
+        assert feature_store.path_index[str(clip)][0] == new_id
+        assert new_id in feature_store
+    # Unchanged content under --rehash is hashed and skipped, not extracted again.
+    again = run_extraction([clip], store, dataclasses.replace(OPTIONS, rehash=True))
+    assert (again.extracted, again.skipped) == (0, 1)
+
+
+def test_rehash_option_reaches_the_cli(tmp_path: Path) -> None:
+    clip = clip_file(tmp_path / "videos" / "a.mkv", 10, 8)
+    store = tmp_path / "features.h5"
+    base = ["extract", str(clip.parent), "-o", str(store), "--weights", "random"]
+    base += ["--input-size", str(SIZE), "--resize", "squash"]
+    assert CliRunner().invoke(app, base).exit_code == 0
+    other_content_same_size(clip)
+    result = CliRunner().invoke(app, [*base, "--rehash"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("extracted 1, skipped 0 (already stored)")
