@@ -45,6 +45,9 @@ class ExtractorConfig:
         dtype: dtype of stored features.
         backbone: backbone name.
         feature_dim: width of one frame's feature vector.
+        mixed_precision: the backbone computed in float16 (``--mixed-precision``); its
+            features differ from float32 compute by ~1e-3, so the two never share a store.
+            Stores written before this field existed read as float32 compute.
     """
 
     weights: str
@@ -55,6 +58,7 @@ class ExtractorConfig:
     dtype: str = "float16"
     backbone: str = "mobilenet_v2"
     feature_dim: int = FEATURE_DIM
+    mixed_precision: bool = False
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (``fps`` None stays None)."""
@@ -67,6 +71,8 @@ class ExtractorConfig:
         kwargs = {k: v for k, v in data.items() if k in names}
         if kwargs.get("fps") is not None:
             kwargs["fps"] = float(kwargs["fps"])
+        if "mixed_precision" in kwargs:
+            kwargs["mixed_precision"] = bool(kwargs["mixed_precision"])
         return cls(**kwargs)
 
     def describe(self) -> str:
@@ -74,7 +80,8 @@ class ExtractorConfig:
         sampling = "every frame" if self.fps is None else f"{self.fps:g} fps"
         return (
             f"{self.backbone} weights={self.weights} (sha256 {self.weights_sha256[:12]}) "
-            f"size={self.input_size} resize={self.resize} sampling={sampling} dtype={self.dtype}"
+            f"size={self.input_size} resize={self.resize} sampling={sampling} dtype={self.dtype} "
+            f"compute={'float16' if self.mixed_precision else 'float32'}"
         )
 
 

@@ -97,13 +97,13 @@ def register_backbone(
         _BACKBONES[(weights_sha256, input_size, mixed_precision)] = infer
 
 
-def backbone_for(
-    config: ExtractorConfig, weights_file: Path, *, mixed_precision: bool = False
-) -> Callable[[np.ndarray], np.ndarray]:
+def backbone_for(config: ExtractorConfig, weights_file: Path) -> Callable[[np.ndarray], np.ndarray]:
     """The inference function for ``config``, built once per process and then reused.
 
-    The weights are loaded from ``weights_file`` and must match ``config.weights_sha256``.
+    The weights are loaded from ``weights_file`` and must match ``config.weights_sha256``;
+    the compute precision is ``config.mixed_precision``.
     """
+    mixed_precision = config.mixed_precision
     key = (config.weights_sha256, config.input_size, mixed_precision)
     with _BACKBONES_LOCK:
         if key not in _BACKBONES:

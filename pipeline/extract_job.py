@@ -89,7 +89,6 @@ class TaskSpec:
     weights_file: str
     parts_dir: str
     batch_size: int
-    mixed_precision: bool = False
 
 
 def run_task(
@@ -104,7 +103,7 @@ def run_task(
     The backbone is built once per process (see ``backbone_for``); ``stop`` and
     ``on_video`` serve in-process runs (cancellation, per-video progress).
     """
-    infer = backbone_for(spec.config, Path(spec.weights_file), mixed_precision=spec.mixed_precision)
+    infer = backbone_for(spec.config, Path(spec.weights_file))
     return extract_items(
         items,
         config=spec.config,
@@ -181,39 +180,76 @@ def _existing_config(store_path: Path) -> ExtractorConfig | None:
     return None
 
 
-def resolve_extractor(store_path: Path, options: ExtractOptions) -> ExtractorConfig:
-    """The extractor config for this run; builds the backbone only when it is new.
+@dataclass
+class Extractor:
+    """This run's extractor config, and the backbone when this run had to build it."""
 
-    A store (or staged run) that already exists with the same weights identity keeps its
-    saved weights, so a seeded random backbone stays bit-identical across reruns and
-    machines, and a rerun with nothing to do never builds a model (``backbone_for``
-    loads the saved weights and checks their sha256 when there is work).
-    """
-    from pipeline.backbone import parse_weights
+    config: ExtractorConfig
+    model: object | None = None
 
-    spec = parse_weights(options.weights)
-    sidecar = backbone_sidecar(store_path)
-    existing = _existing_config(store_path)
-    if existing is not None and existing.weights == spec.identity and sidecar.exists():
-        sha256 = existing.weights_sha256
-    else:
-        sha256 = _build_and_save(spec, options, sidecar)
+
+def _config(options: ExtractOptions, weights: str, sha256: str) -> ExtractorConfig:
     return ExtractorConfig(
-        weights=spec.identity,
+        weights=weights,
         weights_sha256=sha256,
         input_size=options.input_size,
         resize=options.resize,
         fps=options.fps,
         dtype=options.dtype,
+        mixed_precision=options.mixed_precision,
     )
 
 
-def _build_and_save(spec, options: ExtractOptions, sidecar: Path) -> str:
-    """Build the backbone from ``spec``, save its weights to ``sidecar``, return the sha256."""
-    from pipeline.backbone import build_backbone, fingerprint, make_inference_fn, save_weights
+def resolve_extractor(store_path: Path, options: ExtractOptions) -> Extractor:
+    """The extractor for this run, checked against the store before anything is built.
 
-    model = build_backbone(spec, options.input_size, mixed_precision=options.mixed_precision)
-    sha256 = fingerprint(model)
+    An existing store (or staged run) fixes the weights sha256: options that differ from
+    its extractor are refused here, naming both, without building a backbone or writing
+    a file. Only a new store builds the backbone (its sidecar is written later, under the
+    store lock, see :func:`save_sidecar`), so a seeded random backbone stays bit-identical
+    across reruns and machines and a rerun with nothing to do never builds a model.
+    """
+    from pipeline.backbone import fingerprint, parse_weights
+
+    spec = parse_weights(options.weights)
+    existing = _existing_config(store_path)
+    if existing is not None:
+        config = _config(options, spec.identity, existing.weights_sha256)
+        if config != existing:
+            raise StoreError(
+                f"{store_path} was built by a different extractor: store has "
+                f"({existing.describe()}), this run uses ({config.describe()}); nothing "
+                "was changed"
+            )
+        return Extractor(config)
+    model = _build(spec, options)
+    return Extractor(_config(options, spec.identity, fingerprint(model)), model)
+
+
+def _build(spec, options: ExtractOptions):
+    from pipeline.backbone import build_backbone
+
+    return build_backbone(spec, options.input_size, mixed_precision=options.mixed_precision)
+
+
+def save_sidecar(builder: StoreBuilder, extractor: Extractor, options: ExtractOptions) -> None:
+    """Save the backbone weights beside the store ``builder`` holds the lock of.
+
+    Written for a new store (the backbone this run built) or to restore a deleted sidecar
+    (checked to have the store's sha256); an existing store's sidecar is never replaced.
+    """
+    from pipeline.backbone import fingerprint, make_inference_fn, parse_weights, save_weights
+
+    sidecar = backbone_sidecar(builder.path)
+    config = extractor.config
+    if sidecar.exists() and extractor.model is None:
+        return
+    model = extractor.model or _build(parse_weights(options.weights), options)
+    if fingerprint(model) != config.weights_sha256:
+        raise StoreError(
+            f"cannot restore {sidecar}: --weights {options.weights} has sha256 "
+            f"{fingerprint(model)[:12]}, the store's backbone {config.weights_sha256[:12]}"
+        )
     tmp = sidecar.with_name(f".{uuid.uuid4().hex}.weights.h5")
     # HDF5 may crash instead of raising on a full disk (see require_free_space).
     weight_bytes = 4 * sum(math.prod(w.shape) for w in model.weights)
@@ -226,8 +262,7 @@ def _build_and_save(spec, options: ExtractOptions, sidecar: Path) -> str:
     finally:
         discard(tmp)
     infer = make_inference_fn(model)
-    register_backbone(sha256, options.input_size, options.mixed_precision, infer)
-    return sha256
+    register_backbone(config.weights_sha256, config.input_size, config.mixed_precision, infer)
 
 
 @dataclass
@@ -328,7 +363,8 @@ def run_extraction(
         raise ConfigError(
             f"cannot create output directory {store_path.parent}: {e.strerror}"
         ) from e
-    config = resolve_extractor(store_path, options)
+    extractor = resolve_extractor(store_path, options)
+    config = extractor.config
     report = ExtractReport(
         store=str(store_path),
         extractor=config.to_dict(),
@@ -336,6 +372,7 @@ def run_extraction(
         random_backbone=config.weights.startswith("random"),
     )
     with StoreBuilder(store_path, config) as builder:
+        save_sidecar(builder, extractor, options)
         absolute = [Path(os.path.abspath(p)) for p in paths]
         plan = plan_extraction(absolute, builder, rehash=options.rehash)
         report.skipped = plan.skipped
@@ -350,7 +387,6 @@ def run_extraction(
                 str(backbone_sidecar(store_path)),
                 str(builder.parts_dir),
                 options.batch_size,
-                options.mixed_precision,
             )
             if plan.todo and runner is None:
                 run_task(spec, plan.todo, stop=stop, on_video=on_video)

@@ -51,8 +51,12 @@ def parts_dir_for(store_path: Path) -> Path:
 
 
 def backbone_sidecar(store_path: Path) -> Path:
-    """Where the exact backbone weights of a store are saved (``<stem>.backbone.weights.h5``)."""
-    return store_path.with_name(f"{store_path.stem}.backbone.weights.h5")
+    """Where the exact backbone weights of a store are saved (``<name>.backbone.weights.h5``).
+
+    Named after the full store file name, so ``features.h5`` and ``features.hdf5`` in one
+    folder never share (and overwrite) one weights file.
+    """
+    return store_path.with_name(f"{store_path.name}.backbone.weights.h5")
 
 
 def _lock_path_for(store_path: Path) -> Path:
@@ -287,14 +291,14 @@ class StoreBuilder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise StoreError(
-                f"{self.path} is being written by another extraction (pid {holder}); "
-                "wait for it to finish"
+                f"{self.path} is being written by another extraction ({lock_path} is "
+                "locked); wait for it to finish"
             ) from None
+        # Content-free (an older vrnn wrote its pid here): the lock file beside a store in
+        # a DVC output never changes the output's hash (.dvcignore also excludes it).
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
     def _release_lock(self) -> None:

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,14 +20,18 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import extract_job
+from pipeline import backbone, extract_job, training
+from pipeline.contracts import VideoRecord
+from pipeline.errors import StoreError, WeightsError
+from pipeline.export import load_backbone
 from pipeline.extract import CHANGED_REASON
 from pipeline.extract_job import ExtractOptions, run_extraction
 from pipeline.identity import file_sha256, video_id_from_sha256
 from pipeline.sample_data import write_video
-from pipeline.store import open_store
+from pipeline.store import backbone_sidecar, open_store
 from stages.cli import app
 
+REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 OPTIONS = ExtractOptions(weights="random", input_size=SIZE, resize="squash", batch_size=16)
 
@@ -214,3 +220,111 @@ def test_rehash_option_reaches_the_cli(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*base, "--rehash"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("extracted 1, skipped 0 (already stored)")
+
+
+def test_refused_weights_leave_the_store_and_its_sidecar_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = clip_file(tmp_path / "videos" / "a.mkv", 8, 9)
+    store = tmp_path / "features.h5"
+    run_extraction([first], store, OPTIONS)
+    sidecar = backbone_sidecar(store)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a backbone was built before the refusal")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backbone, "build_backbone", no_build)
+        for wrong in (
+            dataclasses.replace(OPTIONS, weights="random:1"),  # the typo of the issue
+            dataclasses.replace(OPTIONS, mixed_precision=True),  # float16 compute
+        ):
+            with pytest.raises(StoreError, match="was built by a different extractor") as refused:
+                run_extraction([first], store, wrong)
+            assert "\n" not in str(refused.value)
+    assert "compute=float32), this run uses" in str(refused.value)
+    assert "compute=float16" in str(refused.value)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # not one byte written, the sidecar included
+
+    # The store stays extendable and its sidecar still rebuilds its backbone.
+    second = clip_file(tmp_path / "videos" / "b.mkv", 6, 10)
+    assert run_extraction([first, second], store, OPTIONS).extracted == 1
+    with open_store(store) as feature_store:
+        load_backbone(feature_store.config, sidecar)
+
+
+def test_stores_sharing_a_stem_keep_their_own_backbone_weights(tmp_path: Path) -> None:
+    clip = clip_file(tmp_path / "videos" / "a.mkv", 8, 11)
+    stores = [tmp_path / "features.h5", tmp_path / "features.hdf5", tmp_path / "features"]
+    seeds = ["random:0", "random:1", "random:2"]
+    for store, weights in zip(stores, seeds, strict=True):
+        run_extraction([clip], store, dataclasses.replace(OPTIONS, weights=weights))
+    assert len({backbone_sidecar(store) for store in stores}) == 3
+    for store in stores:
+        with open_store(store) as feature_store:
+            load_backbone(feature_store.config, backbone_sidecar(store))  # sha256 checked
+
+
+def test_mixed_precision_is_part_of_the_extractor_config(tmp_path: Path) -> None:
+    clip = clip_file(tmp_path / "videos" / "a.mkv", 4, 12)
+    store = tmp_path / "features.h5"
+    run_extraction([clip], store, dataclasses.replace(OPTIONS, mixed_precision=True))
+    with open_store(store) as feature_store:
+        assert feature_store.config.mixed_precision is True
+    with pytest.raises(StoreError, match=r"compute=float16\), this run uses .*compute=float32"):
+        run_extraction([clip], store, OPTIONS)
+
+
+def test_train_refuses_a_sidecar_with_other_weights(tmp_path: Path) -> None:
+    records = [
+        VideoRecord(
+            clip_file(tmp_path / label / f"{i}.mkv", 4, seed), label, f"{label}{i}", "train"
+        )
+        for seed, (label, i) in enumerate([("a", 0), ("a", 1), ("b", 0), ("b", 1)])
+    ]
+    store, other = tmp_path / "features.h5", tmp_path / "other.h5"
+    run_extraction([r.path for r in records], store, OPTIONS)
+    run_extraction([records[0].path], other, dataclasses.replace(OPTIONS, weights="random:1"))
+    shutil.copyfile(backbone_sidecar(other), backbone_sidecar(store))  # the wrong weights
+    config = training.TrainConfig(seq_len=4, epochs=1, batch_size=2)
+    with pytest.raises(WeightsError, match="does not match the extractor's"):
+        training.train(records, store, tmp_path / "model", config)
+    assert not (tmp_path / "model").exists()  # refused before training, nothing copied
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    dvc = Path(sys.executable).parent / "dvc"
+    done = subprocess.run([str(dvc), *args], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.skipif(
+    not (Path(sys.executable).parent / "dvc").exists(), reason="dvc is not installed"
+)
+def test_taking_the_store_lock_does_not_change_the_dvc_output(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    store = repo / "data" / "features" / "features.h5"
+    run_extraction([clip_file(tmp_path / "a.mkv", 4, 13)], store, OPTIONS)
+    lock = store.with_name(store.name + ".lock")
+    assert lock.exists() and lock.read_bytes() == b""  # content-free
+    _dvc(repo, "init", "--no-scm", "-q")
+    shutil.copyfile(REPO / ".dvcignore", repo / ".dvcignore")  # the shipped ignore rules
+    _dvc(repo, "add", "-q", "data/features")
+    before = (repo / "data" / "features.dvc").read_text()
+    # Another process takes the lock and finds nothing to do (an up-to-date rerun).
+    code = (
+        "import sys; from pathlib import Path; from pipeline.store import StoreBuilder, "
+        "open_store\np = Path(sys.argv[1])\nwith open_store(p) as s: config = s.config\n"
+        "with StoreBuilder(p, config) as b: b.discard_staging()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(store)], check=True, cwd=REPO)
+    assert "modified" not in _dvc(repo, "status", "data/features.dvc")
+    _dvc(repo, "add", "-q", "data/features")
+    assert (repo / "data" / "features.dvc").read_text() == before
+    # And a lock file with content (an older vrnn's pid) is outside the output's hash.
+    lock.write_text("12345")
+    _dvc(repo, "add", "-q", "data/features")
+    assert (repo / "data" / "features.dvc").read_text() == before

@@ -102,6 +102,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "commit-half-written": lambda: _on_hdf5_copy(2),
     "store-before-rename": lambda: _on_os_replace(_is_store),
     "store-after-rename": lambda: _on_os_replace(_is_store, after=True),
+    "interrupt-after-first-part": lambda: _on_os_replace(_is_part, after=True, action=_interrupt),
     "interrupt-in-commit": lambda: _on_hdf5_copy(1, action=_interrupt),
     # train
     "model-before-swap": lambda: _on_model_swap(exchange=True),
