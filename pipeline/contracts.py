@@ -45,6 +45,9 @@ class ExtractorConfig:
         dtype: dtype of stored features.
         backbone: backbone name.
         feature_dim: width of one frame's feature vector.
+        mixed_precision: the backbone computed in float16 (``--mixed-precision``); its
+            features differ from float32 compute by ~1e-3, so the two never share a store.
+            Stores written before this field existed read as float32 compute.
     """
 
     weights: str
@@ -55,6 +58,7 @@ class ExtractorConfig:
     dtype: str = "float16"
     backbone: str = "mobilenet_v2"
     feature_dim: int = FEATURE_DIM
+    mixed_precision: bool = False
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (``fps`` None stays None)."""
@@ -67,6 +71,8 @@ class ExtractorConfig:
         kwargs = {k: v for k, v in data.items() if k in names}
         if kwargs.get("fps") is not None:
             kwargs["fps"] = float(kwargs["fps"])
+        if "mixed_precision" in kwargs:
+            kwargs["mixed_precision"] = bool(kwargs["mixed_precision"])
         return cls(**kwargs)
 
     def describe(self) -> str:
@@ -74,7 +80,8 @@ class ExtractorConfig:
         sampling = "every frame" if self.fps is None else f"{self.fps:g} fps"
         return (
             f"{self.backbone} weights={self.weights} (sha256 {self.weights_sha256[:12]}) "
-            f"size={self.input_size} resize={self.resize} sampling={sampling} dtype={self.dtype}"
+            f"size={self.input_size} resize={self.resize} sampling={sampling} dtype={self.dtype} "
+            f"compute={'float16' if self.mixed_precision else 'float32'}"
         )
 
 
@@ -92,6 +99,10 @@ class VideoInfo:
         codec: decoder name.
         rotation: display rotation applied, degrees counter-clockwise.
         corrupt_packets: packets that failed to demux or decode and were skipped.
+        decoded_frames: frames the decoder output intact (before ``fps`` sampling); every
+            one is kept unless sampling skips it.
+        timestamps_repaired: frames whose stored timestamp is not their own pts (missing,
+            scrambled or not increasing; see ``video._Retimer``).
     """
 
     path: str
@@ -104,6 +115,14 @@ class VideoInfo:
     codec: str
     rotation: int = 0
     corrupt_packets: int = 0
+    decoded_frames: int = 0
+    timestamps_repaired: int = 0
+
+    @property
+    def partial(self) -> bool:
+        """True when damage cost frames: corrupt packets, or fewer frames than the container
+        claims."""
+        return self.corrupt_packets > 0 or 0 < self.decoded_frames < self.container_frames
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,33 @@ DECODER_NICE = 10
 """Nice increment of the decoder thread (see ``_lower_thread_priority``)."""
 
 
+CHANGED_REASON = "changed during extraction (size or mtime differ from when it was hashed)"
+
+
 @dataclass(frozen=True)
 class WorkItem:
-    """One video to extract: its path and content identity (hashed by the planner)."""
+    """One video to extract: its path and content identity (hashed by the planner).
+
+    ``size``/``mtime_ns`` are the file's as hashed (-1: not recorded); a file that no
+    longer has them after decoding is recorded as :data:`CHANGED_REASON`, never stored
+    under the old content's id.
+    """
 
     path: str
     video_id: str
     content_sha256: str
+    size: int = -1
+    mtime_ns: int = -1
+
+    def changed(self) -> bool:
+        """True when the file's size or mtime differ from those recorded at hash time."""
+        if self.size < 0:
+            return False
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -77,13 +97,13 @@ def register_backbone(
         _BACKBONES[(weights_sha256, input_size, mixed_precision)] = infer
 
 
-def backbone_for(
-    config: ExtractorConfig, weights_file: Path, *, mixed_precision: bool = False
-) -> Callable[[np.ndarray], np.ndarray]:
+def backbone_for(config: ExtractorConfig, weights_file: Path) -> Callable[[np.ndarray], np.ndarray]:
     """The inference function for ``config``, built once per process and then reused.
 
-    The weights are loaded from ``weights_file`` and must match ``config.weights_sha256``.
+    The weights are loaded from ``weights_file`` and must match ``config.weights_sha256``;
+    the compute precision is ``config.mixed_precision``.
     """
+    mixed_precision = config.mixed_precision
     key = (config.weights_sha256, config.input_size, mixed_precision)
     with _BACKBONES_LOCK:
         if key not in _BACKBONES:
@@ -331,12 +351,15 @@ def extract_items(
     for i, outcome in iter_features(
         items, config=config, infer=infer, batch_size=batch_size, stop=stop
     ):
+        if not isinstance(outcome, ExtractionFailure) and items[i].changed():
+            outcome = ExtractionFailure(items[i].path, CHANGED_REASON, items[i].video_id)
         if isinstance(outcome, ExtractionFailure):
             write_failure(parts_dir, outcome)
             result.failed.append(outcome)
             done = VideoDone(items[i], 0, outcome)
         else:
-            write_part(parts_dir, config, outcome)
+            stat = (items[i].size, items[i].mtime_ns) if items[i].size >= 0 else None
+            write_part(parts_dir, config, outcome, source_stat=stat)
             result.ok.append(outcome.video_id)
             result.frames += len(outcome.features)
             done = VideoDone(items[i], len(outcome.features))

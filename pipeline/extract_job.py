@@ -24,9 +24,11 @@ from pipeline.contracts import (
     RESIZE_POLICIES,
     ExtractionFailure,
     ExtractorConfig,
+    VideoInfo,
 )
 from pipeline.errors import ConfigError, StoreError
 from pipeline.extract import (
+    CHANGED_REASON,
     TaskResult,
     VideoDone,
     WorkItem,
@@ -43,6 +45,7 @@ from pipeline.store import (
     os_reason,
     parts_dir_for,
     require_free_space,
+    staged_video_infos,
     write_alias,
     write_failure,
 )
@@ -61,6 +64,7 @@ class ExtractOptions:
     dtype: str = "float16"
     batch_size: int = 32
     mixed_precision: bool = False
+    rehash: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values no extraction can use."""
@@ -85,7 +89,6 @@ class TaskSpec:
     weights_file: str
     parts_dir: str
     batch_size: int
-    mixed_precision: bool = False
 
 
 def run_task(
@@ -100,7 +103,7 @@ def run_task(
     The backbone is built once per process (see ``backbone_for``); ``stop`` and
     ``on_video`` serve in-process runs (cancellation, per-video progress).
     """
-    infer = backbone_for(spec.config, Path(spec.weights_file), mixed_precision=spec.mixed_precision)
+    infer = backbone_for(spec.config, Path(spec.weights_file))
     return extract_items(
         items,
         config=spec.config,
@@ -132,7 +135,31 @@ class ExtractReport:
     interrupted: bool = False
     random_backbone: bool = False
     failures: list[dict] = field(default_factory=list)
+    partial: int = 0
+    partial_videos: list[dict] = field(default_factory=list)
+    repaired_timestamps: int = 0
+    repaired_videos: list[dict] = field(default_factory=list)
     tool_version: str = __version__
+
+    def note_decodes(self, infos: Iterable[tuple[str, VideoInfo]]) -> None:
+        """Record the added videos that decoded partially or had their timestamps repaired."""
+        for video_id, info in infos:
+            if info.partial:
+                self.partial_videos.append(
+                    {
+                        "path": info.path,
+                        "video_id": video_id,
+                        "decoded_frames": info.decoded_frames,
+                        "container_frames": info.container_frames,
+                        "corrupt_packets": info.corrupt_packets,
+                    }
+                )
+            if info.timestamps_repaired:
+                self.repaired_videos.append(
+                    {"path": info.path, "video_id": video_id, "frames": info.timestamps_repaired}
+                )
+        self.partial = len(self.partial_videos)
+        self.repaired_timestamps = len(self.repaired_videos)
 
     def write(self, path: Path) -> None:
         """Write the report as JSON, atomically (creating its directory)."""
@@ -153,39 +180,76 @@ def _existing_config(store_path: Path) -> ExtractorConfig | None:
     return None
 
 
-def resolve_extractor(store_path: Path, options: ExtractOptions) -> ExtractorConfig:
-    """The extractor config for this run; builds the backbone only when it is new.
+@dataclass
+class Extractor:
+    """This run's extractor config, and the backbone when this run had to build it."""
 
-    A store (or staged run) that already exists with the same weights identity keeps its
-    saved weights, so a seeded random backbone stays bit-identical across reruns and
-    machines, and a rerun with nothing to do never builds a model (``backbone_for``
-    loads the saved weights and checks their sha256 when there is work).
-    """
-    from pipeline.backbone import parse_weights
+    config: ExtractorConfig
+    model: object | None = None
 
-    spec = parse_weights(options.weights)
-    sidecar = backbone_sidecar(store_path)
-    existing = _existing_config(store_path)
-    if existing is not None and existing.weights == spec.identity and sidecar.exists():
-        sha256 = existing.weights_sha256
-    else:
-        sha256 = _build_and_save(spec, options, sidecar)
+
+def _config(options: ExtractOptions, weights: str, sha256: str) -> ExtractorConfig:
     return ExtractorConfig(
-        weights=spec.identity,
+        weights=weights,
         weights_sha256=sha256,
         input_size=options.input_size,
         resize=options.resize,
         fps=options.fps,
         dtype=options.dtype,
+        mixed_precision=options.mixed_precision,
     )
 
 
-def _build_and_save(spec, options: ExtractOptions, sidecar: Path) -> str:
-    """Build the backbone from ``spec``, save its weights to ``sidecar``, return the sha256."""
-    from pipeline.backbone import build_backbone, fingerprint, make_inference_fn, save_weights
+def resolve_extractor(store_path: Path, options: ExtractOptions) -> Extractor:
+    """The extractor for this run, checked against the store before anything is built.
 
-    model = build_backbone(spec, options.input_size, mixed_precision=options.mixed_precision)
-    sha256 = fingerprint(model)
+    An existing store (or staged run) fixes the weights sha256: options that differ from
+    its extractor are refused here, naming both, without building a backbone or writing
+    a file. Only a new store builds the backbone (its sidecar is written later, under the
+    store lock, see :func:`save_sidecar`), so a seeded random backbone stays bit-identical
+    across reruns and machines and a rerun with nothing to do never builds a model.
+    """
+    from pipeline.backbone import fingerprint, parse_weights
+
+    spec = parse_weights(options.weights)
+    existing = _existing_config(store_path)
+    if existing is not None:
+        config = _config(options, spec.identity, existing.weights_sha256)
+        if config != existing:
+            raise StoreError(
+                f"{store_path} was built by a different extractor: store has "
+                f"({existing.describe()}), this run uses ({config.describe()}); nothing "
+                "was changed"
+            )
+        return Extractor(config)
+    model = _build(spec, options)
+    return Extractor(_config(options, spec.identity, fingerprint(model)), model)
+
+
+def _build(spec, options: ExtractOptions):
+    from pipeline.backbone import build_backbone
+
+    return build_backbone(spec, options.input_size, mixed_precision=options.mixed_precision)
+
+
+def save_sidecar(builder: StoreBuilder, extractor: Extractor, options: ExtractOptions) -> None:
+    """Save the backbone weights beside the store ``builder`` holds the lock of.
+
+    Written for a new store (the backbone this run built) or to restore a deleted sidecar
+    (checked to have the store's sha256); an existing store's sidecar is never replaced.
+    """
+    from pipeline.backbone import fingerprint, make_inference_fn, parse_weights, save_weights
+
+    sidecar = backbone_sidecar(builder.path)
+    config = extractor.config
+    if sidecar.exists() and extractor.model is None:
+        return
+    model = extractor.model or _build(parse_weights(options.weights), options)
+    if fingerprint(model) != config.weights_sha256:
+        raise StoreError(
+            f"cannot restore {sidecar}: --weights {options.weights} has sha256 "
+            f"{fingerprint(model)[:12]}, the store's backbone {config.weights_sha256[:12]}"
+        )
     tmp = sidecar.with_name(f".{uuid.uuid4().hex}.weights.h5")
     # HDF5 may crash instead of raising on a full disk (see require_free_space).
     weight_bytes = 4 * sum(math.prod(w.shape) for w in model.weights)
@@ -198,8 +262,7 @@ def _build_and_save(spec, options: ExtractOptions, sidecar: Path) -> str:
     finally:
         discard(tmp)
     infer = make_inference_fn(model)
-    register_backbone(sha256, options.input_size, options.mixed_precision, infer)
-    return sha256
+    register_backbone(config.weights_sha256, config.input_size, config.mixed_precision, infer)
 
 
 @dataclass
@@ -213,21 +276,36 @@ class Plan:
 
 @dataclass(frozen=True)
 class FileHash:
-    """A file's content sha256, or why it could not be read (picklable: runs in workers)."""
+    """A file's content sha256 and its ``(size, mtime_ns)`` at hash time, or why it could
+    not be read (picklable: runs in workers)."""
 
     path: str
     sha256: str | None = None
     error: str | None = None
+    size: int = -1
+    mtime_ns: int = -1
 
 
 def hash_files(paths: Sequence[str]) -> list[FileHash]:
-    """Content sha256 of each file, in order; an unreadable file gets an ``error`` instead."""
+    """Content sha256 of each file, in order, with its size/mtime read around the hash.
+
+    An unreadable file gets an ``error``; a file whose size or mtime changed while it was
+    being hashed gets :data:`~pipeline.extract.CHANGED_REASON`.
+    """
     hashes = []
     for path in paths:
         try:
-            hashes.append(FileHash(path, file_sha256(Path(path))))
+            before = os.stat(path)
+            sha = file_sha256(Path(path))
+            after = os.stat(path)
         except OSError as e:
             hashes.append(FileHash(path, error=f"cannot read file ({e.strerror})"))
+            continue
+        stat = (after.st_size, after.st_mtime_ns)
+        if (before.st_size, before.st_mtime_ns) != stat:
+            hashes.append(FileHash(path, sha, CHANGED_REASON, *stat))
+        else:
+            hashes.append(FileHash(path, sha, None, *stat))
     return hashes
 
 
@@ -236,15 +314,20 @@ FileHasher = Callable[[Sequence[str]], list[FileHash]]
 
 
 def plan_extraction(
-    paths: Iterable[Path], builder: StoreBuilder, hasher: FileHasher = hash_files
+    paths: Iterable[Path],
+    builder: StoreBuilder,
+    hasher: FileHasher = hash_files,
+    *,
+    rehash: bool = False,
 ) -> Plan:
     """Decide per file: skip (content already stored), extract, or fail now.
 
-    Files whose size and mtime match the store's path index are skipped without reading
-    them; the others are hashed by ``hasher`` (all at once, so a cluster hashes them in
-    parallel). A second path with the same content is recorded as an alias.
-    Videos finished by an interrupted run (staged parts) are neither redone nor counted as
-    skipped: this run's commit stores them.
+    Fast path: a file whose path, size and mtime match the store's path index is skipped
+    without reading it (``rehash`` turns this off: every file is hashed). The others are
+    hashed by ``hasher`` (all at once, so a cluster hashes them in parallel), and the
+    size/mtime recorded at that moment are checked again after decoding. A second path with
+    the same content is recorded as an alias. Videos finished by an interrupted run (staged
+    parts) are neither redone nor counted as skipped: this run's commit stores them.
     """
     index, stored = {}, set()
     if builder.path.exists():
@@ -260,7 +343,8 @@ def plan_extraction(
             continue
         st = path.stat()
         entry = index.get(key)
-        if entry and entry[0] in stored and tuple(entry[1:]) == (st.st_size, st.st_mtime_ns):
+        fast = entry and entry[0] in stored and tuple(entry[1:]) == (st.st_size, st.st_mtime_ns)
+        if fast and not rehash:
             plan.skipped += 1
             continue
         unknown.append(path)
@@ -269,12 +353,17 @@ def plan_extraction(
             plan.failures.append(ExtractionFailure(hashed.path, hashed.error or "unreadable"))
             continue
         video_id = video_id_from_sha256(hashed.sha256)
+        if hashed.error:  # changed while it was being hashed
+            plan.failures.append(ExtractionFailure(hashed.path, hashed.error, video_id))
+            continue
         if video_id in stored or video_id in queued or video_id in staged:
             plan.skipped += video_id not in staged
             write_alias(builder.parts_dir, path, video_id)
             continue
         queued.add(video_id)
-        plan.todo.append(WorkItem(hashed.path, video_id, hashed.sha256))
+        plan.todo.append(
+            WorkItem(hashed.path, video_id, hashed.sha256, hashed.size, hashed.mtime_ns)
+        )
     return plan
 
 
@@ -320,7 +409,8 @@ def run_extraction(
         raise ConfigError(
             f"cannot create output directory {store_path.parent}: {e.strerror}"
         ) from e
-    config = resolve_extractor(store_path, options)
+    extractor = resolve_extractor(store_path, options)
+    config = extractor.config
     report = ExtractReport(
         store=str(store_path),
         extractor=config.to_dict(),
@@ -328,9 +418,11 @@ def run_extraction(
         random_backbone=config.weights.startswith("random"),
     )
     with StoreBuilder(store_path, config) as builder:
+        save_sidecar(builder, extractor, options)
         # A cluster runner hashes new files in its workers; the driver only stats them.
         hasher = getattr(runner, "hash_files", hash_files)
-        plan = plan_extraction([Path(os.path.abspath(p)) for p in paths], builder, hasher)
+        absolute = [Path(os.path.abspath(p)) for p in paths]
+        plan = plan_extraction(absolute, builder, hasher, rehash=options.rehash)
         report.skipped = plan.skipped
         for failure in plan.failures:
             write_failure(builder.parts_dir, failure)
@@ -343,7 +435,6 @@ def run_extraction(
                 str(backbone_sidecar(store_path)),
                 str(builder.parts_dir),
                 options.batch_size,
-                options.mixed_precision,
             )
             if plan.todo and runner is None:
                 run_task(spec, plan.todo, stop=stop, on_video=on_video)
@@ -354,6 +445,7 @@ def run_extraction(
             raise
         finally:
             # Commit whatever finished, on success and on every way out.
+            report.note_decodes(staged_video_infos(builder.parts_dir))
             summary = builder.commit()
             builder.discard_staging()
             report.extracted = summary.added

@@ -17,7 +17,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dask
@@ -224,6 +224,7 @@ class DaskRunner:
         if self.client is None:
             raise RuntimeError("DaskRunner used outside its `with` block")
         client = self.client
+        spec, tasks = _absolute(spec), [[_absolute_item(i) for i in task] for task in tasks]
         pending: dict[Future, list[WorkItem]] = {}
 
         def submit(items: list[WorkItem]) -> Future:
@@ -307,6 +308,19 @@ class DaskRunner:
             write_failure(parts_dir, failure)
             result.failed.append(failure)
         return result
+
+
+def _absolute(spec: TaskSpec) -> TaskSpec:
+    """``spec`` with absolute paths: workers may run in any directory (or on other hosts)."""
+    return replace(
+        spec,
+        weights_file=os.path.abspath(spec.weights_file),
+        parts_dir=os.path.abspath(spec.parts_dir),
+    )
+
+
+def _absolute_item(item: WorkItem) -> WorkItem:
+    return replace(item, path=os.path.abspath(item.path))
 
 
 # --------------------------------------------------------------------------- worker side

@@ -25,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures
+from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
 from pipeline.identity import video_id_from_sha256
 from pipeline.store_commit import (
@@ -54,7 +54,7 @@ from pipeline.store_layout import (
     write_config_attrs,
     write_error,
 )
-from pipeline.store_read import FeatureStore, open_store
+from pipeline.store_read import FeatureStore, open_store, video_info_from_attrs
 
 __all__ = [
     "CommitSummary",
@@ -68,6 +68,7 @@ __all__ = [
     "require_free_space",
     "shards_dir_for",
     "staged_video_ids",
+    "staged_video_infos",
     "write_alias",
     "write_failure",
     "write_part",
@@ -77,8 +78,12 @@ log = logging.getLogger(__name__)
 
 
 def backbone_sidecar(store_path: Path) -> Path:
-    """Where the exact backbone weights of a store are saved (``<stem>.backbone.weights.h5``)."""
-    return store_path.with_name(f"{store_path.stem}.backbone.weights.h5")
+    """Where the exact backbone weights of a store are saved (``<name>.backbone.weights.h5``).
+
+    Named after the full store file name, so ``features.h5`` and ``features.hdf5`` in one
+    folder never share (and overwrite) one weights file.
+    """
+    return store_path.with_name(f"{store_path.name}.backbone.weights.h5")
 
 
 def _lock_path_for(store_path: Path) -> Path:
@@ -116,15 +121,23 @@ def _write_video(group: h5py.Group, vf: VideoFeatures, dtype: str) -> h5py.Group
     return g
 
 
-def write_part(parts_dir: Path, config: ExtractorConfig, vf: VideoFeatures) -> Path:
+def write_part(
+    parts_dir: Path,
+    config: ExtractorConfig,
+    vf: VideoFeatures,
+    *,
+    source_stat: tuple[int, int] | None = None,
+) -> Path:
     """Write one extracted video as a part file, atomically (temp name, fsync, rename).
 
     A part file has the layout of a shard (docs/FORMAT.md), so the commit links it into the
     store as it is. Safe to call from any process: each part has its own file and temp name.
+    ``source_stat`` is the source's ``(size, mtime_ns)`` when it was hashed (the path
+    index's fast-path key); None stats the file now.
     """
     final = parts_dir / f"{vf.video_id}.h5"
     try:
-        size, mtime_ns = _file_stat(Path(vf.info.path))
+        size, mtime_ns = source_stat or _file_stat(Path(vf.info.path))
     except OSError:  # source deleted mid-run: an index entry that never matches, so rehash
         size, mtime_ns = -1, -1
     # Built in memory, written with plain file I/O: a full disk is then a clean OSError,
@@ -142,6 +155,17 @@ def write_part(parts_dir: Path, config: ExtractorConfig, vf: VideoFeatures) -> P
 def staged_video_ids(parts_dir: Path) -> set[str]:
     """Ids of the finished part files in a staging directory (see :func:`write_part`)."""
     return {p.stem for p in parts_dir.glob("v*.h5")}
+
+
+def staged_video_infos(parts_dir: Path) -> list[tuple[str, VideoInfo]]:
+    """``(video_id, decode facts)`` of every finished part file, features left unread."""
+    infos = []
+    for part in sorted(parts_dir.glob("v*.h5")):
+        with contextlib.suppress(OSError), h5py.File(part, "r") as f:
+            infos.extend(
+                (vid, video_info_from_attrs(dict(g.attrs))) for vid, g in f[VIDEOS].items()
+            )
+    return infos
 
 
 def write_failure(parts_dir: Path, failure: ExtractionFailure) -> Path:
@@ -262,14 +286,14 @@ class StoreBuilder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise StoreError(
-                f"{self.path} is being written by another extraction (pid {holder}); "
-                "wait for it to finish"
+                f"{self.path} is being written by another extraction ({lock_path} is "
+                "locked); wait for it to finish"
             ) from None
+        # Content-free (an older vrnn wrote its pid here): the lock file beside a store in
+        # a DVC output never changes the output's hash (.dvcignore also excludes it).
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
     def _release_lock(self) -> None:

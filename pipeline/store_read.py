@@ -202,10 +202,7 @@ class FeatureStore:
                 f"{self.path}: video {video_id} ({attrs.get('source_path')}) is corrupt on "
                 f"disk ({e}); delete the store or re-extract"
             ) from e
-        info = VideoInfo(
-            path=str(attrs.pop("source_path")),
-            **{k: _plain(attrs[k]) for k in VideoInfo.__dataclass_fields__ if k in attrs},
-        )
+        info = video_info_from_attrs(attrs)
         return VideoFeatures(video_id, str(attrs["content_sha256"]), features, timestamps, info)
 
     def iter_videos(self) -> Iterator[VideoFeatures]:
@@ -216,6 +213,13 @@ class FeatureStore:
 
 def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def video_info_from_attrs(attrs: dict) -> VideoInfo:
+    """A video group's decode facts (attributes missing in older stores take defaults)."""
+    fields = {k: _plain(attrs[k]) for k in VideoInfo.__dataclass_fields__ if k in attrs}
+    fields.pop("path", None)
+    return VideoInfo(path=str(attrs["source_path"]), **fields)
 
 
 def open_store(path: Path, expected: ExtractorConfig | None = None) -> FeatureStore:

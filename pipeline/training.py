@@ -506,6 +506,7 @@ def train(
         train_data = read_split(store, joined.videos, "train", labels)
         val_data = read_split(store, joined.videos, "val", labels)
         extractor = store.config
+    sidecar = checked_sidecar(Path(store_path), extractor)
     validation = None
     if len(val_data.features):
         validation = (*eval_sequences(val_data.features, config.seq_len), val_data.targets)
@@ -542,14 +543,28 @@ def train(
         patience=config.patience,
         on_epoch=on_epoch,
     )
-    write_model_dir(
-        model_dir, model, labels, extractor, config, history, backbone_sidecar(Path(store_path))
-    )
+    write_model_dir(model_dir, model, labels, extractor, config, history, sidecar)
     best = len(history)
     if validation is not None:
         best = int(np.argmin([h["val_loss"] for h in history])) + 1
     counts = {"train": len(train_data.videos), "val": len(val_data.videos)}
     return TrainResult(Path(model_dir), labels, counts, history, best, joined.missing)
+
+
+def checked_sidecar(store_path: Path, extractor: ExtractorConfig) -> Path | None:
+    """The store's backbone weights file after checking its sha256, or None when absent.
+
+    Raises:
+        WeightsError: the file holds other weights than the store's features were made with
+            (it is never copied into a model).
+    """
+    sidecar = backbone_sidecar(store_path)
+    if not sidecar.is_file():
+        return None
+    from pipeline.export import load_backbone  # lazy: export imports this module
+
+    load_backbone(extractor, sidecar)
+    return sidecar
 
 
 def evaluate(

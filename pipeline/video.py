@@ -6,7 +6,9 @@ The only module that imports ``av``. Colour conversion and scaling run inside FF
 
 from __future__ import annotations
 
+import heapq
 import logging
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -42,8 +44,14 @@ VIDEO_EXTENSIONS = frozenset(
 )
 """File extensions treated as videos when walking directories."""
 
-MAX_CORRUPT_PACKETS = 100
-"""Skipped packets after which a file is declared undecodable rather than damaged."""
+MAX_DEMUX_ERRORS = 100
+"""Consecutive demuxer errors (no packet read in between) after which the file is given up.
+
+Decode errors never stop the reader: every decodable frame after damage is kept, and the
+video is reported as decoded partially (see :attr:`VideoInfo.partial`)."""
+
+REORDER_WINDOW = 16
+"""Frames over which timestamps are re-sorted (H.264/HEVC reorder at most 16 frames)."""
 
 
 @dataclass(frozen=True)
@@ -109,24 +117,75 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
 def _decoded_frames(
     container: av.container.InputContainer, stream: av.video.VideoStream, counter: list[int]
 ) -> Iterator[av.VideoFrame]:
-    """Decode every frame, skipping packets FFmpeg rejects (counted in ``counter[0]``)."""
-    packets = container.demux(stream)
-    while True:
+    """Decode every frame, skipping packets FFmpeg rejects (counted in ``counter[0]``).
+
+    Damage never ends decoding early: a failed packet is skipped, a demuxer error resumes
+    at the next readable packet (up to :data:`MAX_DEMUX_ERRORS` in a row).
+    """
+    failed_reads = 0
+    while failed_reads <= MAX_DEMUX_ERRORS:
+        packets = container.demux(stream)
         try:
-            packet = next(packets)
-        except StopIteration:
+            for packet in packets:
+                failed_reads = 0
+                try:
+                    yield from packet.decode()
+                except av.error.FFmpegError:
+                    counter[0] += 1
             return
         except av.error.FFmpegError:
-            # A demuxer error ends the generator; what was decoded so far stands.
             counter[0] += 1
+            failed_reads += 1
             log.debug("demux error in %s", container.name, exc_info=True)
-            return
-        try:
-            yield from packet.decode()
-        except av.error.FFmpegError:
-            counter[0] += 1
-            if counter[0] > MAX_CORRUPT_PACKETS:
-                return
+    # The demuxer cannot go on: flush the frames the decoder still holds.
+    try:
+        yield from stream.codec_context.decode(None)
+    except av.error.FFmpegError:
+        counter[0] += 1
+
+
+class _Retimer:
+    """Turns decoder output into strictly increasing timestamps, never dropping a frame.
+
+    The decoder already outputs frames in presentation order, but some containers (AVI with
+    B-frames) carry decode-order timestamps, so pts arrive scrambled. The pts of a window of
+    :data:`REORDER_WINDOW` frames are sorted and handed out in order; a timestamp that is
+    missing or still not after the previous one continues the previous one's clock by one
+    nominal frame period. :attr:`repaired` counts frames whose timestamp differs from their pts.
+    """
+
+    def __init__(self, nominal_period: float) -> None:
+        self.period = nominal_period or 1e-3
+        self.frames: deque[tuple[av.VideoFrame, float | None]] = deque()
+        self.times: list[float] = []  # heap of the pending frames' pts
+        self.last: float | None = None
+        self.repaired = 0
+
+    def push(self, frame: av.VideoFrame) -> Iterator[tuple[av.VideoFrame, float]]:
+        """Add a decoded frame; yield the frames whose timestamp is now settled."""
+        own = frame.time
+        self.frames.append((frame, own))
+        if own is not None:
+            heapq.heappush(self.times, own)
+        if len(self.frames) > REORDER_WINDOW:
+            yield self._pop()
+
+    def drain(self) -> Iterator[tuple[av.VideoFrame, float]]:
+        """Yield the frames still held (at the end of the stream)."""
+        while self.frames:
+            yield self._pop()
+
+    def _pop(self) -> tuple[av.VideoFrame, float]:
+        frame, own = self.frames.popleft()
+        t = heapq.heappop(self.times) if own is not None else None
+        if t is None:
+            t = 0.0 if self.last is None else self.last + self.period
+        elif self.last is not None and t <= self.last + 1e-9:
+            t = self.last + self.period
+        if t != own:
+            self.repaired += 1
+        self.last = t
+        return frame, t
 
 
 class _Sampler:
@@ -199,27 +258,31 @@ class VideoReader:
         sampler = _Sampler(self.fps)
         sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
         corrupt = [0]
+        retimer = _Retimer(nominal_period)
         frames: list[np.ndarray] = []
         stamps: list[float] = []
-        kept, last_t, first_t, rotation, shape = 0, None, None, 0, (0, 0)
-        try:
+        decoded, kept, rotation, shape = 0, 0, 0, (0, 0)
+        first_t = last_t = 0.0
+
+        def settled() -> Iterator[tuple[av.VideoFrame, float]]:
+            nonlocal decoded
             for frame in _decoded_frames(container, stream, corrupt):
                 if frame.is_corrupt:  # FFmpeg concealed damage (e.g. a cut-off last frame)
                     corrupt[0] += 1
                     continue
-                t = frame.time
-                if t is None:  # no pts: continue the clock of the previous frame
-                    t = 0.0 if last_t is None else last_t + nominal_period
-                if last_t is not None and t <= last_t - 1e-9:
-                    continue  # out-of-order or duplicate pts after a seek/corruption
+                decoded += 1
+                yield from retimer.push(frame)
+            yield from retimer.drain()
+
+        try:
+            for frame, t in settled():
                 last_t = t
                 if not sampler.keep(t):
                     continue
                 rotation = round(frame.rotation or 0) % 360
-                image = self._to_square(frame, rotation, sar)
+                frames.append(self._to_square(frame, rotation, sar))
                 shape = (frame.width, frame.height)
-                first_t = t if first_t is None else first_t
-                frames.append(image)
+                first_t = t if kept == 0 else first_t
                 stamps.append(t)
                 kept += 1
                 if len(frames) == chunk_frames:
@@ -246,6 +309,8 @@ class VideoReader:
             codec=stream.codec_context.name,
             rotation=rotation,
             corrupt_packets=corrupt[0],
+            decoded_frames=decoded,
+            timestamps_repaired=retimer.repaired,
         )
 
     def _to_square(self, frame: av.VideoFrame, rotation: int, sar: Fraction | None) -> np.ndarray:

@@ -78,6 +78,13 @@ def command(
     mixed_precision: Annotated[
         bool, typer.Option(help="float16 compute (for GPUs with tensor cores).")
     ] = False,
+    rehash: Annotated[
+        bool,
+        typer.Option(
+            help="Hash every listed file, even those whose path, size and mtime match the "
+            "store (finds content replaced with the same size and mtime, e.g. cp -p)."
+        ),
+    ] = False,
     strict: Annotated[
         bool, typer.Option(help="Exit 1 if any video failed (default: record and go on).")
     ] = False,
@@ -114,7 +121,7 @@ def command(
     paths = source_videos(source)
     sampling = fps or None  # 0 keeps every frame
     options = ExtractOptions(
-        weights, input_size, resize, sampling, dtype, batch_size, mixed_precision
+        weights, input_size, resize, sampling, dtype, batch_size, mixed_precision, rehash
     )
     if weights.startswith("random"):
         console.print(
@@ -154,11 +161,26 @@ def command(
                 )
                 raise typer.Exit(130) from None
     result.write(report or output.with_name("extract_report.json"))
+    notes = "".join(
+        f", {count} {what}"
+        for count, what in [
+            (result.partial, "decoded partially"),
+            (result.repaired_timestamps, "with repaired timestamps"),
+        ]
+        if count
+    )
     typer.echo(
         f"extracted {result.extracted}, skipped {result.skipped} (already stored), "
-        f"failed {result.failed} of {result.videos} videos; {result.frames} frames at "
+        f"failed {result.failed} of {result.videos} videos{notes}; {result.frames} frames at "
         f"{result.frames_per_sec:.0f} fr/s → {output}"
     )
+    for video in result.partial_videos[:20]:
+        console.print(
+            f"  [yellow]partial[/] {video['path']}: decoded {video['decoded_frames']} frames "
+            f"(container: {video['container_frames'] or '?'}), "
+            f"{video['corrupt_packets']} corrupt packets skipped",
+            highlight=False,
+        )
     for failure in result.failures[:20]:
         console.print(f"  [red]failed[/] {failure['path']}: {failure['reason']}", highlight=False)
     if result.failed > 20:

@@ -390,7 +390,7 @@ def test_workers_and_scheduler_together_are_refused(manifest: Path, tmp_path: Pa
 def test_worker_without_the_shared_filesystem_is_a_clear_error(tmp_path: Path) -> None:
     config = ExtractorConfig(weights="random:seed=0", weights_sha256="0" * 64, input_size=SIZE)
     spec = TaskSpec(
-        config, str(tmp_path / "f.backbone.weights.h5"), str(tmp_path / "f.h5.parts"), 8
+        config, str(tmp_path / "f.h5.backbone.weights.h5"), str(tmp_path / "f.h5.parts"), 8
     )
     with pytest.raises(ClusterError, match=r"cannot see .*f\.h5\.parts.*shared filesystem"):
         _extract_task(spec, [], None)
@@ -400,3 +400,20 @@ def test_in_process_extraction_never_imports_dask() -> None:
     code = "import sys, stages.cli, pipeline.extract_job; print('distributed' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_relative_output_works_with_workers_started_elsewhere(
+    manifest: Path,
+    reference: Path,
+    scheduler_address: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workers run in another directory: a relative ``-o`` reaches them absolute."""
+    monkeypatch.chdir(tmp_path)
+    args = ["extract", str(manifest), "-o", "out/features.h5", *CLI_OPTIONS]
+    result = CliRunner().invoke(app, [*args, "--scheduler", scheduler_address])
+    assert result.exit_code == 0, result.output
+    assert "extracted 8, skipped 0 (already stored), failed 0 of 8 videos" in result.output
+    with open_store(tmp_path / "out" / "features.h5") as got, open_store(reference) as want:
+        assert (got.video_ids, got.path_index) == (want.video_ids, want.path_index)

@@ -121,6 +121,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "index-half-written": _on_index_copied,  # new index copied from the old, not yet updated
     "store-before-rename": lambda: _on_os_replace(_is_store),
     "store-after-rename": lambda: _on_os_replace(_is_store, after=True),
+    "interrupt-after-first-part": lambda: _on_os_replace(_is_part, after=True, action=_interrupt),
     "interrupt-in-commit": lambda: _on_shard_link(1, action=_interrupt),
     # store compact (store-before/after-rename also apply: the index replace)
     "compact-shard-before-rename": lambda: _on_os_replace(_is_shard),

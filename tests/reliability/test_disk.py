@@ -127,7 +127,8 @@ def test_read_only_output_directory_fails_in_one_line(
         store = tmp_path / "empty" / "features.h5"
         failed = run_vrnn(*extract_args(clips.all_csv, store), cwd=tmp_path)
         assert failed.returncode == 1, failed.stderr[-3000:]
-        assert_one_error_line(failed.stderr, "cannot write", reason)
+        # The store lock comes first: nothing (the backbone weights included) before it.
+        assert_one_error_line(failed.stderr, "cannot create lock file", reason)
 
     with read_only_dir(tmp_path / "previous", lambda d: copy_store(half_store, d)) as reason:
         store = tmp_path / "previous" / "features.h5"

@@ -189,9 +189,10 @@ def test_ctrl_c_commits_finished_videos_and_exits_130(
 ) -> None:
     store = copy_store(half_store, tmp_path)
     args = extract_args(clips.all_csv, store, *EXTRA)
-    proc = start_vrnn(*args, cwd=tmp_path)
-    assert signal_when(proc, lambda: _has_part(store), signal.SIGINT)
-    status, _, stderr = finish(proc, timeout=60)  # a decoder thread that hangs fails here
+    # Ctrl-C right after the first new video is written (an exact point: never too late on
+    # a busy machine); a decoder thread that hangs fails the run's timeout.
+    interrupted = run_vrnn(*args, cwd=tmp_path, inject="interrupt-after-first-part")
+    status, stderr = interrupted.returncode, interrupted.stderr
     assert status == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     assert [line for line in messages(stderr) if line.startswith("interrupted:")] == [
@@ -199,6 +200,7 @@ def test_ctrl_c_commits_finished_videos_and_exits_130(
     ]
     committed = snapshot(store).ids
     assert set(half_store.contents.ids) < set(committed) < set(reference.contents.ids)
+    assert len(committed) == len(half_store.contents.ids) + 1  # exactly the finished one
     assert not parts_dir_for(store).exists()  # everything finished went into the store
 
     # Ctrl-C again, this time inside the commit: the store stays as it was, parts wait.
