@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,12 @@ class ExtractorConfig:
         if kwargs.get("fps") is not None:
             kwargs["fps"] = float(kwargs["fps"])
         return cls(**kwargs)
+
+    def same_features(self, other: ExtractorConfig) -> bool:
+        """True when both configs compute the same features: equal in everything but the
+        ``weights`` name (any copy of the same weight values, by sha256, is the same backbone).
+        """
+        return replace(self, weights=other.weights) == other
 
     def describe(self) -> str:
         """One-line human description, used in mismatch errors."""

@@ -463,8 +463,9 @@ class FeatureStore:
         return [ExtractionFailure(**f) for f in json.loads(self._file[FAILURES][()])]
 
     def require_config(self, expected: ExtractorConfig) -> None:
-        """Raise :class:`StoreError` naming both configurations unless they are equal."""
-        if self.config != expected:
+        """Raise :class:`StoreError` naming both configurations unless they compute the same
+        features (weights compared by sha256, not by name)."""
+        if not self.config.same_features(expected):
             raise StoreError(
                 f"{self.path} was built by a different extractor: store has "
                 f"({self.config.describe()}), expected ({expected.describe()})"
