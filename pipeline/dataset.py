@@ -32,6 +32,9 @@ MANIFEST_COLUMNS = ("path", "label", "group", "split")
 UCF101_SPLIT_IDS = (1, 2, 3)
 
 _UCF_NAME = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
+_SURROGATES = re.compile("[\udc80-\udcff]")
+"""Bytes that are not UTF-8, as ``surrogateescape`` decodes them (in paths and groups, never
+in labels: a label names a class in models and reports)."""
 _UNSPLIT = ""
 """``split`` of a record that the deterministic split has yet to assign."""
 
@@ -138,7 +141,8 @@ def _split_counts(n_groups: int, fractions: SplitFractions) -> list[int]:
 
 def _group_order(group: str) -> str:
     # A stable hash (unlike hash(), not salted per process) shuffles groups reproducibly.
-    return hashlib.sha1(group.encode("utf-8"), usedforsecurity=False).hexdigest()
+    data = group.encode("utf-8", "surrogateescape")  # a group from a non-UTF-8 file name
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()
 
 
 def assign_splits(
@@ -204,6 +208,11 @@ def _check_records(records: Iterable[VideoRecord], where: str) -> None:
             raise ManifestError(f"{where}, record {n}: unknown split {record.split!r}")
         if not record.label:
             raise ManifestError(f"{where}, record {n}: empty label")
+        if _SURROGATES.search(record.label):
+            raise ManifestError(
+                f"{where}, record {n}: label {record.label!a} is not UTF-8 text "
+                f"(from {str(record.path)!a})"
+            )
         first = seen.setdefault(_abspath(record.path), n)
         if first != n:
             raise ManifestError(f"{where}, record {n}: duplicate path {record.path}")
@@ -213,7 +222,8 @@ def write_manifest(records: Sequence[VideoRecord], path: Path) -> Path:
     """Write a manifest CSV atomically (temporary file in the same folder, then renamed).
 
     Paths under the manifest's folder are stored relative to it (posix separators), so the
-    dataset and its manifest can move together; others are stored absolute.
+    dataset and its manifest can move together; others are stored absolute. A file name that
+    is not valid UTF-8 is written as its bytes (``surrogateescape``), so it reads back exactly.
 
     Args:
         records: the rows, written in this order.
@@ -236,7 +246,7 @@ def write_manifest(records: Sequence[VideoRecord], path: Path) -> Path:
     base = path.parent
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        with partial.open("w", newline="", encoding="utf-8") as f:
+        with partial.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(MANIFEST_COLUMNS)
             for record in records:
@@ -274,7 +284,8 @@ def _read_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str,
         reason = "is a folder, not a CSV file" if path.is_dir() else "no such file"
         raise ManifestError(f"{path}: {reason}")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: tolerate Excel's BOM
+        # -sig: tolerate Excel's BOM; surrogateescape: paths keep non-UTF-8 file names' bytes
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.reader(f, strict=True)
             header = [name.strip().lower() for name in next(reader, [])]
             _check_header(path, header, required)
@@ -315,6 +326,8 @@ def _records_from_rows(
             raise ManifestError(f"{where}: empty path")
         if not values.get("label", "").strip():
             raise ManifestError(f"{where}: empty label")
+        if _SURROGATES.search(values["label"]):
+            raise ManifestError(f"{where}: label is not UTF-8 text")
         split = (values.get("split") or "").strip().lower()
         if split not in SPLITS and (split or split_required):
             problem = f"unknown split {values['split']!r}" if split else "empty split"

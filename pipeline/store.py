@@ -64,7 +64,7 @@ def _path_key(path: str) -> str:
 
 
 def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _file_stat(path: Path) -> tuple[int, int]:
@@ -163,7 +163,10 @@ def _write_video(group: h5py.Group, vf: VideoFeatures, dtype: str) -> None:
     g.create_dataset(TIMESTAMPS, data=vf.timestamps_sec.astype(np.float64), fletcher32=True)
     g.attrs["content_sha256"] = vf.content_sha256
     for key, value in asdict(vf.info).items():
-        g.attrs["source_path" if key == "path" else key] = value
+        if key == "path":
+            g.attrs["source_path"] = _h5_text(value)
+        else:
+            g.attrs[key] = value
 
 
 def write_part(parts_dir: Path, config: ExtractorConfig, vf: VideoFeatures) -> Path:
@@ -350,7 +353,7 @@ class StoreBuilder:
                                 src.copy(group, videos, name=vid)
                                 summary.added += 1
                                 summary.frames_added += group[FEATURES].shape[0]
-                            path = str(group.attrs["source_path"])
+                            path = _from_h5_text(group.attrs["source_path"])
                             index[path] = [
                                 vid,
                                 int(src.attrs["source_size"]),
@@ -506,7 +509,7 @@ class FeatureStore:
                 f"disk ({e}); delete the store or re-extract"
             ) from e
         info = VideoInfo(
-            path=str(attrs.pop("source_path")),
+            path=_from_h5_text(attrs.pop("source_path")),
             **{k: _plain(attrs[k]) for k in VideoInfo.__dataclass_fields__ if k in attrs},
         )
         return VideoFeatures(video_id, str(attrs["content_sha256"]), features, timestamps, info)
@@ -515,6 +518,22 @@ class FeatureStore:
         """Every stored video, in id order."""
         for video_id in self.video_ids:
             yield self.read(video_id)
+
+
+def _h5_text(text: str) -> str | np.bytes_:
+    """``text`` as an HDF5 attribute: a file name that is not UTF-8 is stored as its bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return np.bytes_(text.encode("utf-8", "surrogateescape"))
+    return text
+
+
+def _from_h5_text(value: object) -> str:
+    """Inverse of :func:`_h5_text`."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
 
 
 def _plain(value: object) -> object:
