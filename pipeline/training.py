@@ -27,6 +27,7 @@ import numpy as np
 from pipeline import heads, metrics
 from pipeline.contracts import SPLITS, ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError
+from pipeline.leakage import check_duplicates
 from pipeline.sequences import MIN_CROP_FRACTION, TrainingSampler, check_seq_len, eval_sequences
 from pipeline.store import FeatureStore, backbone_sidecar, open_store
 
@@ -500,7 +501,8 @@ def train(
         The written directory, labels, split counts, history and missing videos.
 
     Raises:
-        ConfigError, ManifestError, StoreError: bad options or inputs (see messages).
+        ConfigError, ManifestError, StoreError: bad options or inputs (see messages), including
+            train/test leakage (see :func:`pipeline.leakage.check_duplicates`).
     """
     config.validate()
     _check_replaceable(Path(model_dir))
@@ -509,6 +511,7 @@ def train(
         raise ManifestError("the manifest has no videos in the train split")
     with open_store(store_path) as store:
         joined = join_manifest(fit_records, store)
+        check_duplicates(joined.videos, [r for r in records if r.split == "test"], store)
         labels = class_labels(joined.videos)
         train_data = read_split(store, joined.videos, "train", labels)
         val_data = read_split(store, joined.videos, "val", labels)

@@ -30,6 +30,10 @@ def invoke(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def errors(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
 def _clip(path: Path, n_frames: int, reverse: bool) -> Path:
     """A real clip: a bright bar sweeping right (or left, ``reverse``) over dark grey."""
     frames = np.full((n_frames, 32, 48, 3), 40, dtype=np.uint8)
@@ -136,3 +140,34 @@ def test_evaluate_counts_missing_test_videos_and_strict_fails(setup, tmp_path):
 
     complete = invoke(*args[:2], setup["manifest"], args[3], "--strict", "-o", tmp_path / "ok")
     assert complete.exit_code == 0, complete.output
+
+
+def test_train_refuses_test_copies_of_train_videos_and_warns_on_relabelled_copies(
+    setup, tmp_path, caplog
+):
+    """#19: the same content under two paths (different labels, or in train and test)."""
+    from pipeline.dataset import read_manifest
+
+    records = read_manifest(setup["manifest"])
+    first_train = next(r for r in records if r.split == "train")
+    relabelled = tmp_path / "copy_relabelled.mp4"
+    shutil.copyfile(first_train.path, relabelled)
+    other = next(r.label for r in records if r.label != first_train.label)
+    rows = [*records, VideoRecord(relabelled, other, "copy1", "train")]
+    args = ["train", "--seq-len", "4", "--epochs", "1", "--units", "4", "--batch-size", "4"]
+    manifest = write_manifest(rows, tmp_path / "relabelled.csv")
+    result = invoke(*args, manifest, setup["stores"][0], "-o", tmp_path / "model")
+    assert result.exit_code == 0, result.output
+    assert "1 videos are in the manifest more than once with different labels" in caplog.text
+    assert str(relabelled) in caplog.text
+
+    leaked = tmp_path / "copy_in_test.mp4"
+    shutil.copyfile(first_train.path, leaked)
+    rows = [*records, VideoRecord(leaked, first_train.label, "copy2", "test")]
+    manifest = write_manifest(rows, tmp_path / "leaked.csv")
+    result = invoke(*args, manifest, setup["stores"][0], "-o", tmp_path / "model2")
+    assert result.exit_code == 1
+    [error] = errors(result.output)
+    assert error.startswith("error: 1 test videos have the same content as train/val videos")
+    assert str(leaked) in error and str(first_train.path) in error
+    assert not (tmp_path / "model2").exists()
