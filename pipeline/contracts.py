@@ -91,10 +91,11 @@ class VideoInfo:
     Attributes:
         path: the file as given.
         fps: the stream's average frame rate (frames per second; 0.0 when unknown).
-        width, height: displayed size in pixels (after rotation).
+        width, height: displayed size in pixels (after pixel aspect ratio and rotation).
         frame_count: frames actually decoded and kept.
         container_frames: frame count the container claims (0 when unknown).
-        duration_sec: last kept timestamp minus first, plus one nominal frame period.
+        duration_sec: last decoded frame's timestamp minus the first's, plus one nominal
+            frame period (the stream's duration, also when sampling keeps fewer frames).
         codec: decoder name.
         rotation: display rotation applied, degrees counter-clockwise.
         corrupt_packets: packets that failed to demux or decode and were skipped.

@@ -118,13 +118,19 @@ TaskRunner = Callable[[TaskSpec, list[list[WorkItem]], Callable[[TaskResult], No
 
 @dataclass
 class ExtractReport:
-    """Summary of one run; written as ``extract_report.json`` (a DVC metric)."""
+    """Summary of one run; written as ``extract_report.json`` (a DVC metric).
+
+    ``skipped``: files whose content was already in the store (or staged by an interrupted
+    run); ``duplicates``: files with the same content as another file of this run (stored
+    once, both paths indexed); ``extracted``: videos added to the store.
+    """
 
     store: str
     extractor: dict
     videos: int = 0
     extracted: int = 0
     skipped: int = 0
+    duplicates: int = 0
     failed: int = 0
     frames: int = 0
     seconds: float = 0.0
@@ -208,6 +214,7 @@ class Plan:
 
     todo: list[WorkItem] = field(default_factory=list)
     skipped: int = 0
+    duplicates: int = 0
     failures: list[ExtractionFailure] = field(default_factory=list)
 
 
@@ -243,7 +250,10 @@ def plan_extraction(paths: Iterable[Path], builder: StoreBuilder) -> Plan:
             continue
         video_id = video_id_from_sha256(sha)
         if video_id in stored or video_id in queued or video_id in staged:
-            plan.skipped += video_id not in staged
+            if video_id in queued:  # a copy of a file of this run: stored once, not "already"
+                plan.duplicates += 1
+            else:
+                plan.skipped += video_id not in staged
             write_alias(builder.parts_dir, path, video_id)
             continue
         queued.add(video_id)
@@ -302,7 +312,7 @@ def run_extraction(
     )
     with StoreBuilder(store_path, config) as builder:
         plan = plan_extraction([Path(os.path.abspath(p)) for p in paths], builder)
-        report.skipped = plan.skipped
+        report.skipped, report.duplicates = plan.skipped, plan.duplicates
         for failure in plan.failures:
             write_failure(builder.parts_dir, failure)
         if on_plan:

@@ -56,8 +56,7 @@ def check_duplicates(
     relabelled = [rows for rows in by_id.values() if len({r.label for r in rows}) > 1]
     if relabelled:
         log.warning(
-            "%d videos are in the manifest more than once with different labels (same "
-            "content): %s",
+            "%d videos are in the manifest more than once with different labels (same content): %s",
             len(relabelled),
             _pairs(relabelled),
         )

@@ -46,7 +46,7 @@ class Prediction:
         video_id: content-hash id (the feature store's key for the same file).
         probabilities: ``[C]`` float32 class probabilities in the model's label order.
         frames: frames the backbone embedded (``T``, at the extractor's sampling rate).
-        duration_sec: seconds of video decoded (first to last kept frame, plus one period).
+        duration_sec: seconds of video decoded (first to last decoded frame, plus one period).
         cached: True when the features came from a feature store instead of decoding.
     """
 

@@ -156,7 +156,8 @@ def command(
     result.write(report or output.with_name("extract_report.json"))
     typer.echo(
         f"extracted {result.extracted}, skipped {result.skipped} (already stored), "
-        f"failed {result.failed} of {result.videos} videos; {result.frames} frames at "
+        + (f"{result.duplicates} duplicates (same content), " if result.duplicates else "")
+        + f"failed {result.failed} of {result.videos} videos; {result.frames} frames at "
         f"{result.frames_per_sec:.0f} fr/s → {output}"
     )
     for failure in result.failures[:20]:
