@@ -300,8 +300,6 @@ def _read_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str,
                     )
                 values = dict(zip(header, fields, strict=False))
                 rows.append((reader.line_num, values))
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except csv.Error as e:
         if "unexpected end of data" in str(e):
             raise ManifestError(
@@ -509,7 +507,7 @@ def index_ucf101(
                 raise ManifestError(f"{where}: expected '<Class>/<file> [<index>]'")
             folder = fields[0].split("/", 1)[0]
             # Compare case-insensitively: UCF101 spells HandstandPushups two ways.
-            label = by_name.get(folder.lower())
+            label = by_name.get(normalise_label(folder).lower())
             if label is None:
                 raise ManifestError(f"{where}: class {folder!r} is not in classInd.txt")
             index = int(fields[1]) if len(fields) == 2 and fields[1].isdigit() else None
