@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,12 @@ class ExtractorConfig:
             kwargs["mixed_precision"] = bool(kwargs["mixed_precision"])
         return cls(**kwargs)
 
+    def same_features(self, other: ExtractorConfig) -> bool:
+        """True when both configs compute the same features: equal in everything but the
+        ``weights`` name (any copy of the same weight values, by sha256, is the same backbone).
+        """
+        return replace(self, weights=other.weights) == other
+
     def describe(self) -> str:
         """One-line human description, used in mismatch errors."""
         sampling = "every frame" if self.fps is None else f"{self.fps:g} fps"
@@ -92,10 +98,11 @@ class VideoInfo:
     Attributes:
         path: the file as given.
         fps: the stream's average frame rate (frames per second; 0.0 when unknown).
-        width, height: displayed size in pixels (after rotation).
+        width, height: displayed size in pixels (after pixel aspect ratio and rotation).
         frame_count: frames actually decoded and kept.
         container_frames: frame count the container claims (0 when unknown).
-        duration_sec: last kept timestamp minus first, plus one nominal frame period.
+        duration_sec: last decoded frame's timestamp minus the first's, plus one nominal
+            frame period (the stream's duration, also when sampling keeps fewer frames).
         codec: decoder name.
         rotation: display rotation applied, degrees counter-clockwise.
         corrupt_packets: packets that failed to demux or decode and were skipped.

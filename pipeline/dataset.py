@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from pathlib import Path
 from pipeline.contracts import SPLITS, VideoRecord
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.video import is_video_path
+from pipeline.walk import walk
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,9 @@ MANIFEST_COLUMNS = ("path", "label", "group", "split")
 UCF101_SPLIT_IDS = (1, 2, 3)
 
 _UCF_NAME = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
+_SURROGATES = re.compile("[\udc80-\udcff]")
+"""Bytes that are not UTF-8, as ``surrogateescape`` decodes them (in paths and groups, never
+in labels: a label names a class in models and reports)."""
 _UNSPLIT = ""
 """``split`` of a record that the deterministic split has yet to assign."""
 
@@ -77,11 +82,13 @@ class IndexResult:
 
     Attributes:
         records: one record per video, sorted by label then path, every split assigned.
-        skipped: files passed over (not videos, or hidden).
+        skipped: files passed over because they are not videos (by extension).
+        outside: video files directly under a class-folder tree's root, in no class folder.
     """
 
     records: list[VideoRecord]
     skipped: int = 0
+    outside: int = 0
 
     def split_counts(self) -> dict[str, int]:
         """Videos per split, in :data:`~pipeline.contracts.SPLITS` order."""
@@ -134,7 +141,8 @@ def _split_counts(n_groups: int, fractions: SplitFractions) -> list[int]:
 
 def _group_order(group: str) -> str:
     # A stable hash (unlike hash(), not salted per process) shuffles groups reproducibly.
-    return hashlib.sha1(group.encode("utf-8"), usedforsecurity=False).hexdigest()
+    data = group.encode("utf-8", "surrogateescape")  # a group from a non-UTF-8 file name
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()
 
 
 def assign_splits(
@@ -200,6 +208,11 @@ def _check_records(records: Iterable[VideoRecord], where: str) -> None:
             raise ManifestError(f"{where}, record {n}: unknown split {record.split!r}")
         if not record.label:
             raise ManifestError(f"{where}, record {n}: empty label")
+        if _SURROGATES.search(record.label):
+            raise ManifestError(
+                f"{where}, record {n}: label {record.label!a} is not UTF-8 text "
+                f"(from {str(record.path)!a})"
+            )
         first = seen.setdefault(_abspath(record.path), n)
         if first != n:
             raise ManifestError(f"{where}, record {n}: duplicate path {record.path}")
@@ -209,7 +222,8 @@ def write_manifest(records: Sequence[VideoRecord], path: Path) -> Path:
     """Write a manifest CSV atomically (temporary file in the same folder, then renamed).
 
     Paths under the manifest's folder are stored relative to it (posix separators), so the
-    dataset and its manifest can move together; others are stored absolute.
+    dataset and its manifest can move together; others are stored absolute. A file name that
+    is not valid UTF-8 is written as its bytes (``surrogateescape``), so it reads back exactly.
 
     Args:
         records: the rows, written in this order.
@@ -232,7 +246,7 @@ def write_manifest(records: Sequence[VideoRecord], path: Path) -> Path:
     base = path.parent
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        with partial.open("w", newline="", encoding="utf-8") as f:
+        with partial.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(MANIFEST_COLUMNS)
             for record in records:
@@ -245,21 +259,36 @@ def write_manifest(records: Sequence[VideoRecord], path: Path) -> Path:
     return path
 
 
+def normalise_label(text: str) -> str:
+    """A label or group in Unicode NFC, so that two spellings of ``café`` are one class."""
+    return unicodedata.normalize("NFC", text)
+
+
+def _check_header(path: Path, header: list[str], required: Sequence[str]) -> None:
+    missing = [name for name in required if name not in header]
+    if missing:
+        found = ", ".join(header) if any(header) else "none"
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)} (found: {found})")
+    twice = sorted({name for name in header if name and header.count(name) > 1})
+    if twice:
+        raise ManifestError(f"{path}: column(s) {', '.join(twice)} appear more than once")
+
+
 def _read_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV as (row number in the file, stripped fields); checks the header."""
+    """Rows of a CSV as (row number in the file, fields as written); checks the header.
+
+    Fields keep their leading and trailing spaces (a folder may be named ``" x"``); only the
+    column names are trimmed and compared case-insensitively.
+    """
     if not path.is_file():
         reason = "is a folder, not a CSV file" if path.is_dir() else "no such file"
         raise ManifestError(f"{path}: {reason}")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: tolerate Excel's BOM
-            reader = csv.reader(f)
+        # -sig: tolerate Excel's BOM; surrogateescape: paths keep non-UTF-8 file names' bytes
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = csv.reader(f, strict=True)
             header = [name.strip().lower() for name in next(reader, [])]
-            missing = [name for name in required if name not in header]
-            if missing:
-                found = ", ".join(header) if any(header) else "none"
-                raise ManifestError(
-                    f"{path}: missing column(s) {', '.join(missing)} (found: {found})"
-                )
+            _check_header(path, header, required)
             rows = []
             for fields in reader:
                 if not any(field.strip() for field in fields):
@@ -269,12 +298,15 @@ def _read_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str,
                         f"{path}, row {reader.line_num}: {len(fields)} fields, "
                         f"header has {len(header)}"
                     )
-                values = dict(zip(header, (field.strip() for field in fields), strict=False))
+                values = dict(zip(header, fields, strict=False))
                 rows.append((reader.line_num, values))
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except csv.Error as e:
-        raise ManifestError(f"{path}: malformed CSV ({e})") from e
+        if "unexpected end of data" in str(e):
+            raise ManifestError(
+                f"{path}: malformed CSV (a quoted field is never closed: unterminated quote "
+                f"before the end of the file, line {reader.line_num})"
+            ) from e
+        raise ManifestError(f"{path}: malformed CSV, line {reader.line_num} ({e})") from e
     if not rows:
         raise ManifestError(f"{path}: no rows")
     return rows
@@ -288,11 +320,13 @@ def _records_from_rows(
     records = []
     for row, values in rows:
         where = f"{path}, row {row}"
-        if not values.get("path"):
+        if not values.get("path", "").strip():
             raise ManifestError(f"{where}: empty path")
-        if not values.get("label"):
+        if not values.get("label", "").strip():
             raise ManifestError(f"{where}: empty label")
-        split = (values.get("split") or "").lower()
+        if _SURROGATES.search(values["label"]):
+            raise ManifestError(f"{where}: label is not UTF-8 text")
+        split = (values.get("split") or "").strip().lower()
         if split not in SPLITS and (split or split_required):
             problem = f"unknown split {values['split']!r}" if split else "empty split"
             raise ManifestError(f"{where}: {problem} (expected train, val or test)")
@@ -300,8 +334,10 @@ def _records_from_rows(
         first = seen.setdefault(video, row)
         if first != row:
             raise ManifestError(f"{where}: duplicate path {values['path']} (first at row {first})")
-        group = values.get("group") or parse_group(video)
-        records.append(VideoRecord(path=video, label=values["label"], group=group, split=split))
+        group = values.get("group", "")
+        group = normalise_label(group if group.strip() else parse_group(video))
+        label = normalise_label(values["label"])
+        records.append(VideoRecord(path=video, label=label, group=group, split=split))
     return records
 
 
@@ -330,18 +366,15 @@ def _sorted(records: Iterable[VideoRecord]) -> list[VideoRecord]:
     return sorted(records, key=lambda r: (r.label, r.path.as_posix()))
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def find_videos(root: Path) -> list[Path]:
     """Every entry under ``root`` with a video extension, sorted, hidden entries skipped.
 
-    Entries are returned as found (a directory or broken link named ``x.mp4`` included), so
-    that whoever reads them can report why they are not videos instead of dropping them.
+    Walked by :func:`pipeline.walk.walk` (symlinked folders followed, each folder once).
+    Entries are returned as found (a directory, FIFO or broken link named ``x.mp4``
+    included), so that whoever reads them can report why they are not videos instead of
+    dropping them.
     """
-    root = _abspath(Path(root))
-    return [p for p in sorted(root.rglob("*")) if is_video_path(p) and not _is_hidden(p, root)]
+    return [p for p in walk(root) if is_video_path(p)]
 
 
 def source_videos(source: Path) -> list[Path]:
@@ -364,8 +397,10 @@ def source_videos(source: Path) -> list[Path]:
 def index_folder(root: Path, fractions: SplitFractions = SplitFractions()) -> IndexResult:
     """Index a class-per-folder tree ``root/<label>/**/<video files>``.
 
-    Files whose extension is not a video's, hidden files and files directly under ``root`` are
-    skipped and counted. Splits come from :func:`assign_splits`.
+    Class folders may be symlinks; the tree is walked by :func:`pipeline.walk.walk`. Hidden
+    entries are skipped; files whose extension is not a video's are skipped and counted
+    (``skipped``), as are videos directly under ``root`` (``outside``). Labels are the class
+    folders' names in Unicode NFC. Splits come from :func:`assign_splits`.
 
     Args:
         root: the dataset folder.
@@ -382,31 +417,41 @@ def index_folder(root: Path, fractions: SplitFractions = SplitFractions()) -> In
     if not root.is_dir():
         reason = "is a file, not a folder" if root.exists() else "no such folder"
         raise ManifestError(f"{root}: {reason}")
-    entries = sorted(root.iterdir())
-    label_dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
-    skipped = sum(1 for p in entries if p.is_file())
+    entries = walk(root)  # one walk: a link back into the tree is not walked again
+    label_dirs = [p for p in entries if p.parent == root and p.is_dir()]
+    loose = [p for p in entries if p.parent == root and not p.is_dir()]
+    outside = sum(1 for p in loose if is_video_path(p))
+    skipped = len(loose) - outside
     if not label_dirs:
         raise ManifestError(f"{root}: no class folders (expected {root}/<label>/<video files>)")
+    by_label: dict[Path, list[Path]] = defaultdict(list)
+    for p in entries:
+        if p.parent != root and not p.is_dir():
+            by_label[root / p.relative_to(root).parts[0]].append(p)
     records = []
     for label_dir in label_dirs:
-        files = [p for p in sorted(label_dir.rglob("*")) if p.is_file()]
-        videos = [p for p in files if is_video_path(p) and not _is_hidden(p, label_dir)]
+        files = by_label[label_dir]
+        videos = [p for p in files if is_video_path(p)]
         if not videos:
             raise ManifestError(
                 f"{label_dir}: class folder {label_dir.name!r} has no video files "
                 f"({len(files)} other files)"
             )
         skipped += len(files) - len(videos)
-        records += [VideoRecord(p, label_dir.name, parse_group(p), _UNSPLIT) for p in videos]
-    if skipped:
-        log.info("%s: skipped %d files that are not videos", root, skipped)
-    return IndexResult(_sorted(assign_splits(records, fractions)), skipped)
+        label = normalise_label(label_dir.name)
+        records += [VideoRecord(p, label, parse_group(p), _UNSPLIT) for p in videos]
+    if skipped or outside:
+        log.info("%s: skipped %d non-video files, %d videos outside", root, skipped, outside)
+    return IndexResult(_sorted(assign_splits(records, fractions)), skipped, outside)
 
 
 def _read_list(path: Path) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise ManifestError(f"{path}: no such file")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     return [(n, line.split()) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
@@ -415,7 +460,7 @@ def _read_class_index(path: Path) -> dict[int, str]:
     for n, fields in _read_list(path):
         if len(fields) != 2 or not fields[0].isdigit():
             raise ManifestError(f"{path}, line {n}: expected '<index> <class>'")
-        classes[int(fields[0])] = fields[1]
+        classes[int(fields[0])] = normalise_label(fields[1])
     return classes
 
 
@@ -462,7 +507,7 @@ def index_ucf101(
                 raise ManifestError(f"{where}: expected '<Class>/<file> [<index>]'")
             folder = fields[0].split("/", 1)[0]
             # Compare case-insensitively: UCF101 spells HandstandPushups two ways.
-            label = by_name.get(folder.lower())
+            label = by_name.get(normalise_label(folder).lower())
             if label is None:
                 raise ManifestError(f"{where}: class {folder!r} is not in classInd.txt")
             index = int(fields[1]) if len(fields) == 2 and fields[1].isdigit() else None
@@ -522,7 +567,7 @@ def index_source(
     source: Path,
     *,
     ucf101_lists: Path | None = None,
-    split_id: int = 1,
+    split_id: int | None = None,
     fractions: SplitFractions = SplitFractions(),
 ) -> IndexResult:
     """Index whatever ``source`` is: a ``.csv`` file, a UCF101 video root, or a class tree.
@@ -530,15 +575,20 @@ def index_source(
     Args:
         source: a CSV file, or a folder.
         ucf101_lists: folder of the UCF101 lists; when given, ``source`` is the video root.
-        split_id: UCF101 official split (1-3), with ``ucf101_lists``.
+        split_id: UCF101 official split (1-3, default 1), only with ``ucf101_lists``.
         fractions: shares of groups per split, where the source gives none.
 
     Returns:
         The records and the number of skipped files.
+
+    Raises:
+        ConfigError: ``split_id`` without ``ucf101_lists``.
     """
     source = Path(source)
     if ucf101_lists is not None:
-        return index_ucf101(source, ucf101_lists, split_id, fractions)
+        return index_ucf101(source, ucf101_lists, split_id or 1, fractions)
+    if split_id is not None:
+        raise ConfigError("--split-id needs --ucf101-lists (it picks an official UCF101 split)")
     if source.suffix.lower() == ".csv" and not source.is_dir():
         return index_csv(source, fractions)
     return index_folder(source, fractions)

@@ -121,13 +121,19 @@ TaskRunner = Callable[[TaskSpec, list[list[WorkItem]], Callable[[TaskResult], No
 
 @dataclass
 class ExtractReport:
-    """Summary of one run; written as ``extract_report.json`` (a DVC metric)."""
+    """Summary of one run; written as ``extract_report.json`` (a DVC metric).
+
+    ``skipped``: files whose content was already in the store (or staged by an interrupted
+    run); ``duplicates``: files with the same content as another file of this run (stored
+    once, both paths indexed); ``extracted``: videos added to the store.
+    """
 
     store: str
     extractor: dict
     videos: int = 0
     extracted: int = 0
     skipped: int = 0
+    duplicates: int = 0
     failed: int = 0
     frames: int = 0
     seconds: float = 0.0
@@ -271,6 +277,7 @@ class Plan:
 
     todo: list[WorkItem] = field(default_factory=list)
     skipped: int = 0
+    duplicates: int = 0
     failures: list[ExtractionFailure] = field(default_factory=list)
 
 
@@ -357,7 +364,10 @@ def plan_extraction(
             plan.failures.append(ExtractionFailure(hashed.path, hashed.error, video_id))
             continue
         if video_id in stored or video_id in queued or video_id in staged:
-            plan.skipped += video_id not in staged
+            if video_id in queued:  # a copy of a file of this run: stored once, not "already"
+                plan.duplicates += 1
+            else:
+                plan.skipped += video_id not in staged
             write_alias(builder.parts_dir, path, video_id)
             continue
         queued.add(video_id)
@@ -423,7 +433,7 @@ def run_extraction(
         hasher = getattr(runner, "hash_files", hash_files)
         absolute = [Path(os.path.abspath(p)) for p in paths]
         plan = plan_extraction(absolute, builder, hasher, rehash=options.rehash)
-        report.skipped = plan.skipped
+        report.skipped, report.duplicates = plan.skipped, plan.duplicates
         for failure in plan.failures:
             write_failure(builder.parts_dir, failure)
         if on_plan:

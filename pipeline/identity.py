@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 VIDEO_ID_HEX = 20
 """Hex digits of the content sha256 used as the video id (80 bits)."""
 
 
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+class NotRegularFileError(OSError):
+    """A path that is not a regular file (a FIFO, a device, a socket): never a video.
+
+    ``strerror`` reads ``not a regular file: a FIFO`` (etc.).
+    """
+
+    def __init__(self, path: Path, mode: int):
+        kind = _KINDS.get(stat.S_IFMT(mode), "a special file")
+        super().__init__(errno.EINVAL, f"not a regular file: {kind}", str(path))
+
+
 def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """sha256 hex digest of a file's bytes, read in 1 MiB chunks (memory stays flat)."""
+    """sha256 hex digest of a file's bytes, read in 1 MiB chunks (memory stays flat).
+
+    The file is opened without blocking and checked before reading, so a FIFO or a device
+    named like a video is refused at once instead of hanging the caller.
+
+    Raises:
+        NotRegularFileError: not a regular file.
+        IsADirectoryError: a directory.
+        OSError: the file cannot be opened or read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, mode)
         while block := f.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()

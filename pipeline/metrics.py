@@ -32,13 +32,17 @@ class ClassScores:
 
 @dataclass(frozen=True)
 class EvalSummary:
-    """Headline numbers of one evaluation; ``top5`` is None with 5 classes or fewer."""
+    """Headline numbers of one evaluation; ``top5`` is None with 5 classes or fewer.
+
+    ``n`` videos were scored; ``missing`` videos of the split were not (not in the store).
+    """
 
     split: str
     n: int
     top1: float
     top5: float | None
     macro_f1: float
+    missing: int = 0
 
 
 def top_k_accuracy(probs: np.ndarray, targets: np.ndarray, k: int) -> float:
@@ -130,7 +134,8 @@ def summarize(
 
 
 def write_summary(path: Path, summary: EvalSummary) -> None:
-    """Write ``eval.json``: ``split``, ``n``, ``top1``, ``top5`` (when not None), ``macro_f1``."""
+    """Write ``eval.json``: ``split``, ``n``, ``top1``, ``top5`` (when not None), ``macro_f1``,
+    ``missing``."""
     payload = {k: v for k, v in asdict(summary).items() if v is not None}
     Path(path).write_text(json.dumps(payload, indent=2) + "\n")
 

@@ -24,7 +24,7 @@ from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures
 from pipeline.dataset import find_videos
 from pipeline.errors import ConfigError, StoreError, WeightsError
 from pipeline.extract import WorkItem, backbone_for, iter_features
-from pipeline.identity import file_sha256, video_id_from_sha256
+from pipeline.identity import NotRegularFileError, file_sha256, video_id_from_sha256
 from pipeline.store import FeatureStore, open_store, os_reason
 from pipeline.training import (
     BACKBONE_FILE,
@@ -46,7 +46,7 @@ class Prediction:
         video_id: content-hash id (the feature store's key for the same file).
         probabilities: ``[C]`` float32 class probabilities in the model's label order.
         frames: frames the backbone embedded (``T``, at the extractor's sampling rate).
-        duration_sec: seconds of video decoded (first to last kept frame, plus one period).
+        duration_sec: seconds of video decoded (first to last decoded frame, plus one period).
         cached: True when the features came from a feature store instead of decoding.
     """
 
@@ -133,6 +133,8 @@ def model_weights_file(
 def _unreadable(e: OSError) -> str:
     if isinstance(e, IsADirectoryError):
         return "is a directory, not a video file"
+    if isinstance(e, NotRegularFileError):
+        return str(e.strerror)
     return f"cannot read file ({os_reason(e)})"
 
 

@@ -50,7 +50,10 @@ def uniform_indices(num_frames: int, seq_len: int) -> np.ndarray:
     check_seq_len(seq_len)
     if num_frames <= seq_len:
         return np.arange(num_frames, dtype=np.int64)
-    return _segment_indices(0, num_frames, seq_len, np.full(seq_len, 0.5))
+    # Exact integer arithmetic: floor((k + 1/2) * T / seq_len). In floating point the centre
+    # of a segment that falls on a whole frame (12 frames, 7 samples: 6.0) can round down.
+    segments = np.arange(seq_len, dtype=np.int64)
+    return (2 * segments + 1) * num_frames // (2 * seq_len)
 
 
 def random_indices(

@@ -46,6 +46,7 @@ from pipeline.store_layout import (
     atomic_json,
     discard,
     fsync_dir,
+    h5_text,
     os_reason,
     parts_dir_for,
     require_free_space,
@@ -91,7 +92,8 @@ def _lock_path_for(store_path: Path) -> Path:
 
 
 def _path_key(path: str) -> str:
-    return video_id_from_sha256(hashlib.sha256(path.encode()).hexdigest())
+    digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
+    return video_id_from_sha256(digest)
 
 
 def _file_stat(path: Path) -> tuple[int, int]:
@@ -117,7 +119,10 @@ def _write_video(group: h5py.Group, vf: VideoFeatures, dtype: str) -> h5py.Group
     g.create_dataset(TIMESTAMPS, data=vf.timestamps_sec.astype(np.float64), fletcher32=True)
     g.attrs["content_sha256"] = vf.content_sha256
     for key, value in asdict(vf.info).items():
-        g.attrs["source_path" if key == "path" else key] = value
+        if key == "path":
+            g.attrs["source_path"] = h5_text(value)
+        else:
+            g.attrs[key] = value
     return g
 
 

@@ -20,7 +20,14 @@ import h5py
 
 from pipeline.contracts import ExtractionFailure
 from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
-from pipeline.store_layout import FEATURES, VIDEOS, discard, fsync_dir, new_shard_name
+from pipeline.store_layout import (
+    FEATURES,
+    VIDEOS,
+    discard,
+    from_h5_text,
+    fsync_dir,
+    new_shard_name,
+)
 
 NO_HARD_LINKS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK}
 
@@ -69,7 +76,7 @@ def _staged_video(part: Path) -> StagedVideo:
             part=part,
             video_id=video_id,
             frames=int(group[FEATURES].shape[0]),
-            source=str(attrs["source_path"]),
+            source=from_h5_text(attrs["source_path"]),
             entry=PathEntry(video_id, int(size), int(mtime_ns)),
         )
 

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from pipeline import __version__
 from pipeline.contracts import ExtractorConfig
@@ -32,6 +33,22 @@ SHARDS_ATTR = "shards"
 """Root attribute of the index: the shard directory, relative to the index file's directory."""
 CHUNK_ROWS = 256
 """Feature rows per HDF5 chunk: a short video is one chunk, long ones read in 320–640 KB pieces."""
+
+
+def h5_text(text: str) -> str | np.bytes_:
+    """``text`` as an HDF5 attribute: a file name that is not UTF-8 is stored as its bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return np.bytes_(text.encode("utf-8", "surrogateescape"))
+    return text
+
+
+def from_h5_text(value: object) -> str:
+    """Inverse of :func:`h5_text` (bytes decode with ``surrogateescape``)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
 
 
 def parts_dir_for(store_path: Path) -> Path:

@@ -29,6 +29,7 @@ from pipeline.store_layout import (
     VIDEOS,
     check_format,
     config_of,
+    from_h5_text,
 )
 
 OPEN_SHARDS = 16
@@ -112,8 +113,9 @@ class FeatureStore:
         return list(self._failures.values())
 
     def require_config(self, expected: ExtractorConfig) -> None:
-        """Raise :class:`StoreError` naming both configurations unless they are equal."""
-        if self.config != expected:
+        """Raise :class:`StoreError` naming both configurations unless they compute the same
+        features (weights compared by sha256, not by name)."""
+        if not self.config.same_features(expected):
             raise StoreError(
                 f"{self.path} was built by a different extractor: store has "
                 f"({self.config.describe()}), expected ({expected.describe()})"
@@ -219,7 +221,7 @@ def video_info_from_attrs(attrs: dict) -> VideoInfo:
     """A video group's decode facts (attributes missing in older stores take defaults)."""
     fields = {k: _plain(attrs[k]) for k in VideoInfo.__dataclass_fields__ if k in attrs}
     fields.pop("path", None)
-    return VideoInfo(path=str(attrs["source_path"]), **fields)
+    return VideoInfo(path=from_h5_text(attrs["source_path"]), **fields)
 
 
 def open_store(path: Path, expected: ExtractorConfig | None = None) -> FeatureStore:

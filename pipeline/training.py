@@ -18,7 +18,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -27,6 +27,7 @@ import numpy as np
 from pipeline import heads, metrics
 from pipeline.contracts import SPLITS, ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError
+from pipeline.leakage import check_duplicates
 from pipeline.sequences import MIN_CROP_FRACTION, TrainingSampler, check_seq_len, eval_sequences
 from pipeline.store import FeatureStore, backbone_sidecar, open_store
 
@@ -115,14 +116,20 @@ class TrainConfig:
 
 
 def describe_missing(missing: Sequence[VideoRecord]) -> str:
-    """One line: how many manifest videos are not in the store and the first few paths."""
-    shown = ", ".join(str(r.path) for r in missing[:SHOW_MISSING])
-    more = len(missing) - SHOW_MISSING
-    tail = f" and {more} more" if more > 0 else ""
-    return (
-        f"{len(missing)} manifest video(s) are not in the feature store and were skipped: "
-        f"{shown}{tail}"
-    )
+    """One line: how many manifest videos were skipped and why, with the first few paths.
+
+    A file that does not exist is told apart from one that exists but is not in the store
+    (never extracted, or its extraction failed).
+    """
+    gone = [r for r in missing if not os.path.lexists(r.path)]
+    absent = [r for r in missing if os.path.lexists(r.path)]
+    parts = []
+    for rows, why in ((gone, "file not found"), (absent, "not in the feature store")):
+        if rows:
+            shown = ", ".join(str(r.path) for r in rows[:SHOW_MISSING])
+            more = f" and {len(rows) - SHOW_MISSING} more" if len(rows) > SHOW_MISSING else ""
+            parts.append(f"{len(rows)} {why} ({shown}{more})")
+    return f"{len(missing)} manifest video(s) skipped: {'; '.join(parts)}"
 
 
 @dataclass(frozen=True)
@@ -215,8 +222,8 @@ def join_manifest(
 ) -> JoinResult:
     """Find each manifest video's features in the store by content hash.
 
-    Missing videos are logged and returned, not fatal. ``what`` names the records in
-    messages (e.g. ``"test split"``).
+    Missing videos are returned, not fatal (the caller reports them, once: see
+    :func:`describe_missing`). ``what`` names the records in messages (e.g. ``"test split"``).
 
     Raises:
         ManifestError: the manifest is empty or has no video in common with the store.
@@ -235,8 +242,6 @@ def join_manifest(
             f"none of the {len(records)} {what} videos are in the feature store "
             f"{store.path}; extract them first (vrnn extract)"
         )
-    if missing:
-        log.warning("%s", describe_missing(missing))
     return JoinResult(found, missing)
 
 
@@ -444,10 +449,13 @@ def load_model_dir(path: Path) -> TrainedModel:
 def check_extractor(trained: TrainedModel, store: FeatureStore, model_dir: Path) -> None:
     """Refuse features from another extractor than the one the model was trained on.
 
+    Compared by weight values (sha256), not by the weights' name: a store made from a copy of
+    the model's weights file is accepted.
+
     Raises:
         ModelError: naming both extractor configurations.
     """
-    if store.config != trained.extractor:
+    if not store.config.same_features(trained.extractor):
         raise ModelError(
             f"model {model_dir} was trained on features from ({trained.extractor.describe()}) "
             f"but store {store.path} was built by ({store.config.describe()}); re-extract "
@@ -493,7 +501,8 @@ def train(
         The written directory, labels, split counts, history and missing videos.
 
     Raises:
-        ConfigError, ManifestError, StoreError: bad options or inputs (see messages).
+        ConfigError, ManifestError, StoreError: bad options or inputs (see messages), including
+            train/test leakage (see :func:`pipeline.leakage.check_duplicates`).
     """
     config.validate()
     _check_replaceable(Path(model_dir))
@@ -502,6 +511,7 @@ def train(
         raise ManifestError("the manifest has no videos in the train split")
     with open_store(store_path) as store:
         joined = join_manifest(fit_records, store)
+        check_duplicates(joined.videos, [r for r in records if r.split == "test"], store)
         labels = class_labels(joined.videos)
         train_data = read_split(store, joined.videos, "train", labels)
         val_data = read_split(store, joined.videos, "val", labels)
@@ -584,6 +594,7 @@ def evaluate(
             the model does not know.
         ManifestError, StoreError: no videos of the split in the store, unreadable inputs.
     """
+    split = split.lower()  # as manifests accept TEST
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     split_records = [r for r in records if r.split == split]
@@ -596,6 +607,7 @@ def evaluate(
         data = read_split(store, joined.videos, split, trained.labels)
     probs = predict_videos(trained, data.features)
     summary, per_class, confusion = metrics.summarize(probs, data.targets, trained.labels, split)
+    summary = replace(summary, missing=len(joined.missing))
     metrics_dir = Path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     files = [metrics_dir / name for name in (EVAL_FILE, PER_CLASS_FILE, CONFUSION_FILE)]

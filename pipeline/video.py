@@ -297,6 +297,8 @@ class VideoReader:
             raise DecodeError(f"{self.path}: {reason}")
         if frames:
             yield FrameChunk(np.stack(frames), np.asarray(stamps, dtype=np.float64))
+        if sar and sar.numerator and sar != 1:  # displayed size, as the frames are scaled
+            shape = (max(1, round(shape[0] * float(sar))), shape[1])
         width, height = shape if rotation in (0, 180) else shape[::-1]
         self.info = VideoInfo(
             path=str(self.path),

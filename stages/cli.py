@@ -6,9 +6,11 @@ any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -61,6 +63,9 @@ def main(
     ] = False,
 ) -> None:
     """Video classification: cache frozen MobileNetV2 features, train light RNN heads."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as its bytes
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="surrogateescape")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

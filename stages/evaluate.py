@@ -22,8 +22,16 @@ def command(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Directory for eval.json and the CSVs.")
     ] = Path("metrics"),
+    strict: Annotated[
+        bool,
+        typer.Option(help="Exit 1 if any video of the split is missing from the store."),
+    ] = False,
 ) -> None:
-    """Score a trained head on one manifest split; write eval.json, per_class.csv, confusion.csv."""
+    """Score a trained head on one manifest split; write eval.json, per_class.csv, confusion.csv.
+
+    Videos of the split that are not in the feature store are skipped, counted in eval.json
+    (``missing``) and the summary line; with --strict they make the command exit 1.
+    """
     from pipeline.dataset import read_manifest
     from pipeline.training import describe_missing, evaluate
 
@@ -31,9 +39,12 @@ def command(
     result = evaluate(model_dir, records, features, output, split=split)
     if result.missing:
         console.print(
-            f"[bold yellow]warning:[/] {describe_missing(result.missing)}", highlight=False
+            f"[bold yellow]warning:[/] {describe_missing(result.missing)}",
+            highlight=False,
+            soft_wrap=True,
         )
     s = result.summary
+    split = s.split
     table = Table(title=f"{split}: {s.n} videos, {len(result.labels)} classes")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
@@ -48,7 +59,13 @@ def command(
     top5 = f", top-5 {s.top5:.3f}" if s.top5 is not None else ""
     table.caption = f"top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f}; worst F1 first"
     console.print(table)
+    missing = f" ({s.missing} missing)" if s.missing else ""
     typer.echo(
-        f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f} on {s.n} videos "
-        f"→ {', '.join(str(f) for f in result.files)}"
+        f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f} on {s.n} videos"
+        f"{missing} → {', '.join(str(f) for f in result.files)}"
     )
+    if strict and s.missing:
+        console.print(
+            f"[bold red]error:[/] {s.missing} {split} videos are missing from the store (--strict)"
+        )
+        raise typer.Exit(1)

@@ -171,7 +171,8 @@ def command(
     )
     typer.echo(
         f"extracted {result.extracted}, skipped {result.skipped} (already stored), "
-        f"failed {result.failed} of {result.videos} videos{notes}; {result.frames} frames at "
+        + (f"{result.duplicates} duplicates (same content), " if result.duplicates else "")
+        + f"failed {result.failed} of {result.videos} videos{notes}; {result.frames} frames at "
         f"{result.frames_per_sec:.0f} fr/s → {output}"
     )
     for video in result.partial_videos[:20]:

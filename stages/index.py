@@ -23,7 +23,9 @@ def command(
         Path | None,
         typer.Option(help="Folder with classInd.txt, trainlist0N.txt and testlist0N.txt."),
     ] = None,
-    split_id: Annotated[int, typer.Option(help="UCF101 official split: 1, 2 or 3.")] = 1,
+    split_id: Annotated[
+        int | None, typer.Option(help="UCF101 official split: 1, 2 or 3 (default 1).")
+    ] = None,
     val_frac: Annotated[
         float, typer.Option(help="Share of groups for val, where the source gives no split.")
     ] = 0.15,
@@ -41,6 +43,11 @@ def command(
     write_manifest(result.records, output)
     splits = ", ".join(f"{name} {count}" for name, count in result.split_counts().items())
     skipped = f"; skipped {result.skipped} non-video files" if result.skipped else ""
+    if result.outside:
+        skipped += (
+            f"; skipped {result.outside} videos outside any class folder "
+            f"(directly in {source}; move them into SOURCE/<label>/)"
+        )
     typer.echo(
         f"indexed {len(result.records)} videos in {len(result.labels)} labels "
         f"({splits}){skipped} → {output}"

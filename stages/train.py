@@ -66,7 +66,9 @@ def command(
     result = train(records, features, output, config, on_epoch=_epoch_line(epochs))
     if result.missing:
         console.print(
-            f"[bold yellow]warning:[/] {describe_missing(result.missing)}", highlight=False
+            f"[bold yellow]warning:[/] {describe_missing(result.missing)}",
+            highlight=False,
+            soft_wrap=True,
         )
     if not result.counts["val"]:
         console.print("[bold yellow]warning:[/] no val split: trained without early stopping")

@@ -274,7 +274,8 @@ def tree(make_video) -> Path:
 
 def test_index_folder(tree):
     result = index_folder(tree)
-    assert result.skipped == 3
+    assert result.skipped == 2  # notes.txt and README.md; hidden entries are not listed
+    assert result.outside == 0
     assert result.labels == ["cat", "dog", "eel"]
     assert len(result.records) == 3 * 8 + 1
     assert all(r.path.is_absolute() and r.path.is_file() for r in result.records)

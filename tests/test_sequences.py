@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -27,6 +30,16 @@ def test_uniform_indices_take_segment_centres_over_the_whole_video():
     idx = uniform_indices(1000, 16)
     assert len(idx) == 16 and np.all(np.diff(idx) > 0)
     assert idx[0] < 1000 / 16 and idx[-1] >= 1000 - 1000 / 16  # first and last segment
+
+
+def test_uniform_indices_hit_the_exact_segment_centre_for_every_length():
+    """Regression (#11 item 17): 12 frames, 7 samples took frame 5, not the centre frame 6."""
+    np.testing.assert_array_equal(uniform_indices(12, 7), [0, 2, 4, 6, 7, 9, 11])
+    for frames in range(2, 160):
+        for seq_len in range(1, frames):
+            centres = [Fraction(2 * k + 1, 2 * seq_len) * frames for k in range(seq_len)]
+            expected = [math.floor(c) for c in centres]
+            np.testing.assert_array_equal(uniform_indices(frames, seq_len), expected)
 
 
 @pytest.mark.parametrize("frames", [0, 1, 5, 16])

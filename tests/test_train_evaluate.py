@@ -240,7 +240,7 @@ def test_vrnn_train_and_evaluate(data, tmp_path):
                                  str(models), *args])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "epoch   1/3  loss" in result.output
-    assert "1 manifest video(s) are not in the feature store" in result.output
+    assert "1 manifest video(s) skipped: 1 not in the feature store" in result.output
     assert f"→ {models}" in result.output
     result = runner.invoke(app, ["evaluate", str(models), str(data["manifest"]),
                                  str(data["store"]), "-o", str(metrics)])  # fmt: skip

@@ -268,7 +268,8 @@ def test_the_batch_completes_with_one_summary_and_no_traceback(batch: Batch) -> 
     assert "Traceback" not in batch.stderr
     stored_once = len([case for case in good if case.same_as is None])
     assert batch.stdout.startswith(
-        f"extracted {stored_once}, skipped {len(good) - stored_once} (already stored), "
+        f"extracted {stored_once}, skipped 0 (already stored), "
+        f"{len(good) - stored_once} duplicates (same content), "
         f"failed {len(bad)} of {len(CASES)} videos;"
     )
     failed_lines = [line for line in messages(batch.stderr) if line.startswith("  failed ")]
