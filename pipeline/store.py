@@ -405,6 +405,8 @@ class FeatureStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory, not a feature store (.h5 file)")
         try:
             self._file = h5py.File(self.path, "r")
         except FileNotFoundError:

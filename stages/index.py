@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from pipeline.dataset import SplitFractions, index_source, write_manifest
+from pipeline.outputs import MANIFEST, check_output
+from stages.options import bounded
 
 
 def command(
@@ -23,19 +25,29 @@ def command(
         Path | None,
         typer.Option(help="Folder with classInd.txt, trainlist0N.txt and testlist0N.txt."),
     ] = None,
-    split_id: Annotated[int, typer.Option(help="UCF101 official split: 1, 2 or 3.")] = 1,
+    split_id: Annotated[
+        int, typer.Option(callback=bounded(1, 3), help="UCF101 official split: 1, 2 or 3.")
+    ] = 1,
     val_frac: Annotated[
-        float, typer.Option(help="Share of groups for val, where the source gives no split.")
+        float,
+        typer.Option(
+            callback=bounded(0, 1), help="Share of groups for val, where the source gives no split."
+        ),
     ] = 0.15,
     test_frac: Annotated[
         float,
         typer.Option(
+            callback=bounded(0, 1),
             help="Share of groups for test, where the source gives no split "
-            "(ignored with --ucf101-lists: the test list is the test split)."
+            "(ignored with --ucf101-lists: the test list is the test split).",
         ),
     ] = 0.15,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an -o file that is not a manifest vrnn wrote.")
+    ] = False,
 ) -> None:
     """Index a video collection into a manifest, with a deterministic group-aware split."""
+    check_output(output, MANIFEST, overwrite=overwrite)
     fractions = SplitFractions.from_holdout(val=val_frac, test=test_frac)
     result = index_source(source, ucf101_lists=ucf101_lists, split_id=split_id, fractions=fractions)
     write_manifest(result.records, output)
