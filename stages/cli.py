@@ -60,6 +60,16 @@ app = typer.Typer(
 )
 
 
+OUT_OF_MEMORY_REMEDY = "lower --batch-size (or --seq-len, --units, --input-size) and rerun"
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """A host ``MemoryError`` or TensorFlow's ``ResourceExhaustedError`` (checked lazily)."""
+    tf = sys.modules.get("tensorflow")
+    exhausted = getattr(getattr(tf, "errors", None), "ResourceExhaustedError", ())
+    return isinstance(error, MemoryError) or (bool(exhausted) and isinstance(error, exhausted))
+
+
 def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -67,6 +77,11 @@ def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except PipelineError as e:
             console.error(e)
+            raise typer.Exit(1) from None
+        except Exception as e:
+            if not _out_of_memory(e):
+                raise
+            console.error(f"out of memory ({type(e).__name__}); {OUT_OF_MEMORY_REMEDY}")
             raise typer.Exit(1) from None
 
     return wrapper

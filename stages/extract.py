@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from pipeline.extract_job import ExtractReport
 
 SHOW_FAILURES = 20
+SCHEDULER_ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+")
+"""``[PROTOCOL://]HOST:PORT``, as dask.distributed accepts it (tcp://, tls://, ucx://, …)."""
 
 
 def _progress() -> Progress:
@@ -51,6 +54,10 @@ def _runner(
         if threads_per_worker is not None:
             raise typer.BadParameter("--threads-per-worker needs --workers or --scheduler")
         return nullcontext(None)
+    if scheduler is not None and not SCHEDULER_ADDRESS.fullmatch(scheduler):
+        raise typer.BadParameter(
+            f"--scheduler {scheduler!r} is not a scheduler address (tcp://HOST:PORT)"
+        )
     from pipeline.parallel import ClusterOptions, DaskRunner  # imports Dask only when used
 
     return DaskRunner(ClusterOptions(workers, scheduler, threads_per_worker, timeout))

@@ -9,7 +9,6 @@ import typer
 
 from pipeline.dataset import SplitFractions, index_source, write_manifest
 from pipeline.outputs import MANIFEST, check_output
-from stages.options import bounded
 
 
 def command(
@@ -25,19 +24,13 @@ def command(
         Path | None,
         typer.Option(help="Folder with classInd.txt, trainlist0N.txt and testlist0N.txt."),
     ] = None,
-    split_id: Annotated[
-        int, typer.Option(callback=bounded(1, 3), help="UCF101 official split: 1, 2 or 3.")
-    ] = 1,
+    split_id: Annotated[int, typer.Option(help="UCF101 official split: 1, 2 or 3.")] = 1,
     val_frac: Annotated[
-        float,
-        typer.Option(
-            callback=bounded(0, 1), help="Share of groups for val, where the source gives no split."
-        ),
+        float, typer.Option(help="Share of groups for val, where the source gives no split.")
     ] = 0.15,
     test_frac: Annotated[
         float,
         typer.Option(
-            callback=bounded(0, 1),
             help="Share of groups for test, where the source gives no split "
             "(ignored with --ucf101-lists: the test list is the test split).",
         ),

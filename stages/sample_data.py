@@ -39,9 +39,9 @@ def command(
     ] = False,
 ) -> None:
     """Write a labelled synthetic dataset: order-only class pairs plus appearance classes."""
-    check_output(out_dir, SAMPLE_DATA, overwrite=overwrite, option="OUT_DIR")
     for spec in CATALOGUE[:classes]:
         check_output(out_dir / spec.label, CLASS_FOLDER)
+    check_output(out_dir, SAMPLE_DATA, overwrite=overwrite, option="OUT_DIR")
     start = time.perf_counter()
     with Progress(
         TextColumn("[bold]sample-data"),

@@ -67,6 +67,7 @@ def build_store(path: Path, videos: list[tuple], config: ExtractorConfig = EXTRA
             write_part(builder.parts_dir, config, vf)
         builder.commit()
         builder.discard_staging()
+    backbone_sidecar(path).write_bytes(b"stand-in: train copies the store's backbone weights")
     return path
 
 
@@ -279,7 +280,7 @@ BAD_INPUTS = {
     ),
     "seq-len below 1": (
         lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--seq-len", "0"],
-        "--seq-len must be a whole number of frames >= 1, got 0",
+        "Invalid value for '--seq-len': must be a finite number in [1, 1024], got 0",
     ),
     "model dir missing files": (
         lambda d, t: ["evaluate", str(t), str(d["manifest"]), str(d["store"])],
