@@ -460,3 +460,11 @@ def test_train_without_the_stores_backbone_weights_fails_before_training(stage2,
     one_error(result, "backbone weights file", "is missing")
     assert "epoch" not in result.output
     assert not (tmp_path / "model").exists()
+
+
+def test_a_weights_value_with_markup_is_printed_literally(stage2, tmp_path):
+    args = ("extract", stage2["manifest"], "-o", tmp_path / "f.h5", "--weights", "random[/b]")
+    result = vrnn(*args)
+    one_error(result, "--weights 'random[/b]': not 'imagenet'")
+    assert "warning: --weights random[/b]: a seeded RANDOM backbone" in result.output
+    assert not (tmp_path / "f.h5").exists()
