@@ -20,10 +20,7 @@ def command(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write <label>/<video> files into.")],
     classes: Annotated[
         int,
-        typer.Option(
-            callback=bounded(1, len(CATALOGUE)),
-            help=f"Number of classes (1-{len(CATALOGUE)}), in catalogue order.",
-        ),
+        typer.Option(help=f"Number of classes (1-{len(CATALOGUE)}), in catalogue order."),
     ] = 6,
     per_class: Annotated[
         int, typer.Option(callback=bounded(1, MAX_COUNT), help="Clips per class (groups of 3).")

@@ -97,7 +97,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_train_writes_a_complete_model_dir(data, trained):
     model_dir = trained.model_dir
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(
-        [*training.MODEL_FILES, training.HISTORY_FILE]
+        [*training.MODEL_FILES, training.HISTORY_FILE, training.BACKBONE_FILE]
     )
     assert json.loads((model_dir / "labels.json").read_text()) == list(CLASSES)
     assert json.loads((model_dir / "extractor.json").read_text()) == EXTRACTOR.to_dict()

@@ -134,7 +134,7 @@ def test_read_only_output_directory_fails_in_one_line(
         store = tmp_path / "previous" / "features.h5"
         failed = run_vrnn(*extract_args(clips.all_csv, store), cwd=tmp_path)
         assert failed.returncode == 1, failed.stderr[-3000:]
-        assert_one_error_line(failed.stderr, "cannot create lock file", reason)
+        assert_one_error_line(failed.stderr, "cannot write", reason)  # checked before any work
         assert_same_store(snapshot(store), half_store.contents)
 
 

@@ -310,7 +310,7 @@ BAD_NUMBERS = [
     ("train", "--dropout", "1"),
     ("predict", "--batch-size", "0"),
     ("predict", "--top-k", "0"),
-    ("sample-data", "--classes", "0"),
+    ("sample-data", "--per-class", "0"),
     ("sample-data", "--seed", "-1"),
 ]
 
