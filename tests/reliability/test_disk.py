@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,8 +175,7 @@ def test_disk_full_in_process_without_mount(
 def test_corrupted_feature_bytes_are_reported_by_train_naming_the_video(
     tmp_path: Path, clips: Clips, reference: CleanStore
 ) -> None:
-    store = tmp_path / "features.h5"
-    shutil.copy2(reference.path, store)
+    store = copy_store(reference, tmp_path)  # with its backbone weights: train needs them
     victim = reference.contents.ids[3]
     with h5py.File(store, "r") as f:
         chunk = f["videos"][victim]["features"].id.get_chunk_info(0)
