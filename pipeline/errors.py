@@ -35,3 +35,8 @@ class ModelError(PipelineError):
 
 class ClusterError(PipelineError):
     """A Dask scheduler that cannot be reached, or a cluster that cannot run the tasks."""
+
+
+class OutputError(ConfigError):
+    """An output path that may not be written: taken by something else, the wrong kind, or
+    in a location that cannot be written."""

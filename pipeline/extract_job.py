@@ -175,6 +175,14 @@ class ExtractReport:
         os.replace(tmp, path)
 
 
+class ExtractInterrupted(KeyboardInterrupt):
+    """Ctrl-C during extraction; ``report`` (``interrupted: true``) says what was committed."""
+
+    def __init__(self, report: ExtractReport):
+        super().__init__()
+        self.report = report
+
+
 def _existing_config(store_path: Path) -> ExtractorConfig | None:
     """Extractor of the committed store, else of its uncommitted parts, else None."""
     if store_path.exists():
@@ -450,9 +458,9 @@ def run_extraction(
                 run_task(spec, plan.todo, stop=stop, on_video=on_video)
             elif plan.todo:
                 runner(spec, split_tasks(plan.todo, videos_per_task), on_task)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             report.interrupted = True
-            raise
+            raise ExtractInterrupted(report) from e
         finally:
             # Commit whatever finished, on success and on every way out.
             report.note_decodes(staged_video_infos(builder.parts_dir))

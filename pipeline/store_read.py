@@ -43,6 +43,8 @@ def _file_stat(path: Path) -> tuple[int, int]:
 
 
 def _open_index(path: Path) -> h5py.File:
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a feature store (.h5 file)")
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError:

@@ -14,9 +14,12 @@ import ctypes
 import errno
 import json
 import logging
+import math
 import os
 import shutil
+import typing
 import uuid
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -26,8 +29,9 @@ import numpy as np
 
 from pipeline import heads, metrics
 from pipeline.contracts import SPLITS, ExtractorConfig, VideoRecord
-from pipeline.errors import ConfigError, ManifestError, ModelError
+from pipeline.errors import ConfigError, ManifestError, ModelError, StoreError
 from pipeline.leakage import check_duplicates
+from pipeline.outputs import MODEL_DIR, check_output
 from pipeline.sequences import MIN_CROP_FRACTION, TrainingSampler, check_seq_len, eval_sequences
 from pipeline.store import FeatureStore, backbone_sidecar, open_store
 
@@ -308,14 +312,8 @@ def _csv_float(value: float | None) -> str:
 
 
 def _check_replaceable(target: Path) -> None:
-    """Refuse to replace a directory that is not a model directory (e.g. ``-o .``)."""
-    if target.exists() and not target.is_dir():
-        raise ConfigError(f"{target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not (target / HEAD_FILE).exists():
-        raise ConfigError(
-            f"{target} exists and is not a model directory; refusing to replace it "
-            "(choose an empty or new output directory)"
-        )
+    """Refuse a target that is not a model directory, or holds other files (e.g. ``-o .``)."""
+    check_output(target, MODEL_DIR)
 
 
 def write_model_dir(
@@ -337,6 +335,8 @@ def write_model_dir(
         ``target``.
     """
     target = Path(target)
+    if target.is_symlink():  # replace the model the link points to, keep the link
+        target = target.resolve()
     _restore_interrupted_swap(target)
     _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -365,6 +365,8 @@ def write_model_dir(
                 if old.exists():
                     old.rename(target)  # put the previous model back
                 raise
+    except OSError as e:
+        raise ModelError(f"cannot write model directory {target}: {e.strerror or e}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
@@ -435,15 +437,62 @@ def load_model_dir(path: Path) -> TrainedModel:
     try:
         extractor_config = ExtractorConfig.from_dict(extractor)
         train_config = TrainConfig.from_dict(config)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ModelError(f"{path}: malformed extractor.json or train_config.json ({e})") from e
+    _check_field_types(extractor_config, path / EXTRACTOR_FILE)
+    _check_field_types(train_config, path / TRAIN_CONFIG_FILE)
+    if not zipfile.is_zipfile(path / HEAD_FILE):
+        raise ModelError(
+            f"{path / HEAD_FILE}: not a readable .keras archive (truncated or corrupt); "
+            "retrain or restore the model directory"
+        )
     model = heads.load_head(path / HEAD_FILE)
+    if not all(np.isfinite(w).all() for w in model.get_weights()):
+        raise ModelError(
+            f"{path / HEAD_FILE}: the head holds non-finite weights (NaN or inf), the mark of "
+            "a diverged training run; retrain it (e.g. with a lower --lr)"
+        )
     if model.output_shape[-1] != len(labels):
         raise ModelError(
             f"{path}: head has {model.output_shape[-1]} outputs but labels.json "
             f"lists {len(labels)} classes"
         )
     return TrainedModel(model, [str(x) for x in labels], extractor_config, train_config)
+
+
+def _check_field_types(config: object, path: Path) -> None:
+    """Refuse a hand-edited config file whose values have the wrong JSON type."""
+    hints = typing.get_type_hints(type(config))
+    for field in fields(config):  # type: ignore[arg-type]
+        value = getattr(config, field.name)
+        allowed = typing.get_args(hints[field.name]) or (hints[field.name],)
+        allowed = tuple(type(None) if a is None else a for a in allowed)
+        if float in allowed:
+            allowed = (*allowed, int)
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise ModelError(
+                f"{path}: {field.name} is {value!r}, not of type "
+                f"{' or '.join(a.__name__ for a in allowed)}"
+            )
+
+
+def _stop_on_non_finite_loss(
+    config: TrainConfig, on_epoch: heads.EpochCallback | None
+) -> heads.EpochCallback:
+    """``on_epoch``, after refusing to go on once a loss is NaN or infinite."""
+
+    def check(epoch: int, logs: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch, logs)
+        bad = [k for k in ("loss", "val_loss") if k in logs and not math.isfinite(logs[k])]
+        if bad:
+            raise ConfigError(
+                f"training diverged: {bad[0]} is {logs[bad[0]]} after epoch {epoch + 1} "
+                f"(--lr {config.learning_rate:g}); no model was written; retrain with a lower "
+                "--lr"
+            )
+
+    return check
 
 
 def check_extractor(trained: TrainedModel, store: FeatureStore, model_dir: Path) -> None:
@@ -509,7 +558,13 @@ def train(
     fit_records = [r for r in records if r.split in ("train", "val")]
     if not any(r.split == "train" for r in fit_records):
         raise ManifestError("the manifest has no videos in the train split")
+    sidecar = backbone_sidecar(Path(store_path))
     with open_store(store_path) as store:
+        if not sidecar.is_file():  # a model without it could not classify new videos
+            raise StoreError(
+                f"{store_path}: its backbone weights file {sidecar} is missing; rerun "
+                "`vrnn extract` into this store to restore it"
+            )
         joined = join_manifest(fit_records, store)
         check_duplicates(joined.videos, [r for r in records if r.split == "test"], store)
         labels = class_labels(joined.videos)
@@ -551,7 +606,7 @@ def train(
         validation,
         epochs=config.epochs,
         patience=config.patience,
-        on_epoch=on_epoch,
+        on_epoch=_stop_on_non_finite_loss(config, on_epoch),
     )
     write_model_dir(model_dir, model, labels, extractor, config, history, sidecar)
     best = len(history)

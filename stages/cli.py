@@ -1,7 +1,10 @@
 """The ``vrnn`` Typer app: composes one command per stage and owns the error boundary.
 
-A :class:`~pipeline.errors.PipelineError` becomes one red line on stderr and exit status 1;
-any other exception is a bug and keeps its traceback.
+Exit-status contract, the same for every command: 0 success; 1 any error a user can fix, a
+usage error (unknown option, bad value: see :mod:`stages.options`) as much as a
+:class:`~pipeline.errors.PipelineError` (missing file, refused output), always one
+``error: …`` line on stderr and never a traceback; 130 interrupted (Ctrl-C). Any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,28 +14,61 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # Typer's vendored Click
+from typer.core import TyperGroup
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from stages import evaluate, export, extract, index, predict, sample_data, store, train
+from stages import console, evaluate, export, extract, index, predict, sample_data, store, train
 
 # Quiets part of TensorFlow's C++ start-up logging (some absl lines still print).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+class _OneLineUsageErrors(TyperGroup):
+    """Usage errors as one ``error: …`` line and exit 1, like every other error."""
+
+    def main(self, args: Sequence[str] | None = None, *a: Any, **kw: Any) -> Any:
+        """Run the app; ``standalone_mode`` is handled here, not by Click's panels."""
+        kw.pop("standalone_mode", None)
+        try:
+            code = super().main(args, *a, standalone_mode=False, **kw)
+        except NoArgsIsHelpError as e:
+            e.show()  # the help text, as Click prints it
+            sys.exit(e.exit_code)
+        except ClickException as e:
+            context = getattr(e, "ctx", None)
+            where = f" (see {context.command_path} --help)" if context is not None else ""
+            console.error(f"{e.format_message()}{where}")
+            sys.exit(1)
+        except typer.Abort:
+            console.error("interrupted")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="vrnn",
     help="Video classification: cache frozen MobileNetV2 features, train light RNN heads.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-err_console = Console(stderr=True)
+
+
+OUT_OF_MEMORY_REMEDY = "lower --batch-size (or --seq-len, --units, --input-size) and rerun"
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """A host ``MemoryError`` or TensorFlow's ``ResourceExhaustedError`` (checked lazily)."""
+    tf = sys.modules.get("tensorflow")
+    exhausted = getattr(getattr(tf, "errors", None), "ResourceExhaustedError", ())
+    return isinstance(error, MemoryError) or (bool(exhausted) and isinstance(error, exhausted))
 
 
 def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,9 +77,12 @@ def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except PipelineError as e:
-            err_console.print(
-                f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True
-            )
+            console.error(e)
+            raise typer.Exit(1) from None
+        except Exception as e:
+            if not _out_of_memory(e):
+                raise
+            console.error(f"out of memory ({type(e).__name__}); {OUT_OF_MEMORY_REMEDY}")
             raise typer.Exit(1) from None
 
     return wrapper

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+from stages import console
+
 MAX_CLASS_ROWS = 30
 """Per-class rows shown on the terminal; per_class.csv always has all of them."""
 
@@ -26,6 +26,9 @@ def command(
         bool,
         typer.Option(help="Exit 1 if any video of the split is missing from the store."),
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace eval.json/per_class.csv/confusion.csv vrnn did not write.")
+    ] = False,
 ) -> None:
     """Score a trained head on one manifest split; write eval.json, per_class.csv, confusion.csv.
 
@@ -33,39 +36,37 @@ def command(
     (``missing``) and the summary line; with --strict they make the command exit 1.
     """
     from pipeline.dataset import read_manifest
+    from pipeline.outputs import EVAL_DIR, check_output
     from pipeline.training import describe_missing, evaluate
 
+    check_output(output, EVAL_DIR, overwrite=overwrite)
     records = read_manifest(manifest)
     result = evaluate(model_dir, records, features, output, split=split)
     if result.missing:
-        console.print(
-            f"[bold yellow]warning:[/] {describe_missing(result.missing)}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        console.warning(describe_missing(result.missing))
     s = result.summary
     split = s.split
-    table = Table(title=f"{split}: {s.n} videos, {len(result.labels)} classes")
+    table = Table(title=console.plain(f"{split}: {s.n} videos, {len(result.labels)} classes"))
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in sorted(result.per_class, key=lambda r: r.f1)[:MAX_CLASS_ROWS]:
         table.add_row(
-            row.label,
+            console.plain(row.label),
             f"{row.precision:.3f}",
             f"{row.recall:.3f}",
             f"{row.f1:.3f}",
             str(row.support),
         )
     top5 = f", top-5 {s.top5:.3f}" if s.top5 is not None else ""
-    table.caption = f"top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f}; worst F1 first"
-    console.print(table)
+    table.caption = console.plain(
+        f"top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f}; worst F1 first"
+    )
+    console.show(table)
     missing = f" ({s.missing} missing)" if s.missing else ""
     typer.echo(
         f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f} on {s.n} videos"
         f"{missing} → {', '.join(str(f) for f in result.files)}"
     )
     if strict and s.missing:
-        console.print(
-            f"[bold red]error:[/] {s.missing} {split} videos are missing from the store (--strict)"
-        )
+        console.error(f"{s.missing} {split} videos are missing from the store (--strict)")
         raise typer.Exit(1)

@@ -31,6 +31,9 @@ def command(
             "the model's sha256."
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an -o (or labels.json beside it) vrnn did not write.")
+    ] = False,
 ) -> None:
     """Export backbone + head as one model: uint8 frames in, class probabilities out.
 
@@ -43,8 +46,12 @@ def command(
     mask: all T frames are real, so a video needs at least T sampled frames to get the
     same probabilities as `vrnn predict`.
     """
-    from pipeline.export import export_model
+    from pipeline.export import EXPORT_FORMATS, export_model
+    from pipeline.outputs import EXPORT_FILES, LABELS_JSON, check_output
 
+    if export_format in EXPORT_FORMATS:  # export_model names the allowed formats otherwise
+        check_output(output, EXPORT_FILES[export_format], overwrite=overwrite)
+        check_output(output.parent / "labels.json", LABELS_JSON, overwrite=overwrite)
     result = export_model(model_dir, output, fmt=export_format, weights=weights)
     typer.echo(
         f"exported {result.format}: {result.signature()} → {result.path} "

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,9 +18,16 @@ from rich.progress import (
 )
 
 from pipeline.dataset import source_videos
+from pipeline.outputs import EXTRACT_REPORT, FEATURE_STORE, check_output
+from stages import console
+from stages.options import MAX_BATCH, MAX_COUNT, MAX_FPS, MAX_SECONDS, bounded
 
-# soft_wrap: a failure line (path + reason) stays one greppable line in overnight logs.
-console = Console(stderr=True, soft_wrap=True)
+if TYPE_CHECKING:
+    from pipeline.extract_job import ExtractReport
+
+SHOW_FAILURES = 20
+SCHEDULER_ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+")
+"""``[PROTOCOL://]HOST:PORT``, as dask.distributed accepts it (tcp://, tls://, ucx://, …)."""
 
 
 def _progress() -> Progress:
@@ -32,8 +39,8 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
+        console=console.err,
+        disable=not console.err.is_terminal,
     )
 
 
@@ -47,6 +54,10 @@ def _runner(
         if threads_per_worker is not None:
             raise typer.BadParameter("--threads-per-worker needs --workers or --scheduler")
         return nullcontext(None)
+    if scheduler is not None and not SCHEDULER_ADDRESS.fullmatch(scheduler):
+        raise typer.BadParameter(
+            f"--scheduler {scheduler!r} is not a scheduler address (tcp://HOST:PORT)"
+        )
     from pipeline.parallel import ClusterOptions, DaskRunner  # imports Dask only when used
 
     return DaskRunner(ClusterOptions(workers, scheduler, threads_per_worker, timeout))
@@ -64,17 +75,25 @@ def command(
             "(seeded random backbone: offline smoke runs only)."
         ),
     ] = "imagenet",
-    input_size: Annotated[int, typer.Option(help="Backbone input side, pixels.")] = 224,
+    input_size: Annotated[
+        int, typer.Option(callback=bounded(32, 1024), help="Backbone input side, pixels.")
+    ] = 224,
     resize: Annotated[
         str, typer.Option(help="crop (centre-crop, keep aspect) or squash.")
     ] = "crop",
     fps: Annotated[
-        float, typer.Option(help="Sample this many frames/s of presentation time; 0: every frame.")
+        float,
+        typer.Option(
+            callback=bounded(0, MAX_FPS),
+            help="Sample this many frames/s of presentation time; 0: every frame.",
+        ),
     ] = 0.0,
     dtype: Annotated[
         str, typer.Option(help="Stored feature dtype: float16 or float32.")
     ] = "float16",
-    batch_size: Annotated[int, typer.Option(help="Frames per backbone batch.")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(callback=bounded(1, MAX_BATCH), help="Frames per backbone batch.")
+    ] = 32,
     mixed_precision: Annotated[
         bool, typer.Option(help="float16 compute (for GPUs with tensor cores).")
     ] = False,
@@ -89,11 +108,18 @@ def command(
         bool, typer.Option(help="Exit 1 if any video failed (default: record and go on).")
     ] = False,
     report: Annotated[
-        Path | None, typer.Option(help="Report JSON (default: extract_report.json beside -o).")
+        Path | None,
+        typer.Option(help="Report JSON (default: <store name>.report.json beside -o)."),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a --report file that vrnn did not write.")
+    ] = False,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Run on a local Dask cluster of this many worker processes."),
+        typer.Option(
+            callback=bounded(1, MAX_COUNT),
+            help="Run on a local Dask cluster of this many worker processes.",
+        ),
     ] = None,
     scheduler: Annotated[
         str | None,
@@ -105,35 +131,42 @@ def command(
     threads_per_worker: Annotated[
         int | None,
         typer.Option(
-            min=1, help="TensorFlow threads per worker (default with --workers: cores ÷ workers)."
+            callback=bounded(1, MAX_COUNT),
+            help="TensorFlow threads per worker (default with --workers: cores ÷ workers).",
         ),
     ] = None,
     connect_timeout: Annotated[
-        float, typer.Option(help="Seconds to try reaching --scheduler.")
+        float,
+        typer.Option(callback=bounded(0, MAX_SECONDS), help="Seconds to try reaching --scheduler."),
     ] = 10.0,
     videos_per_task: Annotated[
-        int, typer.Option(min=1, help="Videos per Dask task (with --workers/--scheduler).")
+        int,
+        typer.Option(
+            callback=bounded(1, MAX_COUNT),
+            help="Videos per Dask task (with --workers/--scheduler).",
+        ),
     ] = 4,
 ) -> None:
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
-    from pipeline.extract_job import ExtractOptions, run_extraction
+    from pipeline.extract_job import ExtractInterrupted, ExtractOptions, run_extraction
 
+    report = report or report_path(output)
+    check_output(output, FEATURE_STORE)
+    check_output(report, EXTRACT_REPORT, overwrite=overwrite, option="--report")
     paths = source_videos(source)
     sampling = fps or None  # 0 keeps every frame
     options = ExtractOptions(
         weights, input_size, resize, sampling, dtype, batch_size, mixed_precision, rehash
     )
     if weights.startswith("random"):
-        console.print(
-            f"[bold yellow]warning:[/] --weights {weights}: a seeded RANDOM backbone, not "
+        console.warning(
+            f"--weights {weights}: a seeded RANDOM backbone, not "
             "ImageNet features (fine for smoke runs and tests, not for real models)"
         )
     options.validate()  # before connecting to a cluster: bad options fail fast
     with _runner(workers, scheduler, threads_per_worker, connect_timeout) as runner:
         if runner is not None:
-            console.print(
-                f"[bold]dask:[/] {runner.info.describe()}", highlight=False, soft_wrap=True
-            )
+            console.line(runner.info.describe(), tag="dask:", style="bold")
         with _progress() as bar:
             task = bar.add_task("extract", total=None, rate="-")
             frames = [0]
@@ -154,13 +187,10 @@ def command(
                     on_video=lambda done: advance(1, done.frames),
                     on_task=lambda done: advance(len(done.ok) + len(done.failed), done.frames),
                 )
-            except KeyboardInterrupt:
-                console.print(
-                    "[bold red]interrupted:[/] finished videos were committed to "
-                    f"{output}; rerun the same command to resume"
-                )
-                raise typer.Exit(130) from None
-    result.write(report or output.with_name("extract_report.json"))
+            except KeyboardInterrupt as e:
+                committed = e.report if isinstance(e, ExtractInterrupted) else None
+                _interrupted(output, report, committed)
+    result.write(report)
     notes = "".join(
         f", {count} {what}"
         for count, what in [
@@ -175,17 +205,46 @@ def command(
         + f"failed {result.failed} of {result.videos} videos{notes}; {result.frames} frames at "
         f"{result.frames_per_sec:.0f} fr/s → {output}"
     )
-    for video in result.partial_videos[:20]:
-        console.print(
-            f"  [yellow]partial[/] {video['path']}: decoded {video['decoded_frames']} frames "
+    for video in result.partial_videos[:SHOW_FAILURES]:
+        console.line(
+            f"{video['path']}: decoded {video['decoded_frames']} frames "
             f"(container: {video['container_frames'] or '?'}), "
             f"{video['corrupt_packets']} corrupt packets skipped",
-            highlight=False,
+            tag="  partial",
+            style="yellow",
         )
-    for failure in result.failures[:20]:
-        console.print(f"  [red]failed[/] {failure['path']}: {failure['reason']}", highlight=False)
-    if result.failed > 20:
-        console.print(f"  … and {result.failed - 20} more (see the report)")
+    for failure in result.failures[:SHOW_FAILURES]:
+        console.line(f"{failure['path']}: {failure['reason']}", tag="  failed", style="red")
+    if result.failed > SHOW_FAILURES:
+        console.line(f"  … and {result.failed - SHOW_FAILURES} more (see the report)")
     if strict and result.failed:
-        console.print(f"[bold red]error:[/] {result.failed} videos failed (--strict)")
+        console.error(f"{result.failed} videos failed (--strict)")
         raise typer.Exit(1)
+
+
+def report_path(store: Path) -> Path:
+    """The default report of a store: ``<store name>.report.json`` beside it (one per store)."""
+    return store.with_name(f"{store.name}.report.json")
+
+
+def _interrupted(store: Path, report: Path, result: ExtractReport | None) -> NoReturn:
+    """Ctrl-C: say what was committed, write the report (``interrupted: true``), exit 130.
+
+    ``result`` is None when nothing reached the commit (Ctrl-C while planning, or a second
+    Ctrl-C during the commit): the store is then unchanged.
+    """
+    if result is not None:
+        result.write(report)
+    if result is not None and result.extracted:
+        console.line(
+            f"finished videos were committed to {store}; rerun the same command to resume",
+            tag="interrupted:",
+            style="bold red",
+        )
+    else:
+        console.line(
+            f"nothing new was committed to {store}; rerun the same command to resume",
+            tag="interrupted:",
+            style="bold red",
+        )
+    raise typer.Exit(130)

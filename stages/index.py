@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.dataset import SplitFractions, index_source, write_manifest
+from pipeline.outputs import MANIFEST, check_output
 
 
 def command(
@@ -33,11 +34,15 @@ def command(
         float,
         typer.Option(
             help="Share of groups for test, where the source gives no split "
-            "(ignored with --ucf101-lists: the test list is the test split)."
+            "(ignored with --ucf101-lists: the test list is the test split).",
         ),
     ] = 0.15,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an -o file that is not a manifest vrnn wrote.")
+    ] = False,
 ) -> None:
     """Index a video collection into a manifest, with a deterministic group-aware split."""
+    check_output(output, MANIFEST, overwrite=overwrite)
     fractions = SplitFractions.from_holdout(val=val_frac, test=test_frac)
     result = index_source(source, ucf101_lists=ucf101_lists, split_id=split_id, fractions=fractions)
     write_manifest(result.records, output)

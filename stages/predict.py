@@ -10,16 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from stages import console
+from stages.options import MAX_BATCH, MAX_COUNT, bounded
 
 if TYPE_CHECKING:
     from pipeline.predict import Prediction, PredictionFailure
-
-console = Console()  # stdout: the results
-# soft_wrap: a failure line (path + reason) stays one greppable line.
-err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _shown(path: str) -> str:
@@ -41,7 +39,7 @@ class _TableRows:
         self.labels, self.top_k = labels, top_k
         longest = max(map(len, paths), default=5)
         widest = sum(sorted(map(len, labels))[-top_k:]) + 7 * top_k - 2  # "label 0.12  " pairs
-        room = max(console.width - 10, 30)  # minus the frames column and the gaps
+        room = max(console.out.width - 10, 30)  # minus the frames column and the gaps
         self.top_k_width = min(widest, max(int(0.4 * room), room - longest))
         self.path_width = min(max(longest, 5), room - self.top_k_width)
 
@@ -55,20 +53,20 @@ class _TableRows:
         return table
 
     def header(self) -> None:
-        console.print(self._table(header=True))
+        console.show(self._table(header=True), to_stdout=True)
 
     def failure(self, failed: PredictionFailure) -> None:
-        err_console.print(
-            f"[red]failed[/] {escape(failed.path)}: {escape(failed.reason)}", highlight=False
-        )
+        console.line(f"{failed.path}: {failed.reason}", tag="failed", style="red")
 
     def prediction(self, outcome: Prediction) -> None:
         ranked = outcome.top_k(self.labels, self.top_k)
-        cells = [f"{escape(label)} {prob:.2f}" for label, prob in ranked]
-        cells[0] = f"[bold]{cells[0]}[/]"
+        cells = [Text(f"{label} {prob:.2f}") for label, prob in ranked]
+        cells[0].stylize("bold")
         table = self._table(header=False)
-        table.add_row(escape(_shown(outcome.path)), "  ".join(cells), str(outcome.frames))
-        console.print(table, highlight=False)
+        table.add_row(
+            console.plain(_shown(outcome.path)), Text("  ").join(cells), str(outcome.frames)
+        )
+        console.show(table, to_stdout=True)
 
 
 class _JsonLines:
@@ -101,7 +99,7 @@ class _JsonLines:
             "elapsed_sec": round(time.perf_counter() - self.started, 3),
             "cached": outcome.cached,
         }
-        typer.echo(json.dumps(record))
+        typer.echo(json.dumps(record, allow_nan=False))
 
 
 def command(
@@ -109,7 +107,9 @@ def command(
     videos: Annotated[
         list[Path], typer.Argument(help="Video files and/or folders (walked for video files).")
     ],
-    top_k: Annotated[int, typer.Option(min=1, help="Classes shown per video.")] = 5,
+    top_k: Annotated[
+        int, typer.Option(callback=bounded(1, MAX_COUNT), help="Classes shown per video.")
+    ] = 5,
     json_lines: Annotated[
         bool,
         typer.Option(
@@ -120,7 +120,9 @@ def command(
             'is {"path", "error"}.',
         ),
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Frames per backbone batch.")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(callback=bounded(1, MAX_BATCH), help="Frames per backbone batch.")
+    ] = 32,
     features: Annotated[
         Path | None,
         typer.Option(
@@ -149,8 +151,8 @@ def command(
 
     predictor = Predictor(model_dir, weights)
     if predictor.trained.extractor.weights.startswith("random"):
-        err_console.print(
-            "[bold yellow]warning:[/] this model was trained on a seeded RANDOM backbone "
+        console.warning(
+            "this model was trained on a seeded RANDOM backbone "
             f"({predictor.trained.extractor.weights}), not ImageNet features"
         )
     paths, failures = collect_videos(videos)
@@ -172,8 +174,8 @@ def command(
                 show.failure(outcome)
                 done["failed"] += 1
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
+        console.line("", tag="interrupted", style="bold red")
         raise typer.Exit(130) from None
-    err_console.print(f"classified {done['ok']} videos, {done['failed']} failed", highlight=False)
+    console.line(f"classified {done['ok']} videos, {done['failed']} failed")
     if done["failed"]:
         raise typer.Exit(1)

@@ -7,9 +7,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
+from stages import console
+from stages.options import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LAYERS,
+    MAX_SEED,
+    MAX_SEQ_LEN,
+    MAX_UNITS,
+    bounded,
+)
 
 
 def _epoch_line(epochs: int) -> Callable[[int, dict[str, float]], None]:
@@ -17,10 +25,9 @@ def _epoch_line(epochs: int) -> Callable[[int, dict[str, float]], None]:
         val = ""
         if "val_loss" in logs:
             val = f"  val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.3f}"
-        console.print(
+        console.line(
             f"epoch {epoch + 1:>3}/{epochs}  loss {logs['loss']:.4f}  "
-            f"acc {logs['accuracy']:.3f}{val}",
-            highlight=False,
+            f"acc {logs['accuracy']:.3f}{val}"
         )
 
     return show
@@ -30,22 +37,51 @@ def command(
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV (path,label,group,split).")],
     features: Annotated[Path, typer.Argument(help="Feature store (.h5) from vrnn extract.")],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Model directory (replaced atomically).")
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Model directory (replaced atomically; refused if it holds other files; "
+            "a symlink's target is replaced).",
+        ),
     ] = Path("models"),
     head: Annotated[str, typer.Option(help="lstm, gru, bigru or meanpool.")] = "lstm",
-    seq_len: Annotated[int, typer.Option(help="Frames per sample.")] = 16,
-    units: Annotated[int, typer.Option(help="Recurrent units per layer.")] = 64,
-    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = 1,
-    dropout: Annotated[float, typer.Option(help="Dropout before the softmax layer.")] = 0.0,
-    dense_units: Annotated[int, typer.Option(help="Hidden dense width (0: none).")] = 32,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 32,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
-    seed: Annotated[int, typer.Option(help="Seeds init, shuffling and crops.")] = 0,
+    seq_len: Annotated[
+        int, typer.Option(callback=bounded(1, MAX_SEQ_LEN), help="Frames per sample.")
+    ] = 16,
+    units: Annotated[
+        int, typer.Option(callback=bounded(1, MAX_UNITS), help="Recurrent units per layer.")
+    ] = 64,
+    layers: Annotated[
+        int, typer.Option(callback=bounded(1, MAX_LAYERS), help="Stacked recurrent layers.")
+    ] = 1,
+    dropout: Annotated[
+        float, typer.Option(callback=bounded(0, 0.99), help="Dropout before the softmax layer.")
+    ] = 0.0,
+    dense_units: Annotated[
+        int, typer.Option(callback=bounded(0, MAX_UNITS), help="Hidden dense width (0: none).")
+    ] = 32,
+    epochs: Annotated[
+        int, typer.Option(callback=bounded(1, MAX_EPOCHS), help="Maximum epochs.")
+    ] = 30,
+    batch_size: Annotated[
+        int, typer.Option(callback=bounded(1, MAX_BATCH), help="Sequences per step.")
+    ] = 32,
+    lr: Annotated[
+        float,
+        typer.Option("--lr", callback=bounded(0, 10, low_open=True), help="Adam learning rate."),
+    ] = 1e-3,
+    patience: Annotated[
+        int,
+        typer.Option(callback=bounded(0, MAX_EPOCHS), help="Early-stopping patience (epochs)."),
+    ] = 5,
+    seed: Annotated[
+        int, typer.Option(callback=bounded(0, MAX_SEED), help="Seeds init, shuffling and crops.")
+    ] = 0,
 ) -> None:
     """Train an RNN head on cached features (labels and splits from the manifest)."""
     from pipeline.dataset import read_manifest
+    from pipeline.outputs import MODEL_DIR, check_output
     from pipeline.training import TrainConfig, describe_missing, train
 
     config = TrainConfig(
@@ -62,16 +98,13 @@ def command(
         seed=seed,
     )
     config.validate()  # before reading anything
+    check_output(output, MODEL_DIR)  # before training: a refused output wastes no epochs
     records = read_manifest(manifest)
     result = train(records, features, output, config, on_epoch=_epoch_line(epochs))
     if result.missing:
-        console.print(
-            f"[bold yellow]warning:[/] {describe_missing(result.missing)}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        console.warning(describe_missing(result.missing))
     if not result.counts["val"]:
-        console.print("[bold yellow]warning:[/] no val split: trained without early stopping")
+        console.warning("no val split: trained without early stopping")
     last = result.history[result.best_epoch - 1]
     val = f", val_accuracy {last['val_accuracy']:.3f}" if "val_accuracy" in last else ""
     typer.echo(

@@ -126,7 +126,7 @@ BAD_EXPORTS = {
     ),
     "not a savedmodel": (
         ["-o", "{tmp}", "--format", "savedmodel"],
-        "exists and is not a SavedModel; refusing to replace it",
+        "exists and is not a SavedModel directory made by vrnn; refusing to replace it",
     ),
     "missing weights file": (
         ["-o", "{tmp}/m.keras", "--weights", "{tmp}/none.h5"],

@@ -38,6 +38,7 @@ from pipeline.parallel import (
 from pipeline.sample_data import write_video
 from pipeline.store import open_store, parts_dir_for, shards_dir_for
 from stages.cli import app
+from stages.extract import report_path
 
 pytestmark = pytest.mark.slow
 
@@ -334,7 +335,7 @@ def test_killed_client_loses_nothing_finished_and_the_rerun_resumes(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert_same_store(store, reference)
-    report = json.loads((tmp_path / "extract_report.json").read_text())
+    report = json.loads(report_path(store).read_text())
     assert report["extracted"] == 8  # committed now, whether staged by the killed run or not
 
 
@@ -382,7 +383,7 @@ def test_unreachable_scheduler_is_one_error_line_and_writes_nothing(
 def test_workers_and_scheduler_together_are_refused(manifest: Path, tmp_path: Path) -> None:
     args = ["extract", str(manifest), "-o", str(tmp_path / "f.h5")]
     result = CliRunner().invoke(app, [*args, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a usage error: one error line, like every error
     assert "either --workers or --scheduler" in result.output
     assert list(tmp_path.iterdir()) == []
 

@@ -133,7 +133,7 @@ def test_json_records_are_complete(model, predicted):
 def test_table_streams_one_row_per_video_and_twins_are_classified_once(
     model, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(predict_stage.console, "width", 300)  # one line per row
+    monkeypatch.setattr(predict_stage.console.out, "width", 300)  # one line per row
     folder = tmp_path / "clips"
     folder.mkdir()
     first = shutil.copy(model.stored[0], folder / "a.mp4")

@@ -67,6 +67,7 @@ def build_store(path: Path, videos: list[tuple], config: ExtractorConfig = EXTRA
             write_part(builder.parts_dir, config, vf)
         builder.commit()
         builder.discard_staging()
+    backbone_sidecar(path).write_bytes(b"stand-in: train copies the store's backbone weights")
     return path
 
 
@@ -96,7 +97,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_train_writes_a_complete_model_dir(data, trained):
     model_dir = trained.model_dir
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(
-        [*training.MODEL_FILES, training.HISTORY_FILE]
+        [*training.MODEL_FILES, training.HISTORY_FILE, training.BACKBONE_FILE]
     )
     assert json.loads((model_dir / "labels.json").read_text()) == list(CLASSES)
     assert json.loads((model_dir / "extractor.json").read_text()) == EXTRACTOR.to_dict()
@@ -279,7 +280,7 @@ BAD_INPUTS = {
     ),
     "seq-len below 1": (
         lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--seq-len", "0"],
-        "--seq-len must be a whole number of frames >= 1, got 0",
+        "Invalid value for '--seq-len': must be a finite number in [1, 1024], got 0",
     ),
     "model dir missing files": (
         lambda d, t: ["evaluate", str(t), str(d["manifest"]), str(d["store"])],

@@ -127,14 +127,14 @@ def test_read_only_output_directory_fails_in_one_line(
         store = tmp_path / "empty" / "features.h5"
         failed = run_vrnn(*extract_args(clips.all_csv, store), cwd=tmp_path)
         assert failed.returncode == 1, failed.stderr[-3000:]
-        # The store lock comes first: nothing (the backbone weights included) before it.
-        assert_one_error_line(failed.stderr, "cannot create lock file", reason)
+        # The output guard comes first: nothing (the backbone weights included) before it.
+        assert_one_error_line(failed.stderr, "cannot write", reason)
 
     with read_only_dir(tmp_path / "previous", lambda d: copy_store(half_store, d)) as reason:
         store = tmp_path / "previous" / "features.h5"
         failed = run_vrnn(*extract_args(clips.all_csv, store), cwd=tmp_path)
         assert failed.returncode == 1, failed.stderr[-3000:]
-        assert_one_error_line(failed.stderr, "cannot create lock file", reason)
+        assert_one_error_line(failed.stderr, "cannot write", reason)  # checked before any work
         assert_same_store(snapshot(store), half_store.contents)
 
 
@@ -182,7 +182,7 @@ def test_disk_full_in_process_without_mount(
 def test_corrupted_feature_bytes_are_reported_by_train_naming_the_video(
     tmp_path: Path, clips: Clips, reference: CleanStore
 ) -> None:
-    store = copy_store(reference, tmp_path)
+    store = copy_store(reference, tmp_path)  # with its backbone weights: train needs them
     victim = reference.contents.ids[3]
     with h5py.File(store, "r") as f:  # the index links each video to its shard file
         features = f["videos"][victim]["features"]

@@ -105,7 +105,7 @@ def test_kill_9_at_a_random_early_time(tmp_path: Path, clips: Clips, reference: 
     _resume_equals_reference(store, clips.all_csv, reference)
     # Only a kill while the backbone weights or the report were being saved leaves an (inert)
     # temp file; staging and commit temps are cleaned up by the rerun.
-    inert = (".weights.h5", ".extract_report.json.")
+    inert = (".weights.h5", f".{store.name}.report.json.")
     left = leftovers(tmp_path)
     assert all(name.endswith(inert[0]) or name.startswith(inert[1]) for name in left), delay
 
