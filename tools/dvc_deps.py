@@ -4,8 +4,8 @@ A stage's ``cmd`` is ``vrnn <command> …``; the command lives in ``stages/<comm
 code deps are every project module that running it can import: the import closure of the
 command module (imports inside functions included, followed transitively through
 ``pipeline/`` and ``stages/``), plus the ``vrnn`` entry point ``stages/cli.py`` and what it
-imports, except the other commands it only registers. Package ``__init__.py`` files count:
-Python runs them on the way in.
+imports, except the other command modules (a top-level ``def command``) it only registers.
+Package ``__init__.py`` files count: Python runs them on the way in.
 
     python tools/dvc_deps.py            # exit 1 and list the drift when dvc.yaml is stale
     python tools/dvc_deps.py --write    # rewrite the code deps in dvc.yaml (data deps kept)
@@ -84,12 +84,18 @@ def command_module(cmd: str) -> str:
     return f"stages.{words[1].replace('-', '_')}"
 
 
+def defines_command(path: Path) -> bool:
+    """A ``stages/`` module holding one ``vrnn`` command (a top-level ``def command``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return any(isinstance(n, ast.FunctionDef) and n.name == "command" for n in tree.body)
+
+
 def code_deps(cmd: str, root: Path = REPO) -> list[str]:
     """The sorted code files a stage running ``cmd`` depends on."""
     command = command_module(cmd)
     other_commands = {
-        f"stages.{p.stem}" for p in (root / "stages").glob("*.py") if p.stem != "__init__"
-    } - {command, ENTRY}
+        f"stages.{p.stem}" for p in (root / "stages").glob("*.py") if defines_command(p)
+    } - {command}
     return sorted(import_closure([command, ENTRY], skip=other_commands, root=root))
 
 
