@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -19,9 +18,7 @@ from rich.markup import escape
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from stages import evaluate, export, extract, index, predict, sample_data, train
-
-# Quiets part of TensorFlow's C++ start-up logging (some absl lines still print).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from stages.quiet_tf import quiet_tensorflow
 
 app = typer.Typer(
     name="vrnn",
@@ -61,6 +58,7 @@ def main(
     ] = False,
 ) -> None:
     """Video classification: cache frozen MobileNetV2 features, train light RNN heads."""
+    quiet_tensorflow(verbose)  # before any command imports TensorFlow
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
