@@ -46,9 +46,11 @@ def command(
             str(row.support),
         )
     top5 = f", top-5 {s.top5:.3f}" if s.top5 is not None else ""
-    table.caption = f"top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f}; worst F1 first"
+    worst = min(result.per_class, key=lambda r: r.f1, default=None)
+    worst_f1 = f", worst F1 {worst.f1:.3f} ({worst.label})" if worst is not None else ""
+    table.caption = f"classes sorted by F1, worst first (at most {MAX_CLASS_ROWS} shown)"
     console.print(table)
     typer.echo(
-        f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f} on {s.n} videos "
-        f"→ {', '.join(str(f) for f in result.files)}"
+        f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f}{worst_f1} on {s.n} "
+        f"videos → {', '.join(str(f) for f in result.files)}"
     )
