@@ -77,8 +77,8 @@ def import_closure(roots: list[str], skip: set[str] = frozenset(), root: Path = 
 
 
 def command_module(cmd: str) -> str:
-    """``vrnn train data/… -o models`` → ``stages.train``."""
-    words = cmd.split()
+    """``[VAR=value …] vrnn train data/… -o models`` → ``stages.train``."""
+    words = [w for w in cmd.split() if not re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", w)]  # env
     if len(words) < 2 or words[0] != "vrnn":
         raise ValueError(f"stage command does not start with `vrnn <command>`: {cmd!r}")
     return f"stages.{words[1].replace('-', '_')}"
