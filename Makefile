@@ -20,6 +20,7 @@ demo: setup  ## bundled sample data → index → extract → train → evaluate
 	$(BIN)/dvc metrics show
 	@echo "Demo done: features in data/features/, model in models/, metrics in metrics/."
 	@echo "The demo used extract.weights=random (offline). Real features: dvc exp run -S extract.weights=imagenet"
+	@echo "In a new shell, run 'source $(VENV)/bin/activate' first: the dvc stages call vrnn."
 
 test: setup  ## lint, then the whole test suite
 	$(BIN)/ruff check .

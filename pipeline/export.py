@@ -4,13 +4,18 @@ Signature of the exported model (``S`` = the extractor's input size, ``T`` = the
 ``seq_len``, ``C`` = the number of classes)::
 
     frames  uint8   [B, T, S, S, 3]   RGB, decoded and resized as ``extract`` does
-        → probabilities  float32 [B, C]  in labels.json order (rows sum to 1)
+        → probabilities  float32 [B, C]  in the order of <name>.labels.json (rows sum to 1)
 
 There is no mask input: all ``T`` frames are real. A video with at least ``T`` sampled frames,
 reduced to ``T`` with :func:`pipeline.sequences.uniform_indices`, gets the probabilities
 ``vrnn predict`` gives it; ``predict`` pads shorter videos and masks the padding, which
 this graph cannot express. MobileNetV2's preprocessing is inside the graph, and the features
 are rounded to float16 as the store keeps them, so the head sees what it was trained on.
+
+The ``.keras`` export is built from Keras's own layers only (``TimeDistributed`` backbone, the
+head re-applied without its mask), so ``keras.saving.load_model(path)`` loads it in a plain
+Keras install. SavedModel and TFLite exports are graphs and need no Python code at all; they
+fold time into the batch (:class:`PerFrame`), one backbone call on ``B·T`` images.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import keras
 from pipeline.backbone import build_backbone, fingerprint, parse_weights
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import ConfigError, ModelError, WeightsError
-from pipeline.heads import FEATURES_INPUT, MASK_INPUT, load_head
+from pipeline.heads import FEATURES_INPUT, MASK_INPUT, MaskedMean, ToFloat32, load_head
 from pipeline.predict import model_weights_file
-from pipeline.training import LABELS_FILE, TrainedModel, load_model_dir
+from pipeline.training import TrainedModel, load_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,8 @@ EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 FRAMES_INPUT = "frames"
 TFLITE_BATCH = 1
 """The TFLite converter lowers the RNN's loop to builtin ops only with a static batch size."""
+LABELS_SUFFIX = ".labels.json"
+"""``export/classifier.keras`` → ``export/classifier.labels.json``: one labels file per export."""
 
 
 @keras.saving.register_keras_serializable(package="vrnn")
@@ -89,7 +96,7 @@ class ExportResult:
 
     Attributes:
         path: the exported model (file or SavedModel directory).
-        labels_path: ``labels.json`` beside it (class names, in output order).
+        labels_path: ``<name>.labels.json`` beside it (class names, in output order).
         format: one of :data:`EXPORT_FORMATS`.
         batch: the fixed batch size (tflite), or None for any.
         seq_len: frames per input sequence (``T``).
@@ -132,23 +139,72 @@ def load_backbone(extractor: ExtractorConfig, weights_file: Path) -> keras.Model
     return model
 
 
-def build_end_to_end(backbone: keras.Model, trained: TrainedModel) -> keras.Model:
+def _builtin_equivalent(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """The head's own layer, or a Keras built-in that computes the same on all-real frames."""
+    if isinstance(layer, ToFloat32):
+        return keras.layers.Activation("linear", dtype="float32", name=layer.name)
+    if isinstance(layer, MaskedMean):  # every frame is real: the masked mean is the mean
+        return keras.layers.GlobalAveragePooling1D(name=layer.name)
+    return layer
+
+
+def head_without_mask(head: keras.Model, features: keras.KerasTensor) -> keras.KerasTensor:
+    """Re-apply a head's layers (sharing their weights) to ``features``, all frames real.
+
+    The ``mask`` input is dropped (an all-True mask changes nothing) and the head's custom
+    layers are replaced by Keras built-ins (:func:`_builtin_equivalent`), so the graph loads
+    without this package.
+
+    Raises:
+        ModelError: the head uses its mask other than as a layer's ``mask=`` argument.
+    """
+    mask = head.get_layer(MASK_INPUT).output
+    tensors = {id(head.get_layer(FEATURES_INPUT).output): features}
+
+    def mapped(value: object) -> object:
+        if isinstance(value, keras.KerasTensor):
+            if id(value) not in tensors:
+                raise ModelError(f"head {head.name}: cannot export a graph that reads its mask")
+            return tensors[id(value)]
+        return value
+
+    for layer in head.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        node = layer._inbound_nodes[0]  # the head's own call (reuse adds later nodes)
+        kwargs = {k: v for k, v in node.arguments.kwargs.items() if v is not mask}
+        args = [mapped(a) for a in node.arguments.args]
+        output = _builtin_equivalent(layer)(*args, **{k: mapped(v) for k, v in kwargs.items()})
+        tensors[id(node.output_tensors[0])] = output
+    return tensors[id(head.outputs[0])]
+
+
+def build_end_to_end(
+    backbone: keras.Model, trained: TrainedModel, *, builtin_only: bool = False
+) -> keras.Model:
     """Frames → backbone → float16 features → head, as one frozen ``keras.Model``.
 
     Args:
         backbone: uint8 ``[N, S, S, 3]`` → float32 ``[N, D]`` (see ``build_backbone``).
         trained: the loaded model directory (head, labels, extractor, seq_len).
+        builtin_only: use Keras built-in layers only (for a ``.keras`` file that loads
+            without this package): ``TimeDistributed`` instead of :class:`PerFrame`, and the
+            head without its mask input (:func:`head_without_mask`).
 
     Returns:
         ``vrnn_classifier``: uint8 ``[B, T, S, S, 3]`` → float32 ``[B, C]``.
     """
     size, seq_len = trained.extractor.input_size, trained.train_config.seq_len
     frames = keras.Input((seq_len, size, size, 3), dtype="uint8", name=FRAMES_INPUT)
-    features = PerFrame(backbone, name="backbone")(frames)
+    per_frame = keras.layers.TimeDistributed if builtin_only else PerFrame
+    features = per_frame(backbone, name="backbone")(frames)
     # The head learned from stored float16 features (predict feeds it float16 too).
     features = keras.layers.Activation("linear", dtype="float16", name="to_float16")(features)
-    mask = AllFrames(name="all_frames")(frames)
-    probabilities = trained.model({FEATURES_INPUT: features, MASK_INPUT: mask})
+    if builtin_only:
+        probabilities = head_without_mask(trained.model, features)
+    else:
+        mask = AllFrames(name="all_frames")(frames)
+        probabilities = trained.model({FEATURES_INPUT: features, MASK_INPUT: mask})
     model = keras.Model(frames, probabilities, name="vrnn_classifier")
     model.trainable = False
     return model
@@ -171,6 +227,26 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def labels_file(out: Path) -> Path:
+    """The labels file of an export: ``<dir>/<stem>.labels.json`` beside it."""
+    return out.with_name(out.stem + LABELS_SUFFIX)
+
+
+def _check_labels(labels_path: Path, labels: list[str]) -> None:
+    """Refuse to replace a labels file that lists other classes (another model's export)."""
+    try:
+        existing = json.loads(labels_path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{labels_path} exists and is not a labels file ({e}); remove it") from e
+    if existing != labels:
+        raise ConfigError(
+            f"{labels_path} lists other classes ({', '.join(map(str, existing))}) than this "
+            f"model ({', '.join(labels)}); remove it or export under another name"
+        )
 
 
 def _write(model: keras.Model, out: Path, fmt: str) -> None:
@@ -204,7 +280,7 @@ def _write(model: keras.Model, out: Path, fmt: str) -> None:
 def export_model(
     model_dir: Path, out: Path, *, fmt: str = "keras", weights: Path | None = None
 ) -> ExportResult:
-    """Export a model directory as one end-to-end model plus ``labels.json`` beside it.
+    """Export a model directory as one end-to-end model plus ``<name>.labels.json`` beside it.
 
     Args:
         model_dir: a directory written by ``vrnn train``.
@@ -213,19 +289,21 @@ def export_model(
         weights: backbone weights overriding the model directory's copy (sha256-checked).
 
     Raises:
-        ConfigError: unknown format or an output path that does not fit it.
+        ConfigError: unknown format, an output path that does not fit it, or a labels file
+            of that name listing other classes (nothing is written).
         ModelError: unusable model directory, or the output cannot be written.
         WeightsError: backbone weights missing or not the model's.
     """
     out = Path(out)
     _check_output(out, fmt)
     trained = load_model_dir(model_dir)
+    labels_path = labels_file(out)
+    _check_labels(labels_path, trained.labels)
     backbone = load_backbone(
         trained.extractor, model_weights_file(model_dir, trained.extractor, weights)
     )
-    model = build_end_to_end(backbone, trained)
+    model = build_end_to_end(backbone, trained, builtin_only=fmt == "keras")
     _write(model, out, fmt)
-    labels_path = out.parent / LABELS_FILE
     try:
         labels_path.write_text(json.dumps(trained.labels, indent=2) + "\n")
     except OSError as e:
@@ -242,7 +320,7 @@ def export_model(
 
 
 def load_exported(path: Path) -> keras.Model:
-    """Load an exported ``.keras`` model in safe mode (this module registers its layers).
+    """Load an exported ``.keras`` model in safe mode (plain ``keras.saving.load_model`` works too).
 
     Raises:
         ModelError: missing or not loadable.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
@@ -24,9 +23,7 @@ from typer.core import TyperGroup
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from stages import console, evaluate, export, extract, index, predict, sample_data, store, train
-
-# Quiets part of TensorFlow's C++ start-up logging (some absl lines still print).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from stages.quiet_tf import quiet_tensorflow
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -105,6 +102,7 @@ def main(
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as its bytes
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="surrogateescape")
+    quiet_tensorflow(verbose)  # before any command imports TensorFlow
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -58,14 +58,16 @@ def command(
             str(row.support),
         )
     top5 = f", top-5 {s.top5:.3f}" if s.top5 is not None else ""
+    worst = min(result.per_class, key=lambda r: r.f1, default=None)
+    worst_f1 = f", worst F1 {worst.f1:.3f} ({worst.label})" if worst is not None else ""
     table.caption = console.plain(
-        f"top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f}; worst F1 first"
+        f"classes sorted by F1, worst first (at most {MAX_CLASS_ROWS} shown)"
     )
     console.show(table)
     missing = f" ({s.missing} missing)" if s.missing else ""
     typer.echo(
-        f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f} on {s.n} videos"
-        f"{missing} → {', '.join(str(f) for f in result.files)}"
+        f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f}{worst_f1} on {s.n} "
+        f"videos{missing} → {', '.join(str(f) for f in result.files)}"
     )
     if strict and s.missing:
         console.error(f"{s.missing} {split} videos are missing from the store (--strict)")

@@ -20,8 +20,8 @@ def command(
         str,
         typer.Option(
             "--format",
-            help="keras (load with safe_mode=True after `import pipeline.export`), savedmodel "
-            "(TF SavedModel, endpoint serve) or tflite (batch size 1).",
+            help="keras (Keras built-in layers only: keras.saving.load_model loads it without "
+            "this package), savedmodel (TF SavedModel, endpoint serve) or tflite (batch size 1).",
         ),
     ] = "keras",
     weights: Annotated[
@@ -38,7 +38,8 @@ def command(
     """Export backbone + head as one model: uint8 frames in, class probabilities out.
 
     Signature: input `frames` uint8 [B, T, S, S, 3] → output float32 [B, C] probabilities,
-    in the order of the labels.json written next to the export. T is the head's seq_len, S
+    in the order of NAME.labels.json written next to the export (refused if one of that
+    name lists other classes). T is the head's seq_len, S
     the extractor's input size (both printed below); B is any batch size (1 for tflite).
     Frames are RGB, decoded and resized exactly as `vrnn extract` does (crop or squash to
     S×S, sampled at the extractor's fps) and T of them chosen evenly over the video

@@ -81,6 +81,11 @@ def test_metrics_and_plots_render(repo: Path) -> None:
     _run(repo, "repro")
     metrics = _run(repo, "metrics", "show").stdout
     assert "metrics/eval.json" in metrics and "top1" in metrics.replace("_", "")
+    # the extract report is a tracked output, out of the default metrics view
+    assert "extract_report" not in metrics and "weights" not in metrics
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["extract"]
+    assert "metrics/extract_report.json" in {out["path"] for out in lock["outs"]}
+    assert (repo / "metrics/extract_report.json").is_file()
     _run(repo, "plots", "show", "-o", str(repo / "plots_out"))
     assert (repo / "plots_out/index.html").is_file()
 

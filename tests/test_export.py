@@ -6,6 +6,8 @@ Reuses the session's small trained model from ``test_predict.py``.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,8 @@ import numpy as np
 import pytest
 from test_predict import CLASSES, CONFIG, FLOAT16_ATOL, TrainedDir, errors, invoke, trained_model
 
-from pipeline.export import load_exported
+from pipeline.export import head_without_mask, load_exported
+from pipeline.heads import FEATURES_INPUT, HEAD_NAMES, MASK_INPUT, build_head, predict_proba
 from pipeline.predict import Predictor
 from pipeline.sequences import uniform_indices
 from pipeline.training import load_model_dir
@@ -54,7 +57,30 @@ def clip(model) -> tuple[np.ndarray, np.ndarray]:
 
 def test_export_writes_the_model_and_labels_beside_it(exported):
     assert exported.is_file()
-    assert json.loads((exported.parent / "labels.json").read_text()) == list(CLASSES)
+    labels = exported.with_name("classifier.labels.json")
+    assert json.loads(labels.read_text()) == list(CLASSES)
+    assert not (exported.parent / "labels.json").exists()
+
+
+def test_a_second_model_exported_beside_keeps_its_own_labels(model, exported, tmp_path):
+    """Two models in one folder: each export has its labels file; a labels file of the same
+    name listing other classes is refused before anything is written."""
+    other = tmp_path / "other_model"
+    shutil.copytree(model.model_dir, other)
+    (other / "labels.json").write_text(json.dumps(["x", "y", "z"]))
+    folder = exported.parent
+    result = invoke("export", other, "-o", folder / "other.keras")
+    assert result.exit_code == 0, result.output
+    assert json.loads((folder / "other.labels.json").read_text()) == ["x", "y", "z"]
+    assert json.loads((folder / "classifier.labels.json").read_text()) == list(CLASSES)
+
+    before = sorted(p.name for p in folder.iterdir())
+    result = invoke("export", other, "-o", folder / "classifier.tflite", "--format", "tflite")
+    assert result.exit_code == 1, result.output
+    (line,) = errors(result.output)
+    assert "classifier.labels.json lists other classes (brightening, darkening, disc)" in line
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert json.loads((folder / "classifier.labels.json").read_text()) == list(CLASSES)
 
 
 def test_exported_model_gives_predicts_probabilities(exported, clip):
@@ -66,28 +92,67 @@ def test_exported_model_gives_predicts_probabilities(exported, clip):
     np.testing.assert_allclose(model.predict(frames, verbose=0)[0], expected, atol=FLOAT16_ATOL)
 
 
-FRESH = """
+WITHOUT_PACKAGE = """
 import sys
-import keras
+sys.modules["pipeline"] = sys.modules["stages"] = None  # any import of them fails
 import numpy as np
-import pipeline.export  # registers the vrnn layers
-model_path, frames_path, out = sys.argv[1:]
-model = keras.models.load_model(model_path, safe_mode=True)
-np.save(out, model.predict(np.load(frames_path), verbose=0))
+fmt, model_path, frames_path, out = sys.argv[1:]
+frames = np.load(frames_path)
+if fmt == "keras":  # plain Keras, the default (safe) mode
+    import keras
+    probs = keras.saving.load_model(model_path).predict(frames, verbose=0)
+elif fmt == "savedmodel":
+    import tensorflow as tf
+    saved = tf.saved_model.load(model_path)  # keep it: serve() needs its variables alive
+    probs = saved.serve(frames).numpy()
+else:
+    import tensorflow as tf
+    interpreter = tf.lite.Interpreter(model_path=model_path)
+    interpreter.allocate_tensors()
+    (given,), (taken,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.set_tensor(given["index"], frames)
+    interpreter.invoke()
+    probs = interpreter.get_tensor(taken["index"])
+np.save(out, probs)
 """
 
 
-def test_exported_keras_file_loads_in_a_fresh_process_in_safe_mode(exported, clip, tmp_path):
-    frames, _ = clip
-    np.save(tmp_path / "frames.npy", frames)
-    subprocess.run(
-        [sys.executable, "-c", FRESH, str(exported), str(tmp_path / "frames.npy"),
-         str(tmp_path / "probs.npy")],
-        check=True,
-        capture_output=True,
+def load_without_package(fmt: str, path: Path, frames: np.ndarray, tmp: Path) -> np.ndarray:
+    """Probabilities from an export loaded in a fresh process that cannot import this project."""
+    np.save(tmp / "frames.npy", frames)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PACKAGE, fmt, str(path), str(tmp / "frames.npy"),
+         str(tmp / "probs.npy")],
+        cwd=tmp, env=env, capture_output=True, text=True,
     )  # fmt: skip
-    here = load_exported(exported).predict(frames, verbose=0)
-    np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), here, rtol=0, atol=1e-6)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return np.load(tmp / "probs.npy")
+
+
+def test_exported_keras_file_loads_in_plain_keras(exported, clip, tmp_path):
+    frames, expected = clip
+    model = load_exported(exported)
+    assert all(type(layer).__module__.startswith("keras.") for layer in model._flatten_layers())
+    probs = load_without_package("keras", exported, frames, tmp_path)
+    np.testing.assert_allclose(probs, model.predict(frames, verbose=0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(probs[0], expected, atol=FLOAT16_ATOL)
+
+
+@pytest.mark.parametrize("name", HEAD_NAMES)
+def test_every_head_exports_with_builtin_layers_and_the_same_outputs(name):
+    """The head re-applied without its mask (custom layers swapped for built-ins) gives the
+    head's probabilities on all-real frames."""
+    import keras
+
+    head = build_head(name, num_classes=4, seq_len=5, feature_dim=12, units=6, dense_units=6)
+    features = keras.Input((5, 12), dtype="float16")
+    plain = keras.Model(features, head_without_mask(head, features))
+    assert all(type(layer).__module__.startswith("keras.") for layer in plain._flatten_layers())
+    x = np.random.default_rng(0).normal(size=(7, 5, 12)).astype(np.float16)
+    expected = predict_proba(head, x, np.ones((7, 5), dtype=bool))
+    np.testing.assert_allclose(plain.predict(x, verbose=0), expected, rtol=0, atol=1e-6)
+    assert {FEATURES_INPUT, MASK_INPUT} == {t.name for t in head.inputs}
 
 
 @pytest.mark.slow
@@ -98,20 +163,18 @@ def test_savedmodel_and_tflite_exports_agree(model, clip, tmp_path):
     frames, expected = clip
     result = invoke("export", model.model_dir, "-o", tmp_path / "saved", "--format", "savedmodel")
     assert result.exit_code == 0 and SIGNATURE in result.stdout, result.output
-    saved = tf.saved_model.load(str(tmp_path / "saved"))
-    np.testing.assert_allclose(saved.serve(frames).numpy()[0], expected, atol=FLOAT16_ATOL)
+    saved = load_without_package("savedmodel", tmp_path / "saved", frames, tmp_path)
+    np.testing.assert_allclose(saved[0], expected, atol=FLOAT16_ATOL)
 
     out = tmp_path / "classifier.tflite"
     result = invoke("export", model.model_dir, "-o", out, "--format", "tflite")
     assert result.exit_code == 0, result.output
     assert SIGNATURE.replace("B", "1") in result.stdout
     interpreter = tf.lite.Interpreter(model_path=str(out))
-    interpreter.allocate_tensors()
-    (given,), (taken,) = interpreter.get_input_details(), interpreter.get_output_details()
+    (given,) = interpreter.get_input_details()
     assert list(given["shape"]) == [1, CONFIG.seq_len, 32, 32, 3] and given["dtype"] == np.uint8
-    interpreter.set_tensor(given["index"], frames)
-    interpreter.invoke()
-    np.testing.assert_allclose(interpreter.get_tensor(taken["index"])[0], expected, atol=1e-3)
+    lite = load_without_package("tflite", out, frames, tmp_path)
+    np.testing.assert_allclose(lite[0], expected, atol=1e-3)
 
 
 BAD_EXPORTS = {

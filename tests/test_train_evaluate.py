@@ -247,6 +247,10 @@ def test_vrnn_train_and_evaluate(data, tmp_path):
                                  str(data["store"]), "-o", str(metrics)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "test: top-1" in result.output and (metrics / "confusion.csv").exists()
+    (summary,) = [line for line in result.output.splitlines() if line.startswith("test: top-1")]
+    with open(metrics / "per_class.csv", newline="") as f:
+        worst = min(csv.DictReader(f), key=lambda row: float(row["f1"]))
+    assert f"worst F1 {float(worst['f1']):.3f} ({worst['label']}) on " in summary
 
 
 def _manifest(tmp_path: Path, records: list[VideoRecord]) -> str:
