@@ -78,6 +78,13 @@ def command(
     mixed_precision: Annotated[
         bool, typer.Option(help="float16 compute (for GPUs with tensor cores).")
     ] = False,
+    decoders: Annotated[
+        str,
+        typer.Option(
+            help="Decoder threads feeding the backbone, per process: N or auto (one per "
+            "core, at most 8)."
+        ),
+    ] = "auto",
     strict: Annotated[
         bool, typer.Option(help="Exit 1 if any video failed (default: record and go on).")
     ] = False,
@@ -109,12 +116,20 @@ def command(
     ] = 4,
 ) -> None:
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
+    from pipeline.extract import parse_decoders
     from pipeline.extract_job import ExtractOptions, run_extraction
 
     paths = source_videos(source)
     sampling = fps or None  # 0 keeps every frame
     options = ExtractOptions(
-        weights, input_size, resize, sampling, dtype, batch_size, mixed_precision
+        weights,
+        input_size,
+        resize,
+        sampling,
+        dtype,
+        batch_size,
+        mixed_precision,
+        parse_decoders(decoders),
     )
     if weights.startswith("random"):
         console.print(
