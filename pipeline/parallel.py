@@ -23,6 +23,7 @@ import dask
 from distributed import Client, Future, LocalCluster, as_completed
 from distributed.client import CancelledError
 from distributed.scheduler import KilledWorker
+from distributed.security import Security
 
 from pipeline.contracts import ExtractionFailure
 from pipeline.errors import ClusterError, ConfigError
@@ -47,16 +48,24 @@ class ClusterOptions:
 
     Attributes:
         workers: worker processes of a local cluster started for this run.
-        scheduler: address of a running ``dask scheduler`` (``tcp://HOST:PORT``).
+        scheduler: address of a running ``dask scheduler`` (``tcp://HOST:PORT`` or
+            ``tls://HOST:PORT``).
         threads_per_worker: TensorFlow intra-op threads per worker process; default for a
             local cluster: cores // workers; for a remote one: whatever the workers have.
         connect_timeout_sec: how long to try reaching ``scheduler``.
+        tls_ca_file: CA certificate(s) a ``tls://`` scheduler's certificate must chain to.
+        tls_cert: this client's certificate (PEM; may hold the key too).
+        tls_key: this client's private key, when not inside ``tls_cert``.
+            Unset TLS fields come from Dask's config (``distributed.comm.tls.*``).
     """
 
     workers: int | None = None
     scheduler: str | None = None
     threads_per_worker: int | None = None
     connect_timeout_sec: float = 10.0
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings no cluster can use."""
@@ -68,6 +77,40 @@ class ClusterOptions:
             raise ConfigError(f"--threads-per-worker must be ≥ 1, got {self.threads_per_worker}")
         if not self.connect_timeout_sec > 0:
             raise ConfigError(f"--connect-timeout must be > 0, got {self.connect_timeout_sec}")
+        tls_given = any((self.tls_ca_file, self.tls_cert, self.tls_key))
+        if tls_given and not (self.scheduler or "").startswith("tls://"):
+            raise ConfigError("--tls-ca-file/--tls-cert/--tls-key need --scheduler tls://HOST:PORT")
+        for name, path in (
+            ("--tls-ca-file", self.tls_ca_file),
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+        ):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name} {path}: no such file")
+        if self.scheduler:
+            self.security()
+
+    def security(self) -> Security:
+        """Dask ``Security`` for the client: the options given, else Dask's TLS config.
+
+        Raises :class:`ConfigError` for a ``tls://`` scheduler without a CA and a client
+        certificate (the scheduler would refuse the connection anyway, after the timeout).
+        """
+        fields = {
+            "tls_ca_file": self.tls_ca_file,
+            "tls_client_cert": self.tls_cert,
+            "tls_client_key": self.tls_key,
+        }
+        security = Security(**{k: v for k, v in fields.items() if v})
+        if (self.scheduler or "").startswith("tls://") and not (
+            security.tls_ca_file and security.tls_client_cert
+        ):
+            raise ConfigError(
+                f"--scheduler {self.scheduler} needs TLS certificates: --tls-ca-file and "
+                "--tls-cert (and --tls-key), or distributed.comm.tls.ca-file and "
+                "distributed.comm.tls.client.cert in Dask's config (see docs/cluster.md)"
+            )
+        return security
 
 
 @dataclass(frozen=True)
@@ -181,8 +224,9 @@ class DaskRunner:
 
     def _connect(self) -> ClusterInfo:
         address, timeout = self.options.scheduler, self.options.connect_timeout_sec
+        security = self.options.security()
         try:
-            self.client = Client(address, timeout=timeout, set_as_default=False)
+            self.client = Client(address, timeout=timeout, set_as_default=False, security=security)
         except (OSError, ValueError, TypeError) as e:  # OSError covers timeouts and refusals
             raise ClusterError(
                 f"cannot reach the Dask scheduler at {address} within {timeout:g} s "

@@ -38,7 +38,11 @@ def _progress() -> Progress:
 
 
 def _runner(
-    workers: int | None, scheduler: str | None, threads_per_worker: int | None, timeout: float
+    workers: int | None,
+    scheduler: str | None,
+    threads_per_worker: int | None,
+    timeout: float,
+    tls: tuple[Path | None, Path | None, Path | None] = (None, None, None),
 ) -> AbstractContextManager:
     """A started Dask runner for ``--workers``/``--scheduler``, else ``None`` (in-process)."""
     if workers is not None and scheduler is not None:
@@ -49,7 +53,8 @@ def _runner(
         return nullcontext(None)
     from pipeline.parallel import ClusterOptions, DaskRunner  # imports Dask only when used
 
-    return DaskRunner(ClusterOptions(workers, scheduler, threads_per_worker, timeout))
+    tls_files = (str(path) if path else None for path in tls)
+    return DaskRunner(ClusterOptions(workers, scheduler, threads_per_worker, timeout, *tls_files))
 
 
 def command(
@@ -98,8 +103,9 @@ def command(
     scheduler: Annotated[
         str | None,
         typer.Option(
-            help="Run on a running dask.distributed cluster (tcp://HOST:PORT); workers need "
-            "the output directory and the videos on a shared filesystem."
+            help="Run on a running dask.distributed cluster (tls://HOST:PORT, or tcp:// on a "
+            "trusted network only); workers need the output directory and the videos on a "
+            "shared filesystem."
         ),
     ] = None,
     threads_per_worker: Annotated[
@@ -114,6 +120,16 @@ def command(
     videos_per_task: Annotated[
         int, typer.Option(min=1, help="Videos per Dask task (with --workers/--scheduler).")
     ] = 4,
+    tls_ca_file: Annotated[
+        Path | None,
+        typer.Option(help="tls:// scheduler: CA certificate (default: Dask's TLS config)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="tls:// scheduler: this client's certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="tls:// scheduler: this client's key, if not in --tls-cert.")
+    ] = None,
 ) -> None:
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
     from pipeline.extract import parse_decoders
@@ -137,7 +153,8 @@ def command(
             "ImageNet features (fine for smoke runs and tests, not for real models)"
         )
     options.validate()  # before connecting to a cluster: bad options fail fast
-    with _runner(workers, scheduler, threads_per_worker, connect_timeout) as runner:
+    tls = (tls_ca_file, tls_cert, tls_key)
+    with _runner(workers, scheduler, threads_per_worker, connect_timeout, tls) as runner:
         if runner is not None:
             console.print(
                 f"[bold]dask:[/] {runner.info.describe()}", highlight=False, soft_wrap=True
