@@ -168,10 +168,12 @@ def _reason(error: Exception, path: str) -> str:
 def _lower_thread_priority() -> None:
     """Give the calling (decoder) thread a lower CPU priority than inference, on Linux.
 
-    The backbone is the bottleneck and its intra-op threads wait on each other at every op,
-    so a decoder preempting one of them stalls all of them. The decoder needs a small share
-    of one core and has a queue of chunks to absorb delays, so it yields to inference; on an
-    otherwise idle machine (or when a GPU does the inference) nice changes nothing.
+    Called by a decoder the first time it finds the queue full, i.e. once the backbone is
+    the bottleneck: its intra-op threads wait on each other at every op, so a decoder
+    preempting one of them stalls all of them, while the decoder has a queue of chunks to
+    absorb delays. While decoding is the bottleneck (a GPU, a small input) decoders keep
+    their normal priority: on a shared machine a niced decoder would lose its share of the
+    CPU to every other process. One-way, because raising a priority again needs privileges.
     """
     if sys.platform == "linux":  # per-thread nice values are a Linux feature
         with contextlib.suppress(OSError):
@@ -199,6 +201,7 @@ class _Decoder(threading.Thread):
         self.items, self.work, self.config, self.out, self.stop = items, work, config, out, stop
         self.abandoned = False  # set by the consumer when it gives up on this thread
         self.busy: tuple[int, float] | None = None
+        self.yielding = False  # lowered its priority (once the queue was found full)
 
     def put(self, kind: str, i: int, payload: object) -> bool:
         """Queue one message; False once the run is stopped or this thread abandoned."""
@@ -207,6 +210,9 @@ class _Decoder(threading.Thread):
             try:
                 self.out.put((self, kind, i, payload), timeout=POLL_SEC)
             except queue.Full:
+                if not self.yielding:  # inference is the bottleneck: stop competing with it
+                    self.yielding = True
+                    _lower_thread_priority()
                 continue
             if i >= 0:
                 self.busy = (i, time.monotonic())
@@ -214,7 +220,6 @@ class _Decoder(threading.Thread):
         return False
 
     def run(self) -> None:
-        _lower_thread_priority()
         try:
             while True:
                 try:

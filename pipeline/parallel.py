@@ -10,17 +10,20 @@ need that directory (and the backbone weights beside the store) on a shared file
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dask
-from distributed import Client, Future, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
 from distributed.client import CancelledError
 from distributed.scheduler import KilledWorker
 from distributed.security import Security
@@ -122,6 +125,7 @@ class ClusterInfo:
     workers: int
     tf_threads: int | None
     dashboard_link: str | None
+    gpus: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """One line: cluster kind, address, workers, threads and the dashboard link."""
@@ -133,6 +137,8 @@ class ClusterInfo:
             else "no dashboard (install bokeh>=3.1 where the scheduler runs)"
         )
         workers = f"{self.workers} worker{'' if self.workers == 1 else 's'}"
+        if self.gpus:
+            workers += f" on GPUs {','.join(self.gpus)} (one GPU per worker, round robin)"
         return f"{kind} {self.address}: {workers}, {threads}; {board}"
 
 
@@ -142,6 +148,49 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``.
+
+    Read without importing TensorFlow (the driver may not need it). Empty without GPUs.
+    """
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        ids = [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+        return list(itertools.takewhile(lambda gpu: gpu != "-1", ids))  # CUDA stops at -1
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+class PinGPU(WorkerPlugin):
+    """Gives each worker of a local cluster one GPU: ``CUDA_VISIBLE_DEVICES`` by worker name.
+
+    Worker ``i`` sees only ``gpus[i % len(gpus)]``. Set before the worker first imports
+    TensorFlow (its first task), so TensorFlow never sees, or allocates on, another GPU; a
+    worker the nanny restarts keeps its name, hence its GPU.
+    """
+
+    name = "vrnn-pin-gpu"
+
+    def __init__(self, gpus: list[str]):
+        self.gpus = gpus
+
+    def setup(self, worker) -> None:
+        index = worker.name if isinstance(worker.name, int) else int(str(worker.name))
+        os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus[index % len(self.gpus)]
 
 
 def default_tf_threads(workers: int, cores: int | None = None) -> int:
@@ -170,6 +219,7 @@ class DaskRunner:
         self.cluster: LocalCluster | None = None
         self.client: Client | None = None
         self.info: ClusterInfo | None = None
+        self.gpus: list[str] = []
 
     def __enter__(self) -> DaskRunner:
         if logging.getLogger().getEffectiveLevel() > logging.INFO:
@@ -206,8 +256,13 @@ class DaskRunner:
     def _start_local(self) -> ClusterInfo:
         threads = str(self.tf_threads)
         # Read by TensorFlow (and OpenMP/BLAS) when a worker first initialises it; Dask's
-        # own default of OMP_NUM_THREADS=1 would otherwise apply.
-        env = {"TF_NUM_INTRAOP_THREADS": threads, "OMP_NUM_THREADS": threads}
+        # own default of OMP_NUM_THREADS=1 would otherwise apply. Memory growth: a worker's
+        # TensorFlow takes GPU memory as it needs it, not all of it (see backbone.py).
+        env = {
+            "TF_NUM_INTRAOP_THREADS": threads,
+            "OMP_NUM_THREADS": threads,
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+        }
         # Saturation 1.0: a worker holds only the task it runs, so when a video crashes its
         # worker no queued innocent task is blamed (and counted towards KilledWorker) too.
         with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
@@ -220,6 +275,9 @@ class DaskRunner:
                 env=env,
             )
         self.client = Client(self.cluster, set_as_default=False)
+        self.gpus = visible_gpus()
+        if self.gpus:
+            self.client.register_plugin(PinGPU(self.gpus))
         return self._describe(local=True)
 
     def _connect(self) -> ClusterInfo:
@@ -247,6 +305,7 @@ class DaskRunner:
             workers=len(info.get("workers", {})),
             tf_threads=self.tf_threads,
             dashboard_link=self.client.dashboard_link if has_board else None,
+            gpus=tuple(self.gpus),
         )
 
     def __call__(
@@ -265,6 +324,8 @@ class DaskRunner:
         if self.client is None:
             raise RuntimeError("DaskRunner used outside its `with` block")
         client = self.client
+        if self.options.workers and spec.decoders is None:  # share the cores, as TF threads do
+            spec = replace(spec, decoders=max(1, available_cores() // self.options.workers))
         pending: dict[Future, list[WorkItem]] = {}
 
         def submit(items: list[WorkItem]) -> Future:

@@ -83,17 +83,20 @@ class _HangingReader(extract.VideoReader):
     """A reader that, for one path, blocks before its first frame until ``release`` is set."""
 
     hang_path: Path | None = None
+    entered = threading.Event()
     release = threading.Event()
 
     def chunks(self, chunk_frames: int = 16) -> Iterator:
         if self.path == self.hang_path:
+            self.entered.set()
             self.release.wait()
         return super().chunks(chunk_frames)
 
 
 @pytest.fixture
 def hanging(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_HangingReader]]:
-    reader = type("Reader", (_HangingReader,), {"release": threading.Event()})
+    events = {"entered": threading.Event(), "release": threading.Event()}
+    reader = type("Reader", (_HangingReader,), events)
     monkeypatch.setattr(extract, "VideoReader", reader)
     try:
         yield reader
@@ -204,7 +207,8 @@ def test_stop_from_another_thread_ends_a_consumer_waiting_on_the_queue(
     thread, got = _consume_in_thread(
         iter_features(_items(videos), config=config, infer=infer, decoders=1, stop=stop)
     )
-    thread.join(timeout=1.0)
+    assert hanging.entered.wait(timeout=RESULT_WAIT_SEC)
+    thread.join(timeout=0.5)
     assert thread.is_alive()  # waiting for a frame that never comes
     stop.set()
     thread.join(timeout=RESULT_WAIT_SEC)
