@@ -101,7 +101,11 @@ def _sample_frames(files: list[Path], size: int, frames: int) -> list[np.ndarray
 
 
 def test_mixed_precision_features_match_float32(sample_dataset, tmp_path: Path) -> None:
-    """ImageNet weights when present (else the seeded random backbone), input 224, on CPU."""
+    """ImageNet weights when present (else the seeded random backbone), input 224, on CPU.
+
+    Measured here with the ImageNet weights: per-frame cosine ≥ 0.9990 at 224 (median
+    0.9998); at input 96 the lowest frame was 0.9984, below the 0.999 this test requires.
+    """
     size = 224
     if REAL_WEIGHTS.is_file():
         weights, weights_file = parse_weights(str(REAL_WEIGHTS)), REAL_WEIGHTS
@@ -123,7 +127,6 @@ def test_mixed_precision_features_match_float32(sample_dataset, tmp_path: Path) 
     for a, b in zip(f32, f16, strict=True):
         assert b.dtype == np.float32  # the model's output layer stays float32
         cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        print("cosine per frame", cosine)
         assert cosine.min() >= 0.999, cosine
     # Top-1 of a nearest-centroid classifier fitted on the float32 video features: the same
     # class for every video whichever precision computed its features.
