@@ -1,6 +1,7 @@
 """Stage-1 throughput: pure backbone forward vs end-to-end ``extract``, side by side.
 
 Run:  python benchmarks/bench_extract.py [--sizes 224,112,64] [--weights random|PATH]
+      python benchmarks/bench_extract.py --decode-bound [--decoders 1,auto]
 
 For each input size, in one process and alternating so machine noise hits both alike:
   * backbone fr/s — the same compiled inference function on batches of random uint8 frames;
@@ -8,6 +9,13 @@ For each input size, in one process and alternating so machine noise hits both a
   * ratio = extract / backbone (targets: ≥ 0.90 at 224 and 112, ≥ 0.80 at 64).
 Then: rerun time on the unchanged dataset as a fraction of the full run, stored bytes per
 frame, and peak RSS of a subprocess extracting one long 320×240 video.
+
+``--decode-bound``: input 32 (inference is cheap, decoding is the cost) on real-sized H.264
+clips with texture and motion (640×360 and 1280×720). Per ``--decoders`` value, alternating:
+  * raw decode fr/s — plain PyAV decoding of the same files, one Python thread per core
+    (``thread_type="AUTO"``, frames not even converted): what the hardware can decode;
+  * extract fr/s — ``run_extraction`` with that many decoder threads;
+  * ratio = extract / raw decode (target ≥ 0.90).
 """
 
 from __future__ import annotations
@@ -44,6 +52,102 @@ def make_videos(root: Path, count: int, frames: int) -> list[Path]:
         video = np.stack([red, green, blue], axis=-1)
         paths.append(write_video(root / f"v{i}{suffixes[i % 4]}", video, fps=25))
     return paths
+
+
+def make_real_sized_videos(root: Path, count: int, frames: int) -> list[Path]:
+    """H.264 clips, ``count`` at 640×360 and ``count`` at 1280×720, fine texture and motion.
+
+    A 4-px noise texture pans under a moving shading field, so every macroblock changes
+    every frame (real footage-like bitrates, not flat colour that decodes for free).
+    """
+    import av
+
+    paths = []
+    for width, height in ((640, 360), (1280, 720)):
+        ys, xs = np.mgrid[0:height, 0:width]
+        shade = (60 * np.sin(xs / 37.0) * np.cos(ys / 23.0)).astype(np.int16)[..., None]
+        for i in range(count):
+            rng = np.random.default_rng(1000 * width + i)
+            texture = rng.integers(32, 224, (height // 4 + 64, width // 4 + 64, 3), np.uint8)
+            texture = np.repeat(np.repeat(texture, 4, axis=0), 4, axis=1)
+            path = root / f"real{width}x{height}_{i}.mp4"
+            with av.open(str(path), "w") as container:
+                stream = container.add_stream("libx264", rate=30, options={"preset": "veryfast"})
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                for t in range(frames):
+                    dx, dy = (3 * t) % 256, (2 * t) % 256
+                    image = texture[dy : dy + height, dx : dx + width] + np.roll(shade, 5 * t, 1)
+                    image = np.clip(image, 0, 255).astype(np.uint8)
+                    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                    container.mux(stream.encode(frame))
+                container.mux(stream.encode(None))
+            paths.append(path)
+    return paths
+
+
+def raw_decode_fps(videos: list[Path], threads: int) -> float:
+    """Frames/s of plain PyAV decoding, ``threads`` Python threads each taking whole files."""
+    import threading
+
+    import av
+
+    todo, lock, frames = list(videos), threading.Lock(), [0]
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                path = todo.pop()
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                count = sum(1 for _ in container.decode(stream))
+            with lock:
+                frames[0] += count
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return frames[0] / (time.perf_counter() - started)
+
+
+def decode_bound(args: argparse.Namespace, root: Path) -> dict:
+    """Extract at input 32 vs raw PyAV decode of the same real-sized clips, side by side."""
+    from pipeline.extract import auto_decoders, parse_decoders
+
+    videos = make_real_sized_videos(root, args.real_clips, args.real_frames)
+    total = 2 * args.real_clips * args.real_frames
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"# decode-bound: {args.real_clips} × 640×360 + {args.real_clips} × 1280×720 H.264 "
+        f"clips × {args.real_frames} frames, input 32, {cores} cores "
+        f"(raw decode: {cores} threads), load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'decoders':>9} {'raw decode fr/s':>16} {'extract fr/s':>13} {'ratio':>6}")
+    results = {}
+    for text in args.decoders.split(","):
+        decoders = parse_decoders(text) or auto_decoders()
+        options = ExtractOptions(weights=args.weights, input_size=32, decoders=decoders)
+        store = root / f"d{text}" / "features.h5"
+        store.parent.mkdir()
+        raw, e2e = [], []
+        for _ in range(args.repeats):
+            raw.append(raw_decode_fps(videos, cores))
+            report = extract_once(videos, store, options)
+            assert report.frames == total, report
+            e2e.append(report.frames_per_sec)
+        ratios = [e / r for e, r in zip(e2e, raw, strict=True)]
+        label = f"{text}={decoders}" if text == "auto" else text
+        print(
+            f"{label:>9} {max(raw):>16.0f} {max(e2e):>13.0f} {max(e2e) / max(raw):>6.2f}"
+            f"   (per repeat: {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+        results[label] = {"raw_fps": raw, "extract_fps": e2e, "ratios": ratios}
+    return results
 
 
 def pure_backbone_fps(infer, size: int, batch: int, frames: int) -> float:
@@ -104,10 +208,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--long-minutes", type=float, default=20.0)
     parser.add_argument("--long-size", type=int, default=112)
+    parser.add_argument("--decode-bound", action="store_true", help="only the decode-bound mode")
+    parser.add_argument("--decoders", default="1,auto", help="decode-bound: values to compare")
+    parser.add_argument("--real-clips", type=int, default=3, help="decode-bound: clips per size")
+    parser.add_argument("--real-frames", type=int, default=120, help="decode-bound: per clip")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     try:
+        if args.decode_bound:
+            print(json.dumps(decode_bound(args, root)))
+            return
         videos = make_videos(root, args.videos, args.frames)
         total = args.videos * args.frames
         print(

@@ -163,6 +163,28 @@ def _calibrate_batchnorm(model, seed: int, input_size: int) -> None:
         layer.momentum = momentum
 
 
+def enable_gpu_memory_growth() -> list[str]:
+    """Make TensorFlow take GPU memory as it needs it, not all of it, in this process.
+
+    By default TensorFlow reserves nearly all memory of every visible GPU at its first GPU
+    use, so a second process (a Dask worker, ``predict`` beside ``extract``) fails with out
+    of memory. Must run before anything touches a GPU; called by :func:`build_backbone`.
+    Returns the names of the GPUs configured (empty without GPUs).
+    """
+    import tensorflow as tf
+
+    names = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # this process already initialised the GPU: too late, say so
+            if not tf.config.experimental.get_memory_growth(gpu):
+                log.warning("%s already initialised without memory growth", gpu.name)
+            continue
+        names.append(gpu.name)
+    return names
+
+
 def build_backbone(
     spec: WeightsSpec,
     input_size: int,
@@ -186,6 +208,7 @@ def build_backbone(
     import keras
 
     check_input_size(input_size)
+    enable_gpu_memory_growth()
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     if weights_file is None and spec.is_random:
         keras.utils.set_random_seed(spec.seed)

@@ -32,6 +32,7 @@ from pipeline.extract import (
     TaskResult,
     VideoDone,
     WorkItem,
+    auto_decoders,
     backbone_for,
     extract_items,
     register_backbone,
@@ -65,6 +66,8 @@ class ExtractOptions:
     batch_size: int = 32
     mixed_precision: bool = False
     rehash: bool = False
+    decoders: int | None = None
+    """Decoder threads per process; None: ``auto_decoders()`` where the task runs."""
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values no extraction can use."""
@@ -79,6 +82,8 @@ class ExtractOptions:
             raise ConfigError(f"--fps must be > 0, got {self.fps}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.decoders is not None and self.decoders < 1:
+            raise ConfigError(f"--decoders must be ≥ 1 or auto, got {self.decoders}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class TaskSpec:
     weights_file: str
     parts_dir: str
     batch_size: int
+    decoders: int | None = None
 
 
 def run_task(
@@ -112,6 +118,7 @@ def run_task(
         batch_size=spec.batch_size,
         stop=stop,
         on_video=on_video,
+        decoders=spec.decoders or auto_decoders(),
     )
 
 
@@ -453,6 +460,7 @@ def run_extraction(
                 str(backbone_sidecar(store_path)),
                 str(builder.parts_dir),
                 options.batch_size,
+                decoders=options.decoders,
             )
             if plan.todo and runner is None:
                 run_task(spec, plan.todo, stop=stop, on_video=on_video)

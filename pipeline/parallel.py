@@ -10,10 +10,13 @@ need that directory (and the backbone weights beside the store) on a shared file
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import math
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,9 +24,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dask
-from distributed import Client, Future, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
 from distributed.client import CancelledError
 from distributed.scheduler import KilledWorker
+from distributed.security import Security
 
 from pipeline.contracts import ExtractionFailure
 from pipeline.errors import ClusterError, ConfigError
@@ -50,16 +54,24 @@ class ClusterOptions:
 
     Attributes:
         workers: worker processes of a local cluster started for this run.
-        scheduler: address of a running ``dask scheduler`` (``tcp://HOST:PORT``).
+        scheduler: address of a running ``dask scheduler`` (``tcp://HOST:PORT`` or
+            ``tls://HOST:PORT``).
         threads_per_worker: TensorFlow intra-op threads per worker process; default for a
             local cluster: cores // workers; for a remote one: whatever the workers have.
         connect_timeout_sec: how long to try reaching ``scheduler``.
+        tls_ca_file: CA certificate(s) a ``tls://`` scheduler's certificate must chain to.
+        tls_cert: this client's certificate (PEM; may hold the key too).
+        tls_key: this client's private key, when not inside ``tls_cert``.
+            Unset TLS fields come from Dask's config (``distributed.comm.tls.*``).
     """
 
     workers: int | None = None
     scheduler: str | None = None
     threads_per_worker: int | None = None
     connect_timeout_sec: float = 10.0
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings no cluster can use."""
@@ -71,6 +83,40 @@ class ClusterOptions:
             raise ConfigError(f"--threads-per-worker must be ≥ 1, got {self.threads_per_worker}")
         if not self.connect_timeout_sec > 0:
             raise ConfigError(f"--connect-timeout must be > 0, got {self.connect_timeout_sec}")
+        tls_given = any((self.tls_ca_file, self.tls_cert, self.tls_key))
+        if tls_given and not (self.scheduler or "").startswith("tls://"):
+            raise ConfigError("--tls-ca-file/--tls-cert/--tls-key need --scheduler tls://HOST:PORT")
+        for name, path in (
+            ("--tls-ca-file", self.tls_ca_file),
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+        ):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name} {path}: no such file")
+        if self.scheduler:
+            self.security()
+
+    def security(self) -> Security:
+        """Dask ``Security`` for the client: the options given, else Dask's TLS config.
+
+        Raises :class:`ConfigError` for a ``tls://`` scheduler without a CA and a client
+        certificate (the scheduler would refuse the connection anyway, after the timeout).
+        """
+        fields = {
+            "tls_ca_file": self.tls_ca_file,
+            "tls_client_cert": self.tls_cert,
+            "tls_client_key": self.tls_key,
+        }
+        security = Security(**{k: v for k, v in fields.items() if v})
+        if (self.scheduler or "").startswith("tls://") and not (
+            security.tls_ca_file and security.tls_client_cert
+        ):
+            raise ConfigError(
+                f"--scheduler {self.scheduler} needs TLS certificates: --tls-ca-file and "
+                "--tls-cert (and --tls-key), or distributed.comm.tls.ca-file and "
+                "distributed.comm.tls.client.cert in Dask's config (see docs/cluster.md)"
+            )
+        return security
 
 
 @dataclass(frozen=True)
@@ -82,6 +128,7 @@ class ClusterInfo:
     workers: int
     tf_threads: int | None
     dashboard_link: str | None
+    gpus: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """One line: cluster kind, address, workers, threads and the dashboard link."""
@@ -93,6 +140,8 @@ class ClusterInfo:
             else "no dashboard (install bokeh>=3.1 where the scheduler runs)"
         )
         workers = f"{self.workers} worker{'' if self.workers == 1 else 's'}"
+        if self.gpus:
+            workers += f" on GPUs {','.join(self.gpus)} (one GPU per worker, round robin)"
         return f"{kind} {self.address}: {workers}, {threads}; {board}"
 
 
@@ -102,6 +151,49 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``.
+
+    Read without importing TensorFlow (the driver may not need it). Empty without GPUs.
+    """
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        ids = [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+        return list(itertools.takewhile(lambda gpu: gpu != "-1", ids))  # CUDA stops at -1
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+class PinGPU(WorkerPlugin):
+    """Gives each worker of a local cluster one GPU: ``CUDA_VISIBLE_DEVICES`` by worker name.
+
+    Worker ``i`` sees only ``gpus[i % len(gpus)]``. Set before the worker first imports
+    TensorFlow (its first task), so TensorFlow never sees, or allocates on, another GPU; a
+    worker the nanny restarts keeps its name, hence its GPU.
+    """
+
+    name = "vrnn-pin-gpu"
+
+    def __init__(self, gpus: list[str]):
+        self.gpus = gpus
+
+    def setup(self, worker) -> None:
+        index = worker.name if isinstance(worker.name, int) else int(str(worker.name))
+        os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus[index % len(self.gpus)]
 
 
 def default_tf_threads(workers: int, cores: int | None = None) -> int:
@@ -130,6 +222,7 @@ class DaskRunner:
         self.cluster: LocalCluster | None = None
         self.client: Client | None = None
         self.info: ClusterInfo | None = None
+        self.gpus: list[str] = []
 
     def __enter__(self) -> DaskRunner:
         if logging.getLogger().getEffectiveLevel() > logging.INFO:
@@ -166,8 +259,13 @@ class DaskRunner:
     def _start_local(self) -> ClusterInfo:
         threads = str(self.tf_threads)
         # Read by TensorFlow (and OpenMP/BLAS) when a worker first initialises it; Dask's
-        # own default of OMP_NUM_THREADS=1 would otherwise apply.
-        env = {"TF_NUM_INTRAOP_THREADS": threads, "OMP_NUM_THREADS": threads}
+        # own default of OMP_NUM_THREADS=1 would otherwise apply. Memory growth: a worker's
+        # TensorFlow takes GPU memory as it needs it, not all of it (see backbone.py).
+        env = {
+            "TF_NUM_INTRAOP_THREADS": threads,
+            "OMP_NUM_THREADS": threads,
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+        }
         # Saturation 1.0: a worker holds only the task it runs, so when a video crashes its
         # worker no queued innocent task is blamed (and counted towards KilledWorker) too.
         with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
@@ -180,12 +278,16 @@ class DaskRunner:
                 env=env,
             )
         self.client = Client(self.cluster, set_as_default=False)
+        self.gpus = visible_gpus()
+        if self.gpus:
+            self.client.register_plugin(PinGPU(self.gpus))
         return self._describe(local=True)
 
     def _connect(self) -> ClusterInfo:
         address, timeout = self.options.scheduler, self.options.connect_timeout_sec
+        security = self.options.security()
         try:
-            self.client = Client(address, timeout=timeout, set_as_default=False)
+            self.client = Client(address, timeout=timeout, set_as_default=False, security=security)
         except (OSError, ValueError, TypeError) as e:  # OSError covers timeouts and refusals
             raise ClusterError(
                 f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
@@ -206,6 +308,7 @@ class DaskRunner:
             workers=len(info.get("workers", {})),
             tf_threads=self.tf_threads,
             dashboard_link=self.client.dashboard_link if has_board else None,
+            gpus=tuple(self.gpus),
         )
 
     def __call__(
@@ -225,6 +328,8 @@ class DaskRunner:
             raise RuntimeError("DaskRunner used outside its `with` block")
         client = self.client
         spec, tasks = _absolute(spec), [[_absolute_item(i) for i in task] for task in tasks]
+        if self.options.workers and spec.decoders is None:  # share the cores, as TF threads do
+            spec = replace(spec, decoders=max(1, available_cores() // self.options.workers))
         pending: dict[Future, list[WorkItem]] = {}
 
         def submit(items: list[WorkItem]) -> Future:

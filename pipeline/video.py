@@ -215,6 +215,7 @@ class VideoReader:
         size: side of the square output frames, pixels.
         resize: ``crop`` keeps the aspect ratio and centre-crops; ``squash`` stretches.
         fps: sample this many frames per second of presentation time; None keeps every frame.
+        thread_type: FFmpeg's own decoder threading (``AUTO``, ``FRAME``, ``SLICE``, ``NONE``).
 
     Iterate :meth:`chunks`; afterwards :attr:`info` describes what was decoded. Opening
     errors, a missing video stream and a stream without one decodable frame raise
@@ -222,13 +223,22 @@ class VideoReader:
     (partly concealed damage), are skipped and counted.
     """
 
-    def __init__(self, path: Path, *, size: int, resize: str = "crop", fps: float | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        size: int,
+        resize: str = "crop",
+        fps: float | None = None,
+        thread_type: str = "AUTO",
+    ):
         if resize not in RESIZE_POLICIES:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
         self.path = Path(path)
         self.size = size
         self.resize = resize
         self.fps = fps
+        self.thread_type = thread_type
         self.info: VideoInfo | None = None
         # One reformatter per reader caches FFmpeg's scaler context; a fresh one per frame
         # (what VideoFrame.to_ndarray(width=…) does) costs ~10× the decode itself.
@@ -252,7 +262,7 @@ class VideoReader:
 
     def _decode(self, container: av.container.InputContainer, chunk_frames: int):
         stream = _video_stream(container, self.path)
-        stream.thread_type = "AUTO"
+        stream.thread_type = self.thread_type
         rate = stream.average_rate or stream.guessed_rate or Fraction(0)
         nominal_period = 1.0 / float(rate) if rate else 0.0
         sampler = _Sampler(self.fps)

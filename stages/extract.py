@@ -45,7 +45,11 @@ def _progress() -> Progress:
 
 
 def _runner(
-    workers: int | None, scheduler: str | None, threads_per_worker: int | None, timeout: float
+    workers: int | None,
+    scheduler: str | None,
+    threads_per_worker: int | None,
+    timeout: float,
+    tls: tuple[Path | None, Path | None, Path | None] = (None, None, None),
 ) -> AbstractContextManager:
     """A started Dask runner for ``--workers``/``--scheduler``, else ``None`` (in-process)."""
     if workers is not None and scheduler is not None:
@@ -60,7 +64,8 @@ def _runner(
         )
     from pipeline.parallel import ClusterOptions, DaskRunner  # imports Dask only when used
 
-    return DaskRunner(ClusterOptions(workers, scheduler, threads_per_worker, timeout))
+    tls_files = (str(path) if path else None for path in tls)
+    return DaskRunner(ClusterOptions(workers, scheduler, threads_per_worker, timeout, *tls_files))
 
 
 def command(
@@ -104,6 +109,13 @@ def command(
             "store (finds content replaced with the same size and mtime, e.g. cp -p)."
         ),
     ] = False,
+    decoders: Annotated[
+        str,
+        typer.Option(
+            help="Decoder threads feeding the backbone, per process: N or auto (one per "
+            "core, at most 8)."
+        ),
+    ] = "auto",
     strict: Annotated[
         bool, typer.Option(help="Exit 1 if any video failed (default: record and go on).")
     ] = False,
@@ -124,8 +136,9 @@ def command(
     scheduler: Annotated[
         str | None,
         typer.Option(
-            help="Run on a running dask.distributed cluster (tcp://HOST:PORT); workers need "
-            "the output directory and the videos on a shared filesystem."
+            help="Run on a running dask.distributed cluster (tls://HOST:PORT, or tcp:// on a "
+            "trusted network only); workers need the output directory and the videos on a "
+            "shared filesystem."
         ),
     ] = None,
     threads_per_worker: Annotated[
@@ -146,8 +159,19 @@ def command(
             help="Videos per Dask task (with --workers/--scheduler).",
         ),
     ] = 4,
+    tls_ca_file: Annotated[
+        Path | None,
+        typer.Option(help="tls:// scheduler: CA certificate (default: Dask's TLS config)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="tls:// scheduler: this client's certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="tls:// scheduler: this client's key, if not in --tls-cert.")
+    ] = None,
 ) -> None:
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
+    from pipeline.extract import parse_decoders
     from pipeline.extract_job import ExtractInterrupted, ExtractOptions, run_extraction
 
     report = report or report_path(output)
@@ -156,7 +180,15 @@ def command(
     paths = source_videos(source)
     sampling = fps or None  # 0 keeps every frame
     options = ExtractOptions(
-        weights, input_size, resize, sampling, dtype, batch_size, mixed_precision, rehash
+        weights=weights,
+        input_size=input_size,
+        resize=resize,
+        fps=sampling,
+        dtype=dtype,
+        batch_size=batch_size,
+        mixed_precision=mixed_precision,
+        rehash=rehash,
+        decoders=parse_decoders(decoders),
     )
     if weights.startswith("random"):
         console.warning(
@@ -164,7 +196,8 @@ def command(
             "ImageNet features (fine for smoke runs and tests, not for real models)"
         )
     options.validate()  # before connecting to a cluster: bad options fail fast
-    with _runner(workers, scheduler, threads_per_worker, connect_timeout) as runner:
+    tls = (tls_ca_file, tls_cert, tls_key)
+    with _runner(workers, scheduler, threads_per_worker, connect_timeout, tls) as runner:
         if runner is not None:
             console.line(runner.info.describe(), tag="dask:", style="bold")
         with _progress() as bar:

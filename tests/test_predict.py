@@ -290,3 +290,35 @@ def test_stage_modules_do_not_import_tensorflow():
         "assert not {'tensorflow', 'keras'} & set(sys.modules), 'TF imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_stop_from_another_thread_ends_predict_waiting_on_a_hung_decoder(model, monkeypatch):
+    """#11 item 9: ``stop=`` set while the consumer waits on the queue ends the iteration."""
+    import threading
+
+    from pipeline.predict import Predictor
+
+    hung, entered, release = model.unseen[0], threading.Event(), threading.Event()
+    original = extract.VideoReader.chunks
+
+    def chunks(self, *args, **kwargs):  # simulated hang: a read that never returns a frame
+        if self.path.name == hung.name:
+            entered.set()
+            release.wait()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(extract.VideoReader, "chunks", chunks)
+    stop, got = threading.Event(), []
+    thread = threading.Thread(
+        target=lambda: got.extend(Predictor(model.model_dir).predict([hung], stop=stop)),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        assert entered.wait(timeout=120)
+        stop.set()
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+        assert got == []
+    finally:
+        release.set()
