@@ -119,7 +119,12 @@ def stack_sequences(
     features = np.zeros((len(videos), seq_len, dim), dtype=dtype)
     mask = np.zeros((len(videos), seq_len), dtype=bool)
     for i, (video, idx) in enumerate(zip(videos, indices, strict=True)):
-        features[i], mask[i] = pad_sequence(video[idx], seq_len)
+        if len(idx) > seq_len:
+            raise ValueError(f"{len(idx)} frames do not fit in seq_len {seq_len}")
+        # Gathered straight into the batch (one copy; a memory-mapped video reads only these
+        # rows), rather than through pad_sequence's per-video temporaries.
+        features[i, : len(idx)] = video[idx]
+        mask[i, : len(idx)] = True
     return features, mask
 
 

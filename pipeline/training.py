@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -27,8 +27,17 @@ import numpy as np
 from pipeline import heads, metrics
 from pipeline.contracts import SPLITS, ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError
+from pipeline.frame_cache import open_frame_cache
 from pipeline.sequences import MIN_CROP_FRACTION, TrainingSampler, check_seq_len, eval_sequences
 from pipeline.store import FeatureStore, backbone_sidecar, open_store
+from pipeline.streaming import (
+    DEFAULT_MEMORY_BUDGET,
+    EVAL_CHUNK,
+    InputPlan,
+    plan_input,
+    prefetched,
+    validation_batches,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -167,6 +176,7 @@ class TrainResult:
         history: per-epoch logs (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
         best_epoch: 1-based epoch whose weights were kept.
         missing: train/val manifest rows not found in the store (excluded).
+        input_plan: whether the features were held in memory or streamed, and why.
     """
 
     model_dir: Path
@@ -175,6 +185,7 @@ class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
     missing: list[VideoRecord]
+    input_plan: InputPlan
 
 
 class TrainedModel(NamedTuple):
@@ -205,6 +216,7 @@ class EvalResult:
     labels: list[str]
     files: list[Path]
     missing: list[VideoRecord]
+    input_plan: InputPlan
 
 
 # --------------------------------------------------------------------------- data
@@ -260,10 +272,10 @@ def class_labels(videos: Sequence[JoinedVideo]) -> list[str]:
     return labels
 
 
-def read_split(
-    store: FeatureStore, videos: Sequence[JoinedVideo], split: str, labels: Sequence[str]
-) -> SplitData:
-    """Read the features of one split once (a video listed twice is read once).
+def split_targets(
+    videos: Sequence[JoinedVideo], split: str, labels: Sequence[str]
+) -> tuple[list[JoinedVideo], np.ndarray]:
+    """The rows of one split and their ``[N]`` int64 class indices into ``labels``.
 
     Raises:
         ModelError: a video's label is not one of ``labels``.
@@ -276,15 +288,48 @@ def read_split(
             f"the {split} split has class(es) the model was not trained on: "
             f"{', '.join(map(repr, unknown))}"
         )
+    return chosen, np.array([index[v.record.label] for v in chosen], dtype=np.int64)
+
+
+def read_split(
+    store: FeatureStore,
+    videos: Sequence[JoinedVideo],
+    split: str,
+    labels: Sequence[str],
+    read: Callable[[str], np.ndarray] | None = None,
+) -> SplitData:
+    """Read the features of one split once (a video listed twice is read once).
+
+    Args:
+        read: ``video_id → [T, D]`` features; default :meth:`FeatureStore.read` into memory
+            (a :class:`~pipeline.frame_cache.FrameCache` gives memory-mapped views instead).
+
+    Raises:
+        ModelError: a video's label is not one of ``labels``.
+    """
+    chosen, targets = split_targets(videos, split, labels)
+    if read is None:
+        read = lambda video_id: store.read(video_id).features  # noqa: E731
     cache: dict[str, np.ndarray] = {}
     for v in chosen:
         if v.video_id not in cache:
-            cache[v.video_id] = store.read(v.video_id).features
-    return SplitData(
-        videos=chosen,
-        features=[cache[v.video_id] for v in chosen],
-        targets=np.array([index[v.record.label] for v in chosen], dtype=np.int64),
-    )
+            cache[v.video_id] = read(v.video_id)
+    return SplitData(chosen, [cache[v.video_id] for v in chosen], targets)
+
+
+def feature_reader(
+    store: FeatureStore, videos: Sequence[JoinedVideo], memory_budget: int
+) -> tuple[InputPlan, Callable[[str], np.ndarray] | None]:
+    """Decide the input path for ``videos`` and return how to read one video's features.
+
+    In memory (``None``: :func:`read_split`'s default) when their features fit
+    ``memory_budget`` bytes, else memory-mapped views of the store's frame cache.
+    """
+    ids = [v.video_id for v in videos]
+    plan = plan_input(store.path, ids, memory_budget)
+    if not plan.streaming:
+        return plan, None
+    return plan, open_frame_cache(store, ids).frames
 
 
 # --------------------------------------------------------------------------- model dirs
@@ -469,6 +514,23 @@ def predict_videos(trained: TrainedModel, videos: Sequence[np.ndarray]) -> np.nd
     return heads.predict_proba(trained.model, features, mask)
 
 
+def predict_split(
+    trained: TrainedModel, store: FeatureStore, video_ids: Sequence[str], streaming: bool
+) -> np.ndarray:
+    """:func:`predict_videos` for stored videos: all read at once, or streamed in chunks.
+
+    Streaming reads :data:`~pipeline.streaming.EVAL_CHUNK` videos at a time, the next chunk
+    in the background while the current one is classified; the probabilities are the same.
+    """
+    step = EVAL_CHUNK if streaming else max(len(video_ids), 1)
+    chunks = [video_ids[i : i + step] for i in range(0, len(video_ids), step)]
+    read = lambda chunk: [store.read(video_id).features for video_id in chunk]  # noqa: E731
+    probs = [predict_videos(trained, videos) for videos in prefetched(chunks, read)]
+    if not probs:
+        return np.zeros((0, len(trained.labels)), dtype=np.float32)
+    return np.concatenate(probs)
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -479,6 +541,7 @@ def train(
     config: TrainConfig,
     *,
     on_epoch: heads.EpochCallback | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> TrainResult:
     """Train a head on the manifest's train split, stopping early on its val split.
 
@@ -488,9 +551,11 @@ def train(
         model_dir: output directory, replaced atomically at the end.
         config: training options.
         on_epoch: called after every epoch with its index and logs.
+        memory_budget: train + val features up to this many bytes are held in memory;
+            above it they are streamed from a memory-mapped frame cache (same result).
 
     Returns:
-        The written directory, labels, split counts, history and missing videos.
+        The written directory, labels, split counts, history, missing videos and input path.
 
     Raises:
         ConfigError, ManifestError, StoreError: bad options or inputs (see messages).
@@ -503,12 +568,15 @@ def train(
     with open_store(store_path) as store:
         joined = join_manifest(fit_records, store)
         labels = class_labels(joined.videos)
-        train_data = read_split(store, joined.videos, "train", labels)
-        val_data = read_split(store, joined.videos, "val", labels)
+        plan, read = feature_reader(store, joined.videos, memory_budget)
+        train_data = read_split(store, joined.videos, "train", labels, read)
+        val_data = read_split(store, joined.videos, "val", labels, read)
         extractor = store.config
     validation = None
     if len(val_data.features):
-        validation = (*eval_sequences(val_data.features, config.seq_len), val_data.targets)
+        validation = validation_batches(
+            val_data.features, val_data.targets, config.seq_len, config.batch_size
+        )
     else:
         log.warning(
             "no val videos in the store: training all %d epochs without early stopping",
@@ -549,7 +617,7 @@ def train(
     if validation is not None:
         best = int(np.argmin([h["val_loss"] for h in history])) + 1
     counts = {"train": len(train_data.videos), "val": len(val_data.videos)}
-    return TrainResult(Path(model_dir), labels, counts, history, best, joined.missing)
+    return TrainResult(Path(model_dir), labels, counts, history, best, joined.missing, plan)
 
 
 def evaluate(
@@ -559,6 +627,7 @@ def evaluate(
     metrics_dir: Path,
     *,
     split: str = "test",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> EvalResult:
     """Score a trained model on one split and write ``eval.json``, ``per_class.csv`` and
     ``confusion.csv`` into ``metrics_dir``.
@@ -578,13 +647,14 @@ def evaluate(
     with open_store(store_path) as store:
         check_extractor(trained, store, Path(model_dir))
         joined = join_manifest(split_records, store, f"{split} split")
-        data = read_split(store, joined.videos, split, trained.labels)
-    probs = predict_videos(trained, data.features)
-    summary, per_class, confusion = metrics.summarize(probs, data.targets, trained.labels, split)
+        chosen, targets = split_targets(joined.videos, split, trained.labels)
+        plan = plan_input(store.path, [v.video_id for v in chosen], memory_budget)
+        probs = predict_split(trained, store, [v.video_id for v in chosen], plan.streaming)
+    summary, per_class, confusion = metrics.summarize(probs, targets, trained.labels, split)
     metrics_dir = Path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     files = [metrics_dir / name for name in (EVAL_FILE, PER_CLASS_FILE, CONFUSION_FILE)]
     metrics.write_summary(files[0], summary)
     metrics.write_per_class(files[1], per_class)
-    metrics.write_confusion(files[2], data.targets, probs.argmax(axis=1), trained.labels)
-    return EvalResult(summary, per_class, confusion, trained.labels, files, joined.missing)
+    metrics.write_confusion(files[2], targets, probs.argmax(axis=1), trained.labels)
+    return EvalResult(summary, per_class, confusion, trained.labels, files, joined.missing, plan)

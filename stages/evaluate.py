@@ -22,13 +22,22 @@ def command(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Directory for eval.json and the CSVs.")
     ] = Path("metrics"),
+    memory_budget: Annotated[
+        str,
+        typer.Option(
+            help="Read the split into RAM up to this size (e.g. 2GiB, 0 = always stream); "
+            "above it, read and score it in chunks."
+        ),
+    ] = "2GiB",
 ) -> None:
     """Score a trained head on one manifest split; write eval.json, per_class.csv, confusion.csv."""
     from pipeline.dataset import read_manifest
+    from pipeline.streaming import parse_memory_budget
     from pipeline.training import describe_missing, evaluate
 
+    budget = parse_memory_budget(memory_budget)
     records = read_manifest(manifest)
-    result = evaluate(model_dir, records, features, output, split=split)
+    result = evaluate(model_dir, records, features, output, split=split, memory_budget=budget)
     if result.missing:
         console.print(
             f"[bold yellow]warning:[/] {describe_missing(result.missing)}", highlight=False
@@ -49,6 +58,6 @@ def command(
     table.caption = f"top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f}; worst F1 first"
     console.print(table)
     typer.echo(
-        f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f} on {s.n} videos "
-        f"→ {', '.join(str(f) for f in result.files)}"
+        f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f} on {s.n} videos; "
+        f"input {result.input_plan.describe()} → {', '.join(str(f) for f in result.files)}"
     )

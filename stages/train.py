@@ -43,9 +43,17 @@ def command(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
     seed: Annotated[int, typer.Option(help="Seeds init, shuffling and crops.")] = 0,
+    memory_budget: Annotated[
+        str,
+        typer.Option(
+            help="Hold train+val features in RAM up to this size (e.g. 2GiB, 0 = always "
+            "stream); above it, stream them from a memory-mapped frame cache beside the store."
+        ),
+    ] = "2GiB",
 ) -> None:
     """Train an RNN head on cached features (labels and splits from the manifest)."""
     from pipeline.dataset import read_manifest
+    from pipeline.streaming import parse_memory_budget
     from pipeline.training import TrainConfig, describe_missing, train
 
     config = TrainConfig(
@@ -62,8 +70,11 @@ def command(
         seed=seed,
     )
     config.validate()  # before reading anything
+    budget = parse_memory_budget(memory_budget)
     records = read_manifest(manifest)
-    result = train(records, features, output, config, on_epoch=_epoch_line(epochs))
+    result = train(
+        records, features, output, config, on_epoch=_epoch_line(epochs), memory_budget=budget
+    )
     if result.missing:
         console.print(
             f"[bold yellow]warning:[/] {describe_missing(result.missing)}", highlight=False
@@ -75,5 +86,5 @@ def command(
     typer.echo(
         f"trained {head} on {result.counts['train']} videos ({len(result.labels)} classes, "
         f"val {result.counts['val']}); kept epoch {result.best_epoch} of "
-        f"{len(result.history)}{val} → {result.model_dir}"
+        f"{len(result.history)}{val}; input {result.input_plan.describe()} → {result.model_dir}"
     )
