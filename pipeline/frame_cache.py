@@ -2,17 +2,17 @@
 
 The HDF5 store keeps features gzip-compressed in chunks of up to 256 rows, so sampling 16
 frames of a 180-frame video decompresses (and checksums) the whole video, every epoch, behind
-h5py's global lock. This cache pays that once: ``<store>.frames.json`` (the index) names a
-raw float16 file ``<store>.frames-<token>.bin`` holding the rows of every cached video back
-to back. Training then memory-maps it: a sampled frame costs one 2.5 KB row read from the
-page cache (or disk), and mapped pages are file-backed, so the process's anonymous memory
-does not grow with the store.
+h5py's global lock. This cache pays that once: an index (``frames.json``, in a per-store
+directory under ``~/.cache/vrnn/frames/``, see :func:`index_path_for`) names raw float16
+segment files holding the rows of the cached videos back to back. Training memory-maps
+them: a sampled frame costs one 2.5 KB row read from the page cache (or disk), and mapped
+pages are file-backed, so the process's anonymous memory does not grow with the store.
 
 The cache is keyed by the store file's size and mtime plus its extractor configuration; a
-changed store rebuilds it. Videos are added on demand (a later run needing more videos
-copies the cached rows and reads only the new ones). The index is renamed into place last,
-so readers only ever see a complete cache, and a reader keeps its mapping of an older data
-file even after a concurrent rebuild replaced it. Reads go through the store's public
+changed store rebuilds it. Videos are added on demand: a later run needing more videos
+appends a segment with only the new ones. The index is renamed into place last,
+so readers only ever see a complete cache, and a reader keeps its mapping of a segment even
+after a rebuild for a changed store removed it. Reads go through the store's public
 :meth:`~pipeline.store.FeatureStore.read`, so a corrupt chunk fails with the store's own
 one-line error naming the video, exactly as the in-memory path does.
 """
@@ -40,14 +40,24 @@ CACHE_VERSION = 1
 
 
 def index_path_for(store_path: Path) -> Path:
-    """Where the cache index of ``store_path`` lives by default (beside the store)."""
-    return store_path.with_name(store_path.name + ".frames.json")
+    """Where the cache index of ``store_path`` lives by default.
+
+    Under ``$XDG_CACHE_HOME/vrnn/frames/`` (``~/.cache`` by default), one directory per store
+    (keyed by its absolute path): never beside the store, whose directory may be a DVC output
+    that an extra file would mark as modified.
+    """
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "vrnn" / "frames" / _store_key(store_path) / "frames.json"
+
+
+def _store_key(store_path: Path) -> str:
+    digest = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(store_path).resolve())).hex[:16]
+    return f"{Path(store_path).stem}-{digest}"
 
 
 def _fallback_index_path(store_path: Path) -> Path:
-    """A per-user temporary location, for stores in read-only directories."""
-    key = uuid.uuid5(uuid.NAMESPACE_URL, str(store_path.resolve())).hex[:16]
-    return Path(tempfile.gettempdir()) / f"vrnn-frames-{key}" / (store_path.name + ".frames.json")
+    """A temporary location, when the cache directory is not writable."""
+    return Path(tempfile.gettempdir()) / "vrnn-frames" / _store_key(store_path) / "frames.json"
 
 
 def _fingerprint(store: FeatureStore) -> dict:
@@ -68,16 +78,13 @@ class FrameCache:
 
     def __init__(self, index_path: Path, index: dict):
         self.index_path = index_path
-        self.data_path = index_path.with_name(index["data"])
-        self._rows: dict[str, tuple[int, int]] = {k: tuple(v) for k, v in index["videos"].items()}
-        total, dim = index["rows"], index["dim"]
-        self.dim = dim
-        if total:
-            self._data = np.memmap(
-                self.data_path, dtype=index["dtype"], mode="r", shape=(total, dim)
-            )
-        else:
-            self._data = np.zeros((0, dim), dtype=index["dtype"])
+        self.segments = [index_path.with_name(name) for name, _ in index["segments"]]
+        dtype, dim = np.dtype(index["dtype"]), index["dim"]
+        self._data = [
+            np.memmap(path, dtype=dtype, mode="r", shape=(rows, dim)) if rows else None
+            for path, (_, rows) in zip(self.segments, index["segments"], strict=True)
+        ]
+        self._rows: dict[str, list[int]] = index["videos"]
 
     @property
     def video_ids(self) -> set[str]:
@@ -86,23 +93,21 @@ class FrameCache:
 
     def frames(self, video_id: str) -> np.ndarray:
         """``[T, D]`` read-only view of one cached video's features (no copy is made)."""
-        start, count = self._rows[video_id]
-        return self._data[start : start + count]
+        segment, start, count = self._rows[video_id]
+        return self._data[segment][start : start + count]
 
 
 def _read_index(index_path: Path, fingerprint: dict) -> dict | None:
+    """The index if it belongs to this store and all its segments are complete, else None."""
     try:
         index = json.loads(index_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(index, dict) or index.get("fingerprint") != fingerprint:
-        return None
-    data = index_path.with_name(str(index.get("data")))
-    try:
-        expected = index["rows"] * index["dim"] * np.dtype(index["dtype"]).itemsize
-        if data.stat().st_size != expected:
+        if not isinstance(index, dict) or index.get("fingerprint") != fingerprint:
             return None
-    except (OSError, KeyError, TypeError):
+        row_bytes = index["dim"] * np.dtype(index["dtype"]).itemsize
+        for name, rows in index["segments"]:
+            if index_path.with_name(name).stat().st_size != rows * row_bytes:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return index
 
@@ -115,8 +120,8 @@ def open_frame_cache(
     Args:
         store: the open store (the cache is derived from it and checked against it).
         video_ids: the videos this run reads.
-        index_path: the cache index; default beside the store, or a temporary directory when
-            the store's directory is not writable.
+        index_path: the cache index; default :func:`index_path_for`, or a temporary
+            directory when that is not writable.
 
     Raises:
         StoreError: a video is not in the store or is corrupt (the store's own message), or
@@ -135,7 +140,7 @@ def open_frame_cache(
     for candidate in candidates:
         try:
             candidate.parent.mkdir(parents=True, exist_ok=True)
-            return _build(store, wanted, candidate, fingerprint)
+            return _extend(store, wanted, candidate, fingerprint)
         except PermissionError as e:
             errors.append(f"{candidate.parent}: {e.strerror}")
         except OSError as e:
@@ -145,62 +150,60 @@ def open_frame_cache(
     raise StoreError(f"cannot write the frame cache of {store.path} ({'; '.join(errors)})")
 
 
-def _build(
+def _extend(
     store: FeatureStore, wanted: set[str], index_path: Path, fingerprint: dict
 ) -> FrameCache:
-    """Write a new data file with ``wanted`` ∪ the valid old cache's videos, then the index."""
-    old_index = _read_index(index_path, fingerprint)
-    old = FrameCache(index_path, old_index) if old_index is not None else None
-    ids = sorted(wanted | (old.video_ids if old else set()))
-    dim, dtype = store.config.feature_dim, np.dtype(store.config.dtype)
+    """Append a segment with the ``wanted`` videos the valid cache lacks, then a new index."""
+    index = _read_index(index_path, fingerprint) or {
+        "fingerprint": fingerprint,
+        "dtype": np.dtype(store.config.dtype).name,
+        "dim": store.config.feature_dim,
+        "segments": [],
+        "videos": {},
+    }
+    new = sorted(wanted - index["videos"].keys())
+    dim, dtype = index["dim"], np.dtype(index["dtype"])
     token = uuid.uuid4().hex[:12]
-    data_path = index_path.with_name(f"{store.path.name}.frames-{token}.bin")
-    tmp_data = data_path.with_name(f".{data_path.name}.tmp")
-    rows: dict[str, list[int]] = {}
+    segment = index_path.with_name(f"{store.path.name}.frames-{token}.bin")
+    tmp = segment.with_name(f".{segment.name}.tmp")
+    number = len(index["segments"])
     offset = 0
-    added = 0
     try:
-        with open(tmp_data, "wb") as out:
-            for video_id in ids:
-                if old is not None and video_id in old.video_ids:
-                    features = np.asarray(old.frames(video_id))
-                else:
-                    features = store.read(video_id).features  # StoreError names a corrupt video
-                    added += 1
-                features = np.ascontiguousarray(features, dtype=dtype)
+        with open(tmp, "wb") as out:
+            for video_id in new:
+                features = store.read(video_id).features  # StoreError names a corrupt video
                 if features.ndim != 2 or features.shape[1] != dim:
                     raise StoreError(
                         f"{store.path}: video {video_id} has features of shape "
                         f"{features.shape}, expected [T, {dim}]"
                     )
-                out.write(features.tobytes())
-                rows[video_id] = [offset, len(features)]
+                out.write(np.ascontiguousarray(features, dtype=dtype).tobytes())
+                index["videos"][video_id] = [number, offset, len(features)]
                 offset += len(features)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp_data, data_path)
-        index = {
-            "fingerprint": fingerprint,
-            "data": data_path.name,
-            "dtype": dtype.name,
-            "dim": dim,
-            "rows": offset,
-            "videos": rows,
-        }
+        os.replace(tmp, segment)
+        index["segments"].append([segment.name, offset])
         tmp_index = index_path.with_name(f".{index_path.name}.{token}.tmp")
         tmp_index.write_text(json.dumps(index))
         os.replace(tmp_index, index_path)  # the commit point
     finally:
-        with contextlib.suppress(OSError):
-            tmp_data.unlink(missing_ok=True)
-    log.info("frame cache %s: %d videos (%d read from the store)", index_path, len(ids), added)
-    _remove_stale(index_path, store.path.name, keep=data_path)
+        for leftover in (tmp, index_path.with_name(f".{index_path.name}.{token}.tmp")):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+    log.info(
+        "frame cache %s: %d videos, %d read from the store",
+        index_path,
+        len(index["videos"]),
+        len(new),
+    )
+    _remove_stale(index_path, store.path.name, keep={name for name, _ in index["segments"]})
     return FrameCache(index_path, index)
 
 
-def _remove_stale(index_path: Path, store_name: str, keep: Path) -> None:
-    """Delete data files the index no longer names (open mappings of them stay valid)."""
+def _remove_stale(index_path: Path, store_name: str, keep: set[str]) -> None:
+    """Delete segments the index no longer names (open mappings of them stay valid)."""
     for stale in index_path.parent.glob(f"{store_name}.frames-*.bin"):
-        if stale != keep:
+        if stale.name not in keep:
             with contextlib.suppress(OSError):
                 stale.unlink()
