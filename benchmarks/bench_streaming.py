@@ -12,7 +12,7 @@ epoch: imports, join, reading or building the frame cache), steady epoch seconds
 epochs after the first, which traces) and steps/s next to a bare ``model.train_on_batch``
 loop on in-memory float16 tensors of the same shape (batch 32, seq_len 16, default head),
 measured in its own process right before each run. A final run trains the default recipe
-(early stopping on val) on 9.5k train + 2k val videos of the largest store.
+(early stopping on val) on up to 9.5k train + 2k val videos of the largest store.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def bare_step_seconds(steps: int = 150) -> float:
     return float(out.stdout.split()[-1])
 
 
-def read_costs(store: Path, records: list, cache_ids: list[str]) -> dict[str, float]:
+def read_costs(store: Path, cache_ids: list[str]) -> dict[str, float]:
     """Milliseconds to assemble one training batch: h5py (compressed chunks) vs frame cache."""
     import h5py
 
@@ -190,12 +190,12 @@ def read_costs(store: Path, records: list, cache_ids: list[str]) -> dict[str, fl
 
     rng = np.random.default_rng(0)
     ids = [cache_ids[i] for i in rng.choice(len(cache_ids), BATCH * 8, replace=False)]
-    picks = [np.sort(random_indices(FRAMES, SEQ_LEN, rng)) for _ in ids]
+    picks = [random_indices(FRAMES, SEQ_LEN, rng) for _ in ids]
     costs = {}
     with h5py.File(store, "r") as f:
         start = time.perf_counter()
         for vid, idx in zip(ids, picks, strict=True):
-            f["videos"][vid]["features"][idx]
+            f["videos"][vid]["features"][np.unique(idx)]  # h5py wants increasing rows
         costs["h5py, sampled rows of compressed chunks"] = (time.perf_counter() - start) / 8
     with open_store(store) as opened:
         cache = open_frame_cache(opened, cache_ids)
@@ -208,58 +208,118 @@ def read_costs(store: Path, records: list, cache_ids: list[str]) -> dict[str, fl
     return {k: v * 1e3 for k, v in costs.items()}
 
 
-def main(work: Path, sizes: list[int], epochs: int) -> None:
-    """Build the stores, run every configuration, print the table."""
+def main(
+    work: Path, sizes: list[int], epochs: int, breakdown_only: bool = False, recipe: bool = True
+) -> None:
+    """Build the stores, run every configuration, print the table row by row."""
     from pipeline.dataset import write_manifest
     from pipeline.store import open_store
 
-    rows = []
-    largest = None
+    if breakdown_only:
+        overhead_breakdown()
+        return
+    print(
+        f"{'videos':>7} {'path':<10} {'peak RssAnon':>13} {'startup s':>10} {'epoch s':>8} "
+        f"{'steps/s':>8} {'bare steps/s':>13} {'vs bare':>8}",
+        flush=True,
+    )
     for n in sizes:
         store, records = build_store(work / f"ucf{n}", n)
-        train_only = write_manifest(
-            [r for r in records if r.split == "train"], work / f"ucf{n}" / "train_only.csv"
-        )
-        paths = ["in memory", "streaming"] if n * FRAMES * DIM * 2 < 2**31 else ["streaming"]
-        for path in paths:
-            budget = "2GiB" if path == "in memory" else "0"
+        train = [r for r in records if r.split == "train"]
+        train_only = write_manifest(train, work / f"ucf{n}" / "train_only.csv")
+        fits = n * FRAMES * DIM * 2 < 2**31
+        for path in ["in memory", "streaming"] if fits else ["streaming"]:
             bare = bare_step_seconds()
-            result = run_train(train_only, store, work / "model", budget, epochs)
-            steps = -(-sum(r.split == "train" for r in records) // BATCH)
-            rows.append((n, path, result, bare, steps))
-            print(f"{n} {path}: {result['summary']}", flush=True)
-        largest = (store, records)
-    if largest is not None:
-        store, records = largest
-        with open_store(store) as opened:
-            ids = [opened.video_id_for(r.path) for r in records if r.split == "train"]
-        print("\nbatch assembly, ms per batch of 32 × 16 frames:")
-        for name, ms in read_costs(store, records, ids).items():
-            print(f"  {name:<45} {ms:8.2f}")
-    header = (
-        f"{'videos':>7} {'path':<10} {'peak RssAnon':>13} {'startup s':>10} {'epoch s':>8} "
-        f"{'steps/s':>8} {'bare steps/s':>13} {'vs bare':>8}"
+            budget = "2GiB" if path == "in memory" else "0"
+            r = run_train(train_only, store, work / f"model{n}", budget, epochs)
+            rate = -(-len(train) // BATCH) / r["epoch"]
+            print(
+                f"{n:>7} {path:<10} {r['peak'] / 2**20:>9.0f} MiB {r['startup']:>10.1f} "
+                f"{r['epoch']:>8.1f} {rate:>8.2f} {1 / bare:>13.2f} {rate * bare:>8.2f}  "
+                f"({r['summary'].split('; input ')[-1].split(' →')[0]})",
+                flush=True,
+            )
+    if not recipe:
+        return
+    store, records = build_store(work / f"ucf{sizes[-1]}", sizes[-1])
+    with open_store(store) as opened:
+        ids = [opened.video_id_for(r.path) for r in records if r.split == "train"]
+    print("\nbatch assembly, ms per batch of 32 × 16 frames:")
+    for name, ms in read_costs(store, ids).items():
+        print(f"  {name:<45} {ms:8.2f}", flush=True)
+    train = [r for r in records if r.split == "train"][:9500]
+    val = [r for r in records if r.split == "val"][:2000]
+    manifest = write_manifest([*train, *val], work / "recipe.csv")
+    result = run_train(manifest, store, work / "recipe_model", "2GiB", 30)
+    print(
+        f"\ndefault recipe on {len(train)} train + {len(val)} val videos: "
+        f"{result['wall']:.0f} s wall ({result['epochs']} epochs, startup "
+        f"{result['startup']:.0f} s); {result['summary']}"
     )
-    print(f"\n{header}")
-    for n, path, r, bare, steps in rows:
-        rate = steps / r["epoch"]
-        print(
-            f"{n:>7} {path:<10} {r['peak'] / 2**20:>9.0f} MiB {r['startup']:>10.1f} "
-            f"{r['epoch']:>8.1f} {rate:>8.1f} {1 / bare:>13.1f} {rate * bare:>8.2f}"
-        )
-    defaults = [r for r in rows if (r[1] == "in memory") == (r[0] * FRAMES * DIM * 2 < 2**31)]
-    if len(defaults) >= 2:
-        ratio = defaults[-1][2]["peak"] / defaults[0][2]["peak"]
-        print(
-            f"\ndefault mode RssAnon({defaults[-1][0]}) / RssAnon({defaults[0][0]}) = {ratio:.2f}"
-        )
-    if largest is not None and len(largest[1]) >= 11500:
-        store, records = largest
-        train = [r for r in records if r.split == "train"][:9500]
-        val = [r for r in records if r.split == "val"][:2000]
-        manifest = write_manifest([*train, *val], work / "recipe.csv")
-        result = run_train(manifest, store, work / "recipe_model", "2GiB", 30)
-        print(
-            f"\ndefault recipe on 9.5k train + 2k val: {result['wall']:.0f} s wall "
-            f"({result['epochs']} epochs, startup {result['startup']:.0f} s); {result['summary']}"
-        )
+
+
+BREAKDOWN = f"""
+import os, time, numpy as np, keras
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+from pipeline import heads
+from pipeline.sequences import TrainingSampler
+rng = np.random.default_rng(0)
+n = {BATCH} * 40
+videos = [rng.uniform(0, 6, ({FRAMES}, {DIM})).astype(np.float16) for _ in range(n)]
+labels = rng.integers(0, {CLASSES}, n)
+sampler = TrainingSampler(videos, labels, seq_len={SEQ_LEN}, batch_size={BATCH}, seed=0)
+fixed = [sampler.batch(i) for i in range(sampler.num_batches)]
+heads.set_seed(0)
+model = heads.build_head("lstm", num_classes={CLASSES}, seq_len={SEQ_LEN})
+
+class Fixed(keras.utils.PyDataset):
+    num_batches = len(fixed)
+    def __getitem__(self, i):
+        f, m, y = fixed[i]
+        return {{"features": f, "mask": m}}, y
+
+def clock():
+    return np.array([time.perf_counter(), time.process_time()])
+
+def bare(dtype):
+    start = clock()
+    for f, m, y in fixed:
+        model.train_on_batch({{"features": f.astype(dtype), "mask": m}}, y)
+    return (clock() - start) / len(fixed)
+
+def fit(source):
+    stamps = []
+    cb = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, l: stamps.append(clock()),
+                                        on_epoch_end=lambda e, l: stamps.append(clock()))
+    model.fit(source, epochs=3, verbose=0, shuffle=False, callbacks=[cb])
+    return np.median([b - a for a, b in zip(stamps[2::2], stamps[3::2])], axis=0) / len(fixed)
+
+def assemble():
+    start = clock()
+    for i in range(sampler.num_batches):
+        sampler.batch(i)
+    return (clock() - start) / sampler.num_batches
+
+bare(np.float16)
+rows = {{}}
+for rep in range(2):
+    for name, run in [("bare train_on_batch, float16 inputs", lambda: bare(np.float16)),
+                      ("bare train_on_batch, float32 inputs", lambda: bare(np.float32)),
+                      ("fit on a PyDataset of ready batches", lambda: fit(Fixed())),
+                      ("fit on the TrainingSampler", lambda: fit(heads._SamplerDataset(sampler))),
+                      ("batch assembly alone (TrainingSampler.batch)", assemble)]:
+        rows.setdefault(name, []).append(run())
+for name, values in rows.items():
+    wall, cpu = np.min(values, axis=0) * 1e3
+    print(f"  {{name:<46}} {{wall:8.1f}} ms wall {{cpu:8.1f}} ms CPU")
+"""
+
+
+def overhead_breakdown() -> None:
+    """Per-step time of each layer between a bare step and ``vrnn train``'s step (one process,
+    interleaved twice, best of two; CPU time counts all threads)."""
+    print("\nper-step cost, batch 32 × seq_len 16 × 1280, default head:")
+    out = subprocess.run(
+        [sys.executable, "-c", BREAKDOWN], capture_output=True, text=True, check=True
+    )
+    print(out.stdout.rstrip())

@@ -138,12 +138,20 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="--scale: where the stores are built (kept)")
     parser.add_argument("--videos", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--epochs", type=int, default=3, help="--scale: epochs per run")
+    parser.add_argument("--breakdown", action="store_true", help="--scale: per-step costs only")
+    parser.add_argument("--no-recipe", action="store_true", help="--scale: table rows only")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.scale:
         from bench_streaming import main as scale
 
-        scale(args.work or Path(tempfile.mkdtemp()), args.videos, args.epochs)
+        scale(
+            args.work or Path(tempfile.mkdtemp()),
+            args.videos,
+            args.epochs,
+            args.breakdown,
+            recipe=not args.no_recipe,
+        )
         return
 
     print(f"hardware: {hardware()}")
