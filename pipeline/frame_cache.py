@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import logging
+import mmap
 import os
 import tempfile
 import uuid
@@ -84,6 +85,10 @@ class FrameCache:
             np.memmap(path, dtype=dtype, mode="r", shape=(rows, dim)) if rows else None
             for path, (_, rows) in zip(self.segments, index["segments"], strict=True)
         ]
+        for data in self._data:
+            if data is not None:  # sampled rows are scattered: no readahead around a fault
+                data._mmap.madvise(mmap.MADV_RANDOM)
+        self._row_bytes = dim * dtype.itemsize
         self._rows: dict[str, list[int]] = index["videos"]
 
     @property
@@ -95,6 +100,21 @@ class FrameCache:
         """``[T, D]`` read-only view of one cached video's features (no copy is made)."""
         segment, start, count = self._rows[video_id]
         return self._data[segment][start : start + count]
+
+    def will_need(self, video_id: str, rows: np.ndarray) -> None:
+        """Ask the kernel to read these rows of a video in the background (``MADV_WILLNEED``).
+
+        Returns at once; a later access to the rows then finds them in the page cache
+        instead of waiting for the disk (with the GIL held) on the training thread.
+        """
+        segment, start, _ = self._rows[video_id]
+        data = self._data[segment]
+        if data is None:
+            return
+        for row in np.unique(rows):
+            begin = (start + int(row)) * self._row_bytes
+            page = begin - begin % mmap.PAGESIZE
+            data._mmap.madvise(mmap.MADV_WILLNEED, page, begin + self._row_bytes - page)
 
 
 def _read_index(index_path: Path, fingerprint: dict) -> dict | None:

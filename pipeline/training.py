@@ -27,7 +27,7 @@ import numpy as np
 from pipeline import heads, metrics
 from pipeline.contracts import SPLITS, ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError
-from pipeline.frame_cache import open_frame_cache
+from pipeline.frame_cache import FrameCache, open_frame_cache
 from pipeline.sequences import MIN_CROP_FRACTION, TrainingSampler, check_seq_len, eval_sequences
 from pipeline.store import FeatureStore, backbone_sidecar, open_store
 from pipeline.streaming import (
@@ -319,17 +319,21 @@ def read_split(
 
 def feature_reader(
     store: FeatureStore, videos: Sequence[JoinedVideo], memory_budget: int
-) -> tuple[InputPlan, Callable[[str], np.ndarray] | None]:
-    """Decide the input path for ``videos`` and return how to read one video's features.
-
-    In memory (``None``: :func:`read_split`'s default) when their features fit
-    ``memory_budget`` bytes, else memory-mapped views of the store's frame cache.
-    """
+) -> tuple[InputPlan, FrameCache | None]:
+    """Decide the input path for ``videos``: in memory (None) when their features fit
+    ``memory_budget`` bytes, else the store's frame cache (memory-mapped views)."""
     ids = [v.video_id for v in videos]
     plan = plan_input(store.path, ids, memory_budget)
-    if not plan.streaming:
-        return plan, None
-    return plan, open_frame_cache(store, ids).frames
+    return plan, open_frame_cache(store, ids) if plan.streaming else None
+
+
+def _read_ahead(
+    cache: FrameCache | None, data: SplitData
+) -> Callable[[int, np.ndarray], None] | None:
+    """The sampler's read-ahead hint when streaming: upcoming rows fetched by the kernel."""
+    if cache is None:
+        return None
+    return lambda i, rows: cache.will_need(data.videos[i].video_id, rows)
 
 
 # --------------------------------------------------------------------------- model dirs
@@ -568,7 +572,8 @@ def train(
     with open_store(store_path) as store:
         joined = join_manifest(fit_records, store)
         labels = class_labels(joined.videos)
-        plan, read = feature_reader(store, joined.videos, memory_budget)
+        plan, cache = feature_reader(store, joined.videos, memory_budget)
+        read = cache.frames if cache is not None else None
         train_data = read_split(store, joined.videos, "train", labels, read)
         val_data = read_split(store, joined.videos, "val", labels, read)
         extractor = store.config
@@ -601,6 +606,7 @@ def train(
         batch_size=config.batch_size,
         seed=config.seed,
         min_crop_fraction=config.min_crop_fraction,
+        prefetch=_read_ahead(cache, train_data),
     )
     history = heads.fit_head(
         model,

@@ -72,10 +72,10 @@ def test_budget_switch_is_the_selected_splits_feature_bytes(data):
         joined = training.join_manifest(data["records"], store)
         fit = [v for v in joined.videos if v.record.split in ("train", "val")]
         exact, _ = training.feature_reader(store, fit, data["fit_bytes"])
-        over, read = training.feature_reader(store, fit, data["fit_bytes"] - 1)
+        over, cache = training.feature_reader(store, fit, data["fit_bytes"] - 1)
     assert exact.nbytes == data["fit_bytes"] and not exact.streaming
     assert over.streaming and "streaming" in over.describe()
-    assert isinstance(read(fit[0].video_id), np.memmap)
+    assert isinstance(cache.frames(fit[0].video_id), np.memmap)
 
 
 def test_streaming_gives_the_same_history_and_weights_as_in_memory(data, tmp_path):
