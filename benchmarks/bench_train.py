@@ -17,6 +17,9 @@ so ~25–35× is the ceiling at 64×64; the ratio grows with the square of ``--s
 
 With ``--manifest`` and ``--store``, also the wall time of ``vrnn train``'s library call with
 default options (``lstm``, early stopping on the manifest's val split) on that store.
+
+With ``--scale --work DIR``: stage 2 at scale instead, in memory vs streaming on synthetic
+UCF101-shaped stores (see ``bench_streaming.py``).
 """
 
 from __future__ import annotations
@@ -131,8 +134,25 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=6, help="first one traces")
     parser.add_argument("--manifest", type=Path, help="manifest for the time-to-train run")
     parser.add_argument("--store", type=Path, help="feature store for the time-to-train run")
+    parser.add_argument("--scale", action="store_true", help="in memory vs streaming at scale")
+    parser.add_argument("--work", type=Path, help="--scale: where the stores are built (kept)")
+    parser.add_argument("--videos", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--epochs", type=int, default=3, help="--scale: epochs per run")
+    parser.add_argument("--breakdown", action="store_true", help="--scale: per-step costs only")
+    parser.add_argument("--no-recipe", action="store_true", help="--scale: table rows only")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.scale:
+        from bench_streaming import main as scale
+
+        scale(
+            args.work or Path(tempfile.mkdtemp()),
+            args.videos,
+            args.epochs,
+            args.breakdown,
+            recipe=not args.no_recipe,
+        )
+        return
 
     print(f"hardware: {hardware()}")
     print(

@@ -192,7 +192,7 @@ class _EpochReporter(keras.callbacks.Callback):
 def fit_head(
     model: keras.Model,
     sampler: TrainingSampler,
-    validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    validation: tuple[np.ndarray, np.ndarray, np.ndarray] | keras.utils.PyDataset | None,
     *,
     epochs: int,
     patience: int,
@@ -206,7 +206,8 @@ def fit_head(
     Args:
         model: a compiled head from :func:`build_head`.
         sampler: training batches (shuffled and re-cropped each epoch).
-        validation: ``(features [N, T, D], mask [N, T] bool, labels [N] int)`` or None.
+        validation: ``(features [N, T, D], mask [N, T] bool, labels [N] int)``, a
+            ``keras.utils.PyDataset`` of such batches, or None.
         epochs: maximum epochs (>= 1).
         patience: epochs without val_loss improvement before stopping (>= 0).
         on_epoch: progress callback, called after every epoch.
@@ -218,8 +219,11 @@ def fit_head(
     callbacks: list[keras.callbacks.Callback] = []
     validation_data = None
     if validation is not None:
-        features, mask, labels = validation
-        validation_data = ({FEATURES_INPUT: features, MASK_INPUT: mask}, labels)
+        if isinstance(validation, keras.utils.PyDataset):  # batches read as needed
+            validation_data = validation
+        else:
+            features, mask, labels = validation
+            validation_data = ({FEATURES_INPUT: features, MASK_INPUT: mask}, labels)
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=patience, restore_best_weights=True

@@ -10,7 +10,7 @@ of the whole video, which is deterministic and what ``predict`` reuses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -122,7 +122,12 @@ def stack_sequences(
     features = np.zeros((len(videos), seq_len, dim), dtype=dtype)
     mask = np.zeros((len(videos), seq_len), dtype=bool)
     for i, (video, idx) in enumerate(zip(videos, indices, strict=True)):
-        features[i], mask[i] = pad_sequence(video[idx], seq_len)
+        if len(idx) > seq_len:
+            raise ValueError(f"{len(idx)} frames do not fit in seq_len {seq_len}")
+        # Gathered straight into the batch (one copy; a memory-mapped video reads only these
+        # rows), rather than through pad_sequence's per-video temporaries.
+        features[i, : len(idx)] = video[idx]
+        mask[i, : len(idx)] = True
     return features, mask
 
 
@@ -154,7 +159,12 @@ class TrainingSampler:
         batch_size: samples per batch (the last batch of an epoch may be smaller).
         seed: the randomness of every epoch.
         min_crop_fraction: see :func:`random_indices`.
+        prefetch: optional ``(video index, frame indices)`` hint, called for the videos of
+            batch ``i + PREFETCH_BATCHES`` when batch ``i`` is assembled (e.g. to have
+            memory-mapped rows read ahead); it never changes what a batch holds.
     """
+
+    PREFETCH_BATCHES = 4
 
     def __init__(
         self,
@@ -165,6 +175,7 @@ class TrainingSampler:
         batch_size: int,
         seed: int,
         min_crop_fraction: float = MIN_CROP_FRACTION,
+        prefetch: Callable[[int, np.ndarray], None] | None = None,
     ):
         check_seq_len(seq_len)
         if batch_size < 1:
@@ -177,6 +188,7 @@ class TrainingSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.min_crop_fraction = min_crop_fraction
+        self.prefetch = prefetch
         self.epoch = 0
         self._plan_epoch: int | None = None
         self._order = np.arange(0)
@@ -206,6 +218,11 @@ class TrainingSampler:
         if not 0 <= index < self.num_batches:
             raise IndexError(f"batch {index} out of range (epoch has {self.num_batches})")
         self._plan()
+        if self.prefetch is not None:
+            ahead = range(index + 1, index + 1 + self.PREFETCH_BATCHES) if index == 0 else []
+            for later in ahead or [index + self.PREFETCH_BATCHES]:
+                for i in self._order[later * self.batch_size : (later + 1) * self.batch_size]:
+                    self.prefetch(int(i), self._indices[i])
         chosen = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         features, mask = stack_sequences(
             [self.videos[i] for i in chosen], [self._indices[i] for i in chosen], self.seq_len

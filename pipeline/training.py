@@ -20,7 +20,7 @@ import shutil
 import typing
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -30,10 +30,19 @@ import numpy as np
 from pipeline import heads, metrics
 from pipeline.contracts import SPLITS, ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError, StoreError
+from pipeline.frame_cache import FrameCache, open_frame_cache
 from pipeline.leakage import check_duplicates
 from pipeline.outputs import MODEL_DIR, check_output
 from pipeline.sequences import MIN_CROP_FRACTION, TrainingSampler, check_seq_len, eval_sequences
 from pipeline.store import FeatureStore, backbone_sidecar, open_store
+from pipeline.streaming import (
+    DEFAULT_MEMORY_BUDGET,
+    EVAL_CHUNK,
+    InputPlan,
+    plan_input,
+    prefetched,
+    validation_batches,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -178,6 +187,7 @@ class TrainResult:
         history: per-epoch logs (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
         best_epoch: 1-based epoch whose weights were kept.
         missing: train/val manifest rows not found in the store (excluded).
+        input_plan: whether the features were held in memory or streamed, and why.
     """
 
     model_dir: Path
@@ -186,6 +196,7 @@ class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
     missing: list[VideoRecord]
+    input_plan: InputPlan
 
 
 class TrainedModel(NamedTuple):
@@ -216,6 +227,7 @@ class EvalResult:
     labels: list[str]
     files: list[Path]
     missing: list[VideoRecord]
+    input_plan: InputPlan
 
 
 # --------------------------------------------------------------------------- data
@@ -269,10 +281,10 @@ def class_labels(videos: Sequence[JoinedVideo]) -> list[str]:
     return labels
 
 
-def read_split(
-    store: FeatureStore, videos: Sequence[JoinedVideo], split: str, labels: Sequence[str]
-) -> SplitData:
-    """Read the features of one split once (a video listed twice is read once).
+def split_targets(
+    videos: Sequence[JoinedVideo], split: str, labels: Sequence[str]
+) -> tuple[list[JoinedVideo], np.ndarray]:
+    """The rows of one split and their ``[N]`` int64 class indices into ``labels``.
 
     Raises:
         ModelError: a video's label is not one of ``labels``.
@@ -285,15 +297,52 @@ def read_split(
             f"the {split} split has class(es) the model was not trained on: "
             f"{', '.join(map(repr, unknown))}"
         )
+    return chosen, np.array([index[v.record.label] for v in chosen], dtype=np.int64)
+
+
+def read_split(
+    store: FeatureStore,
+    videos: Sequence[JoinedVideo],
+    split: str,
+    labels: Sequence[str],
+    read: Callable[[str], np.ndarray] | None = None,
+) -> SplitData:
+    """Read the features of one split once (a video listed twice is read once).
+
+    Args:
+        read: ``video_id → [T, D]`` features; default :meth:`FeatureStore.read` into memory
+            (a :class:`~pipeline.frame_cache.FrameCache` gives memory-mapped views instead).
+
+    Raises:
+        ModelError: a video's label is not one of ``labels``.
+    """
+    chosen, targets = split_targets(videos, split, labels)
+    if read is None:
+        read = lambda video_id: store.read(video_id).features  # noqa: E731
     cache: dict[str, np.ndarray] = {}
     for v in chosen:
         if v.video_id not in cache:
-            cache[v.video_id] = store.read(v.video_id).features
-    return SplitData(
-        videos=chosen,
-        features=[cache[v.video_id] for v in chosen],
-        targets=np.array([index[v.record.label] for v in chosen], dtype=np.int64),
-    )
+            cache[v.video_id] = read(v.video_id)
+    return SplitData(chosen, [cache[v.video_id] for v in chosen], targets)
+
+
+def feature_reader(
+    store: FeatureStore, videos: Sequence[JoinedVideo], memory_budget: int
+) -> tuple[InputPlan, FrameCache | None]:
+    """Decide the input path for ``videos``: in memory (None) when their features fit
+    ``memory_budget`` bytes, else the store's frame cache (memory-mapped views)."""
+    ids = [v.video_id for v in videos]
+    plan = plan_input(store.path, ids, memory_budget)
+    return plan, open_frame_cache(store, ids) if plan.streaming else None
+
+
+def _read_ahead(
+    cache: FrameCache | None, data: SplitData
+) -> Callable[[int, np.ndarray], None] | None:
+    """The sampler's read-ahead hint when streaming: upcoming rows fetched by the kernel."""
+    if cache is None:
+        return None
+    return lambda i, rows: cache.will_need(data.videos[i].video_id, rows)
 
 
 # --------------------------------------------------------------------------- model dirs
@@ -526,6 +575,23 @@ def predict_videos(trained: TrainedModel, videos: Sequence[np.ndarray]) -> np.nd
     return heads.predict_proba(trained.model, features, mask)
 
 
+def predict_split(
+    trained: TrainedModel, store: FeatureStore, video_ids: Sequence[str], streaming: bool
+) -> np.ndarray:
+    """:func:`predict_videos` for stored videos: all read at once, or streamed in chunks.
+
+    Streaming reads :data:`~pipeline.streaming.EVAL_CHUNK` videos at a time, the next chunk
+    in the background while the current one is classified; the probabilities are the same.
+    """
+    step = EVAL_CHUNK if streaming else max(len(video_ids), 1)
+    chunks = [video_ids[i : i + step] for i in range(0, len(video_ids), step)]
+    read = lambda chunk: [store.read(video_id).features for video_id in chunk]  # noqa: E731
+    probs = [predict_videos(trained, videos) for videos in prefetched(chunks, read)]
+    if not probs:
+        return np.zeros((0, len(trained.labels)), dtype=np.float32)
+    return np.concatenate(probs)
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -536,6 +602,7 @@ def train(
     config: TrainConfig,
     *,
     on_epoch: heads.EpochCallback | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> TrainResult:
     """Train a head on the manifest's train split, stopping early on its val split.
 
@@ -545,9 +612,11 @@ def train(
         model_dir: output directory, replaced atomically at the end.
         config: training options.
         on_epoch: called after every epoch with its index and logs.
+        memory_budget: train + val features up to this many bytes are held in memory;
+            above it they are streamed from a memory-mapped frame cache (same result).
 
     Returns:
-        The written directory, labels, split counts, history and missing videos.
+        The written directory, labels, split counts, history, missing videos and input path.
 
     Raises:
         ConfigError, ManifestError, StoreError: bad options or inputs (see messages), including
@@ -568,13 +637,17 @@ def train(
         joined = join_manifest(fit_records, store)
         check_duplicates(joined.videos, [r for r in records if r.split == "test"], store)
         labels = class_labels(joined.videos)
-        train_data = read_split(store, joined.videos, "train", labels)
-        val_data = read_split(store, joined.videos, "val", labels)
+        plan, cache = feature_reader(store, joined.videos, memory_budget)
+        read = cache.frames if cache is not None else None
+        train_data = read_split(store, joined.videos, "train", labels, read)
+        val_data = read_split(store, joined.videos, "val", labels, read)
         extractor = store.config
     sidecar = checked_sidecar(Path(store_path), extractor)
     validation = None
     if len(val_data.features):
-        validation = (*eval_sequences(val_data.features, config.seq_len), val_data.targets)
+        validation = validation_batches(
+            val_data.features, val_data.targets, config.seq_len, config.batch_size
+        )
     else:
         log.warning(
             "no val videos in the store: training all %d epochs without early stopping",
@@ -599,6 +672,7 @@ def train(
         batch_size=config.batch_size,
         seed=config.seed,
         min_crop_fraction=config.min_crop_fraction,
+        prefetch=_read_ahead(cache, train_data),
     )
     history = heads.fit_head(
         model,
@@ -613,7 +687,7 @@ def train(
     if validation is not None:
         best = int(np.argmin([h["val_loss"] for h in history])) + 1
     counts = {"train": len(train_data.videos), "val": len(val_data.videos)}
-    return TrainResult(Path(model_dir), labels, counts, history, best, joined.missing)
+    return TrainResult(Path(model_dir), labels, counts, history, best, joined.missing, plan)
 
 
 def checked_sidecar(store_path: Path, extractor: ExtractorConfig) -> Path | None:
@@ -639,6 +713,7 @@ def evaluate(
     metrics_dir: Path,
     *,
     split: str = "test",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> EvalResult:
     """Score a trained model on one split and write ``eval.json``, ``per_class.csv`` and
     ``confusion.csv`` into ``metrics_dir``.
@@ -659,14 +734,15 @@ def evaluate(
     with open_store(store_path) as store:
         check_extractor(trained, store, Path(model_dir))
         joined = join_manifest(split_records, store, f"{split} split")
-        data = read_split(store, joined.videos, split, trained.labels)
-    probs = predict_videos(trained, data.features)
-    summary, per_class, confusion = metrics.summarize(probs, data.targets, trained.labels, split)
+        chosen, targets = split_targets(joined.videos, split, trained.labels)
+        plan = plan_input(store.path, [v.video_id for v in chosen], memory_budget)
+        probs = predict_split(trained, store, [v.video_id for v in chosen], plan.streaming)
+    summary, per_class, confusion = metrics.summarize(probs, targets, trained.labels, split)
     summary = replace(summary, missing=len(joined.missing))
     metrics_dir = Path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     files = [metrics_dir / name for name in (EVAL_FILE, PER_CLASS_FILE, CONFUSION_FILE)]
     metrics.write_summary(files[0], summary)
     metrics.write_per_class(files[1], per_class)
-    metrics.write_confusion(files[2], data.targets, probs.argmax(axis=1), trained.labels)
-    return EvalResult(summary, per_class, confusion, trained.labels, files, joined.missing)
+    metrics.write_confusion(files[2], targets, probs.argmax(axis=1), trained.labels)
+    return EvalResult(summary, per_class, confusion, trained.labels, files, joined.missing, plan)

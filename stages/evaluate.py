@@ -29,6 +29,13 @@ def command(
     overwrite: Annotated[
         bool, typer.Option(help="Replace eval.json/per_class.csv/confusion.csv vrnn did not write.")
     ] = False,
+    memory_budget: Annotated[
+        str,
+        typer.Option(
+            help="Read the split into RAM up to this size (e.g. 2GiB, 0 = always stream); "
+            "above it, read and score it in chunks."
+        ),
+    ] = "2GiB",
 ) -> None:
     """Score a trained head on one manifest split; write eval.json, per_class.csv, confusion.csv.
 
@@ -37,11 +44,13 @@ def command(
     """
     from pipeline.dataset import read_manifest
     from pipeline.outputs import EVAL_DIR, check_output
+    from pipeline.streaming import parse_memory_budget
     from pipeline.training import describe_missing, evaluate
 
     check_output(output, EVAL_DIR, overwrite=overwrite)
+    budget = parse_memory_budget(memory_budget)
     records = read_manifest(manifest)
-    result = evaluate(model_dir, records, features, output, split=split)
+    result = evaluate(model_dir, records, features, output, split=split, memory_budget=budget)
     if result.missing:
         console.warning(describe_missing(result.missing))
     s = result.summary
@@ -67,7 +76,8 @@ def command(
     missing = f" ({s.missing} missing)" if s.missing else ""
     typer.echo(
         f"{split}: top-1 {s.top1:.3f}{top5}, macro-F1 {s.macro_f1:.3f}{worst_f1} on {s.n} "
-        f"videos{missing} → {', '.join(str(f) for f in result.files)}"
+        f"videos{missing}; input {result.input_plan.describe()} → "
+        f"{', '.join(str(f) for f in result.files)}"
     )
     if strict and s.missing:
         console.error(f"{s.missing} {split} videos are missing from the store (--strict)")

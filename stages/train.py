@@ -78,10 +78,18 @@ def command(
     seed: Annotated[
         int, typer.Option(callback=bounded(0, MAX_SEED), help="Seeds init, shuffling and crops.")
     ] = 0,
+    memory_budget: Annotated[
+        str,
+        typer.Option(
+            help="Hold train+val features in RAM up to this size (e.g. 2GiB, 0 = always "
+            "stream); above it, stream them from a memory-mapped frame cache (~/.cache/vrnn)."
+        ),
+    ] = "2GiB",
 ) -> None:
     """Train an RNN head on cached features (labels and splits from the manifest)."""
     from pipeline.dataset import read_manifest
     from pipeline.outputs import MODEL_DIR, check_output
+    from pipeline.streaming import parse_memory_budget
     from pipeline.training import TrainConfig, describe_missing, train
 
     config = TrainConfig(
@@ -99,8 +107,11 @@ def command(
     )
     config.validate()  # before reading anything
     check_output(output, MODEL_DIR)  # before training: a refused output wastes no epochs
+    budget = parse_memory_budget(memory_budget)
     records = read_manifest(manifest)
-    result = train(records, features, output, config, on_epoch=_epoch_line(epochs))
+    result = train(
+        records, features, output, config, on_epoch=_epoch_line(epochs), memory_budget=budget
+    )
     if result.missing:
         console.warning(describe_missing(result.missing))
     if not result.counts["val"]:
@@ -110,5 +121,5 @@ def command(
     typer.echo(
         f"trained {head} on {result.counts['train']} videos ({len(result.labels)} classes, "
         f"val {result.counts['val']}); kept epoch {result.best_epoch} of "
-        f"{len(result.history)}{val} → {result.model_dir}"
+        f"{len(result.history)}{val}; input {result.input_plan.describe()} → {result.model_dir}"
     )

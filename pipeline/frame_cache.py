@@ -1,0 +1,229 @@
+"""A derived, uncompressed, memory-mapped copy of a store's frames: stage 2's streaming input.
+
+The HDF5 store keeps features gzip-compressed in chunks of up to 256 rows, so sampling 16
+frames of a 180-frame video decompresses (and checksums) the whole video, every epoch, behind
+h5py's global lock. This cache pays that once: an index (``frames.json``, in a per-store
+directory under ``~/.cache/vrnn/frames/``, see :func:`index_path_for`) names raw float16
+segment files holding the rows of the cached videos back to back. Training memory-maps
+them: a sampled frame costs one 2.5 KB row read from the page cache (or disk), and mapped
+pages are file-backed, so the process's anonymous memory does not grow with the store.
+
+The cache is keyed by the store file's size and mtime plus its extractor configuration; a
+changed store rebuilds it. Videos are added on demand: a later run needing more videos
+appends a segment with only the new ones. The index is renamed into place last,
+so readers only ever see a complete cache, and a reader keeps its mapping of a segment even
+after a rebuild for a changed store removed it. Reads go through the store's public
+:meth:`~pipeline.store.FeatureStore.read`, so a corrupt chunk fails with the store's own
+one-line error naming the video, exactly as the in-memory path does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import mmap
+import os
+import tempfile
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import StoreError
+from pipeline.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def index_path_for(store_path: Path) -> Path:
+    """Where the cache index of ``store_path`` lives by default.
+
+    Under ``$XDG_CACHE_HOME/vrnn/frames/`` (``~/.cache`` by default), one directory per store
+    (keyed by its absolute path): never beside the store, whose directory may be a DVC output
+    that an extra file would mark as modified.
+    """
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "vrnn" / "frames" / _store_key(store_path) / "frames.json"
+
+
+def _store_key(store_path: Path) -> str:
+    digest = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(store_path).resolve())).hex[:16]
+    return f"{Path(store_path).stem}-{digest}"
+
+
+def _fallback_index_path(store_path: Path) -> Path:
+    """A temporary location, when the cache directory is not writable."""
+    return Path(tempfile.gettempdir()) / "vrnn-frames" / _store_key(store_path) / "frames.json"
+
+
+def _fingerprint(store: FeatureStore) -> dict:
+    st = store.path.stat()
+    return {
+        "version": CACHE_VERSION,
+        "store_size": st.st_size,
+        "store_mtime_ns": st.st_mtime_ns,
+        "extractor": store.config.to_dict(),
+    }
+
+
+class FrameCache:
+    """An open cache: ``frames(video_id)`` is a read-only ``[T, D]`` memory-mapped view.
+
+    Prefer :func:`open_frame_cache`, which builds or extends the cache as needed.
+    """
+
+    def __init__(self, index_path: Path, index: dict):
+        self.index_path = index_path
+        self.segments = [index_path.with_name(name) for name, _ in index["segments"]]
+        dtype, dim = np.dtype(index["dtype"]), index["dim"]
+        self._data = [
+            np.memmap(path, dtype=dtype, mode="r", shape=(rows, dim)) if rows else None
+            for path, (_, rows) in zip(self.segments, index["segments"], strict=True)
+        ]
+        for data in self._data:
+            if data is not None:  # sampled rows are scattered: no readahead around a fault
+                data._mmap.madvise(mmap.MADV_RANDOM)
+        self._row_bytes = dim * dtype.itemsize
+        self._rows: dict[str, list[int]] = index["videos"]
+
+    @property
+    def video_ids(self) -> set[str]:
+        """Ids of the cached videos."""
+        return set(self._rows)
+
+    def frames(self, video_id: str) -> np.ndarray:
+        """``[T, D]`` read-only view of one cached video's features (no copy is made)."""
+        segment, start, count = self._rows[video_id]
+        return self._data[segment][start : start + count]
+
+    def will_need(self, video_id: str, rows: np.ndarray) -> None:
+        """Ask the kernel to read these rows of a video in the background (``MADV_WILLNEED``).
+
+        Returns at once; a later access to the rows then finds them in the page cache
+        instead of waiting for the disk (with the GIL held) on the training thread.
+        """
+        segment, start, _ = self._rows[video_id]
+        data = self._data[segment]
+        if data is None:
+            return
+        for row in np.unique(rows):
+            begin = (start + int(row)) * self._row_bytes
+            page = begin - begin % mmap.PAGESIZE
+            data._mmap.madvise(mmap.MADV_WILLNEED, page, begin + self._row_bytes - page)
+
+
+def _read_index(index_path: Path, fingerprint: dict) -> dict | None:
+    """The index if it belongs to this store and all its segments are complete, else None."""
+    try:
+        index = json.loads(index_path.read_text())
+        if not isinstance(index, dict) or index.get("fingerprint") != fingerprint:
+            return None
+        row_bytes = index["dim"] * np.dtype(index["dtype"]).itemsize
+        for name, rows in index["segments"]:
+            if index_path.with_name(name).stat().st_size != rows * row_bytes:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return index
+
+
+def open_frame_cache(
+    store: FeatureStore, video_ids: Iterable[str], index_path: Path | None = None
+) -> FrameCache:
+    """Open the frame cache of ``store`` holding at least ``video_ids``, building what is missing.
+
+    Args:
+        store: the open store (the cache is derived from it and checked against it).
+        video_ids: the videos this run reads.
+        index_path: the cache index; default :func:`index_path_for`, or a temporary
+            directory when that is not writable.
+
+    Raises:
+        StoreError: a video is not in the store or is corrupt (the store's own message), or
+            the cache cannot be written.
+    """
+    wanted = set(video_ids)
+    fingerprint = _fingerprint(store)
+    candidates = [index_path] if index_path else [index_path_for(store.path)]
+    if index_path is None:
+        candidates.append(_fallback_index_path(store.path))
+    for candidate in candidates:
+        index = _read_index(candidate, fingerprint)
+        if index is not None and wanted <= index["videos"].keys():
+            return FrameCache(candidate, index)
+    errors = []
+    for candidate in candidates:
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            return _extend(store, wanted, candidate, fingerprint)
+        except PermissionError as e:
+            errors.append(f"{candidate.parent}: {e.strerror}")
+        except OSError as e:
+            if e.errno != errno.EROFS:  # a read-only file system: try the next location
+                raise StoreError(f"cannot write the frame cache {candidate}: {e.strerror}") from e
+            errors.append(f"{candidate.parent}: {e.strerror}")
+    raise StoreError(f"cannot write the frame cache of {store.path} ({'; '.join(errors)})")
+
+
+def _extend(
+    store: FeatureStore, wanted: set[str], index_path: Path, fingerprint: dict
+) -> FrameCache:
+    """Append a segment with the ``wanted`` videos the valid cache lacks, then a new index."""
+    index = _read_index(index_path, fingerprint) or {
+        "fingerprint": fingerprint,
+        "dtype": np.dtype(store.config.dtype).name,
+        "dim": store.config.feature_dim,
+        "segments": [],
+        "videos": {},
+    }
+    new = sorted(wanted - index["videos"].keys())
+    dim, dtype = index["dim"], np.dtype(index["dtype"])
+    token = uuid.uuid4().hex[:12]
+    segment = index_path.with_name(f"{store.path.name}.frames-{token}.bin")
+    tmp = segment.with_name(f".{segment.name}.tmp")
+    number = len(index["segments"])
+    offset = 0
+    try:
+        with open(tmp, "wb") as out:
+            for video_id in new:
+                features = store.read(video_id).features  # StoreError names a corrupt video
+                if features.ndim != 2 or features.shape[1] != dim:
+                    raise StoreError(
+                        f"{store.path}: video {video_id} has features of shape "
+                        f"{features.shape}, expected [T, {dim}]"
+                    )
+                out.write(np.ascontiguousarray(features, dtype=dtype).tobytes())
+                index["videos"][video_id] = [number, offset, len(features)]
+                offset += len(features)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, segment)
+        index["segments"].append([segment.name, offset])
+        tmp_index = index_path.with_name(f".{index_path.name}.{token}.tmp")
+        tmp_index.write_text(json.dumps(index))
+        os.replace(tmp_index, index_path)  # the commit point
+    finally:
+        for leftover in (tmp, index_path.with_name(f".{index_path.name}.{token}.tmp")):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+    log.info(
+        "frame cache %s: %d videos, %d read from the store",
+        index_path,
+        len(index["videos"]),
+        len(new),
+    )
+    _remove_stale(index_path, store.path.name, keep={name for name, _ in index["segments"]})
+    return FrameCache(index_path, index)
+
+
+def _remove_stale(index_path: Path, store_name: str, keep: set[str]) -> None:
+    """Delete segments the index no longer names (open mappings of them stay valid)."""
+    for stale in index_path.parent.glob(f"{store_name}.frames-*.bin"):
+        if stale.name not in keep:
+            with contextlib.suppress(OSError):
+                stale.unlink()

@@ -1,0 +1,245 @@
+"""Stage 2 on stores larger than memory: the budget switch, streaming ≡ in memory, bounded
+anonymous memory, and a corrupt chunk met while streaming.
+
+Stores are built through :mod:`pipeline.store` (see ``test_train_evaluate``); videos of 4–29
+frames with ``seq_len`` 8 include some shorter than a sample (padding + mask).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from test_train_evaluate import CONFIG, PER_SPLIT, build_store, make_videos
+from typer.testing import CliRunner
+
+from pipeline import frame_cache, streaming, training
+from pipeline.contracts import ExtractorConfig, VideoRecord
+from pipeline.dataset import write_manifest
+from pipeline.errors import ConfigError
+from pipeline.store import open_store
+from stages.cli import app
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path, monkeypatch) -> Path:
+    """Frame caches go under this test's directory, not the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("streaming")
+    videos = make_videos(root / "videos", PER_SPLIT, seed=3)
+    store = build_store(root / "features.h5", videos)
+    records = [r for r, _ in videos]
+    fit_bytes = sum(f.nbytes for r, f in videos if r.split in ("train", "val"))
+    return {
+        "root": root,
+        "store": store,
+        "records": records,
+        "manifest": write_manifest(records, root / "manifest.csv"),
+        "fit_bytes": fit_bytes,
+        "short": sum(len(f) < CONFIG.seq_len for r, f in videos if r.split == "train"),
+    }
+
+
+def _weights(model_dir: Path) -> list[np.ndarray]:
+    return training.load_model_dir(model_dir).model.get_weights()
+
+
+def test_parse_memory_budget_units_and_mistakes():
+    assert streaming.parse_memory_budget("2GiB") == 2 * 2**30
+    assert streaming.parse_memory_budget("512M") == 512 * 2**20
+    assert streaming.parse_memory_budget("1.5g") == 3 * 2**29
+    assert streaming.parse_memory_budget("0") == 0
+    for bad in ("lots", "-1G", "2 parsecs", ""):
+        with pytest.raises(ConfigError, match="--memory-budget"):
+            streaming.parse_memory_budget(bad)
+
+
+def test_budget_switch_is_the_selected_splits_feature_bytes(data):
+    with open_store(data["store"]) as store:
+        joined = training.join_manifest(data["records"], store)
+        fit = [v for v in joined.videos if v.record.split in ("train", "val")]
+        exact, _ = training.feature_reader(store, fit, data["fit_bytes"])
+        over, cache = training.feature_reader(store, fit, data["fit_bytes"] - 1)
+    assert exact.nbytes == data["fit_bytes"] and not exact.streaming
+    assert over.streaming and "streaming" in over.describe()
+    assert isinstance(cache.frames(fit[0].video_id), np.memmap)
+
+
+def test_streaming_gives_the_same_history_and_weights_as_in_memory(data, tmp_path):
+    assert data["short"] > 0  # some videos are padded
+    in_memory = training.train(data["records"], data["store"], tmp_path / "ram", CONFIG)
+    streamed = training.train(
+        data["records"], data["store"], tmp_path / "stream", CONFIG, memory_budget=0
+    )
+    assert not in_memory.input_plan.streaming and streamed.input_plan.streaming
+    assert streamed.history == in_memory.history
+    assert streamed.best_epoch == in_memory.best_epoch
+    for a, b in zip(_weights(tmp_path / "ram"), _weights(tmp_path / "stream"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # evaluate follows the same rule and scores identically
+    scores = [
+        training.evaluate(tmp_path / "ram", data["records"], data["store"], tmp_path / m,
+                          memory_budget=budget)
+        for m, budget in (("m1", 2**30), ("m2", 0))
+    ]  # fmt: skip
+    assert [s.input_plan.streaming for s in scores] == [False, True]
+    assert scores[0].summary == scores[1].summary
+    np.testing.assert_array_equal(scores[0].confusion, scores[1].confusion)
+
+
+def test_cli_summary_says_which_path_ran(data, tmp_path):
+    runner = CliRunner()
+    base = ["train", str(data["manifest"]), str(data["store"]), "--epochs", "1"]
+    for budget, expected in (("1GiB", "input in memory"), ("0", "input streaming")):
+        result = runner.invoke(
+            app, [*base, "-o", str(tmp_path / budget), "--memory-budget", budget]
+        )
+        assert result.exit_code == 0, result.output
+        assert expected in result.output.splitlines()[-1]
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "x"), "--memory-budget", "lots"])
+    assert result.exit_code == 1
+    assert [x for x in result.output.splitlines() if x.startswith("error:")] == [
+        "error: --memory-budget must be a size such as 2GiB, 512MiB or 0 (always stream), "
+        "got 'lots'"
+    ]
+
+
+def test_frame_cache_is_built_once_extended_on_demand_and_rebuilt_for_a_changed_store(
+    data, tmp_path, cache_home
+):
+    path = tmp_path / "features.h5"
+    shutil.copy2(data["store"], path)
+    with open_store(path) as store:
+        ids = store.video_ids
+        first = frame_cache.open_frame_cache(store, ids[:10])
+        assert first.index_path == frame_cache.index_path_for(path)
+        again = frame_cache.open_frame_cache(store, ids[3:7])
+        assert again.segments == first.segments and len(first.segments) == 1  # nothing rebuilt
+        more = frame_cache.open_frame_cache(store, ids[5:20])
+        assert more.video_ids == set(ids[:20]) and more.segments[0] == first.segments[0]
+        rows = sum(len(store.read(v).features) for v in ids[10:20])  # only the new ones appended
+        assert more.segments[1].stat().st_size == rows * store.config.feature_dim * 2
+        for video_id in ids[:20]:
+            np.testing.assert_array_equal(more.frames(video_id), store.read(video_id).features)
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 10**9))  # e.g. a new commit
+    with open_store(path) as store:
+        rebuilt = frame_cache.open_frame_cache(store, ids[:2])
+        assert rebuilt.video_ids == set(ids[:2])
+        np.testing.assert_array_equal(rebuilt.frames(ids[1]), store.read(ids[1]).features)
+    assert not any(p.exists() for p in more.segments)  # the stale segments are removed
+    folder = rebuilt.index_path.parent
+    assert folder.parent == cache_home / "vrnn" / "frames"  # not beside the store
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["frames.json", rebuilt.segments[0].name]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "features.h5"]
+
+
+RSS_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from pipeline import frame_cache
+    from pipeline.sequences import TrainingSampler
+    from pipeline.store import open_store
+
+    def rss_anon():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+
+    streaming = sys.argv[2] == "stream"
+    with open_store(sys.argv[1]) as store:
+        ids = store.video_ids
+        frame_cache.open_frame_cache(store, ids)  # build outside the measurement
+        before = rss_anon()
+        if streaming:
+            cache = frame_cache.open_frame_cache(store, ids)
+            videos = [cache.frames(i) for i in ids]
+        else:
+            videos = [store.read(i).features for i in ids]
+    sampler = TrainingSampler(videos, np.zeros(len(ids)), seq_len=16, batch_size=32, seed=0)
+    peak = before
+    for epoch in range(2):
+        for b in range(sampler.num_batches):
+            sampler.batch(b)
+            peak = max(peak, rss_anon())
+        sampler.next_epoch()
+    print(json.dumps({"growth": peak - before}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_streaming_keeps_anonymous_memory_flat_on_a_store_larger_than_the_budget(tmp_path):
+    """RssAnon growth while sampling every video of a ~60 MB store twice: streaming stays far
+    below the features' size; reading them into memory (the control) grows by about it."""
+    dim, frames, count = 1280, 120, 200
+    config = ExtractorConfig(
+        weights="random:seed=0", weights_sha256="cd" * 32, input_size=32, feature_dim=dim
+    )
+    rng = np.random.default_rng(0)
+    videos = []
+    for i in range(count):
+        path = tmp_path / "v" / f"clip{i}.mp4"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(f"clip {i}".encode())
+        features = rng.uniform(0, 6, (frames, dim)).astype(np.float16)
+        videos.append((VideoRecord(path, "a", f"g{i}", "train"), features))
+    store = build_store(tmp_path / "big.h5", videos, config)
+    nbytes = count * frames * dim * 2
+    with open_store(store) as opened:
+        plan = streaming.plan_input(store, opened.video_ids, 8 * 2**20)
+    assert plan.streaming and plan.nbytes == nbytes
+
+    def growth(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", RSS_PROBE, str(store), mode],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        )  # fmt: skip
+        return json.loads(out.stdout.splitlines()[-1])["growth"]
+
+    streamed, in_memory = growth("stream"), growth("memory")
+    assert in_memory > 0.8 * nbytes  # the measurement sees data held in memory
+    assert streamed < 0.1 * nbytes
+
+
+def test_a_corrupt_chunk_met_while_streaming_fails_like_in_memory(data, tmp_path):
+    store = tmp_path / "features.h5"
+    store.write_bytes(data["store"].read_bytes())
+    victim = next(r for r in data["records"] if r.split == "train")
+    with open_store(store) as opened:
+        video_id = opened.video_id_for(victim.path)
+    with h5py.File(store, "r") as f:
+        chunk = f["videos"][video_id]["features"].id.get_chunk_info(0)
+    with open(store, "r+b") as f:  # flip 8 bytes in the middle of the compressed chunk
+        f.seek(chunk.byte_offset + chunk.size // 2)
+        raw = f.read(8)
+        f.seek(chunk.byte_offset + chunk.size // 2)
+        f.write(bytes(255 - b for b in raw))
+    errors = []
+    for budget in ("2GiB", "0"):
+        result = CliRunner().invoke(
+            app, ["train", str(data["manifest"]), str(store), "-o", str(tmp_path / budget),
+                  "--epochs", "1", "--memory-budget", budget],
+        )  # fmt: skip
+        assert result.exit_code == 1, result.output
+        errors.append([x for x in result.output.splitlines() if x.startswith("error:")])
+        assert not (tmp_path / budget).exists()
+    assert errors[0] == errors[1] and len(errors[0]) == 1
+    assert video_id in errors[0][0] and str(victim.path) in errors[0][0]
+    assert "corrupt on disk" in errors[0][0]
