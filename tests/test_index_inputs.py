@@ -8,8 +8,11 @@ one ``error:`` line.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -154,11 +157,30 @@ def test_one_walker_follows_symlinked_folders_once(linked_tree):
 
 
 @pytest.fixture
-def with_fifo(make_video, tmp_path) -> Path:
+def with_fifo(make_video, tmp_path) -> Iterator[Path]:
+    """``inbox/`` with a real clip and a FIFO named ``pipe.mp4``.
+
+    A watchdog turns a regression into a failure instead of a hung suite: after 30 s it opens
+    and closes the FIFO's write end whenever a reader is blocked on it (EOF unblocks it).
+    """
     folder = tmp_path / "inbox"
     make_video("inbox/good.mp4", n_frames=5)
-    os.mkfifo(folder / "pipe.mp4")
-    return folder
+    fifo = folder / "pipe.mp4"
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def unblock() -> None:
+        if done.wait(30):
+            return
+        while not done.wait(0.5):
+            with contextlib.suppress(OSError):  # ENXIO: nobody is reading
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    watchdog = threading.Thread(target=unblock, daemon=True)
+    watchdog.start()
+    yield folder
+    done.set()
+    watchdog.join()
 
 
 def test_extract_records_a_fifo_as_not_a_regular_file(with_fifo, tmp_path):
