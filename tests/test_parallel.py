@@ -89,9 +89,12 @@ def reference(videos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def assert_same_store(actual: Path, expected: Path, video_ids: list[str] | None = None) -> None:
-    """Same extractor, videos, timestamps and decode facts; features within 1 float16 ulp.
+    """Same extractor, videos, timestamps and decode facts; features within float16 rounding.
 
-    (In practice they are bit-identical: same weights file, same per-frame computation.)
+    Same weights file and per-frame computation, but a worker runs TensorFlow on fewer threads
+    than the driver, so float32 sums may be reduced in another order: a few features near 0
+    then differ by ~1e-5 absolute (seen on a loaded machine). ``atol`` allows that, as the
+    reliability suite's comparison does.
     """
     with open_store(actual) as got, open_store(expected) as want:
         assert got.config == want.config
@@ -105,7 +108,10 @@ def assert_same_store(actual: Path, expected: Path, video_ids: list[str] | None 
             np.testing.assert_array_equal(a.timestamps_sec, b.timestamps_sec)
             assert a.features.dtype == b.features.dtype
             np.testing.assert_allclose(
-                a.features.astype(np.float32), b.features.astype(np.float32), rtol=2**-10
+                a.features.astype(np.float32),
+                b.features.astype(np.float32),
+                rtol=2**-10,
+                atol=1e-3,
             )
 
 
