@@ -32,7 +32,9 @@ def command(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Model directory (replaced atomically).")
     ] = Path("models"),
-    head: Annotated[str, typer.Option(help="lstm, gru, bigru or meanpool.")] = "lstm",
+    head: Annotated[
+        str, typer.Option(help="lstm, gru, bigru, meanpool or trend (linear baselines).")
+    ] = "lstm",
     seq_len: Annotated[int, typer.Option(help="Frames per sample.")] = 16,
     units: Annotated[int, typer.Option(help="Recurrent units per layer.")] = 64,
     layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = 1,
@@ -43,6 +45,14 @@ def command(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
     seed: Annotated[int, typer.Option(help="Seeds init, shuffling and crops.")] = 0,
+    normalize: Annotated[
+        bool, typer.Option(help="Standardize features with train-split statistics (in the model).")
+    ] = True,
+    projection: Annotated[
+        int, typer.Option(help="Per-frame linear projection width before the RNN (0: none).")
+    ] = 0,
+    input_dropout: Annotated[float, typer.Option(help="Dropout on the RNN's inputs.")] = 0.0,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (0: Adam).")] = 0.0,
 ) -> None:
     """Train an RNN head on cached features (labels and splits from the manifest)."""
     from pipeline.dataset import read_manifest
@@ -60,6 +70,10 @@ def command(
         learning_rate=lr,
         patience=patience,
         seed=seed,
+        normalize=normalize,
+        projection=projection,
+        input_dropout=input_dropout,
+        weight_decay=weight_decay,
     )
     config.validate()  # before reading anything
     records = read_manifest(manifest)
@@ -68,6 +82,8 @@ def command(
         console.print(
             f"[bold yellow]warning:[/] {describe_missing(result.missing)}", highlight=False
         )
+    for note in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {note}", highlight=False)
     if not result.counts["val"]:
         console.print("[bold yellow]warning:[/] no val split: trained without early stopping")
     last = result.history[result.best_epoch - 1]
