@@ -202,7 +202,8 @@ def parse_run(spec: str) -> tuple[str, dict]:
     """``"label"`` or ``"label=head:key=value,key=value"`` → (label, TrainConfig overrides).
 
     A bare label is a head name with the current defaults; ``old`` stands for the recipe
-    before issue #18 (lstm, no normalization, 30 epochs, batch 32, patience 5).
+    before issue #18 (lstm, no normalization, 30 epochs, batch 32, patience 5). The ``trend``
+    baseline is always standardized (normalization forced on).
     """
     from pipeline.training import TrainConfig
 
@@ -222,7 +223,7 @@ def parse_run(spec: str) -> tuple[str, dict]:
             "learning_rate": 1e-3,
         }
     if "=" not in spec or ":" not in spec.split("=", 1)[1]:
-        return spec, {"head": spec}
+        return spec, {"head": spec, **({"normalize": True} if spec == "trend" else {})}
     label, rest = spec.split("=", 1)
     head, _, options = rest.partition(":")
     types = {f: type(getattr(TrainConfig(), f)) for f in TrainConfig().to_dict()}

@@ -89,7 +89,7 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     min_crop_fraction: float = MIN_CROP_FRACTION
-    normalize: bool = True
+    normalize: bool = False
     projection: int = 0
     input_dropout: float = 0.0
     weight_decay: float = 0.0

@@ -47,7 +47,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Seeds init, shuffling and crops.")] = 0,
     normalize: Annotated[
         bool, typer.Option(help="Standardize features with train-split statistics (in the model).")
-    ] = True,
+    ] = False,
     projection: Annotated[
         int, typer.Option(help="Per-frame linear projection width before the RNN (0: none).")
     ] = 0,
