@@ -3,8 +3,12 @@
 Every head reads ``features`` ``[B, T, D]`` (float16 is cast to float32 inside) and a boolean
 ``mask`` ``[B, T]`` (True = real frame, False = right padding) that is passed explicitly to
 the recurrent layers, so padding never changes a prediction. ``meanpool`` averages the real
-frames and is blind to their order: the baseline an RNN must beat on order-dependent actions.
-Custom layers are registered, so a saved ``.keras`` file loads with ``safe_mode=True``.
+frames and is blind to their order: the baseline an RNN must beat on order-dependent actions;
+``trend`` is a linear softmax on the standardized [mean, late third − early third], the
+baseline a head must beat on few clips. With training sequences given, features are
+standardized by a Keras ``Normalization`` layer fitted on the train split's real frames and
+saved in the model, so predict and export apply the same statistics. Custom layers are
+registered, so a saved ``.keras`` file loads with ``safe_mode=True``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pipeline.sequences import TrainingSampler
 
 log = logging.getLogger(__name__)
 
-HEAD_NAMES = ("lstm", "gru", "bigru", "meanpool")
+HEAD_NAMES = ("lstm", "gru", "bigru", "meanpool", "trend")
 """Builders known to :func:`build_head`; ``lstm`` is the default."""
 
 FEATURES_INPUT = "features"
@@ -57,6 +61,39 @@ class MaskedMean(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vrnn")
+class MaskedTrend(keras.layers.Layer):
+    """[mean of the real frames, mean of their last third − mean of their first third].
+
+    ``[B, T, D]`` + mask ``[B, T]`` (right padding) → ``[B, 2D]`` float32: the linear
+    order cue of the ``trend`` baseline. A third is ``max(1, n // 3)`` of the ``n`` real frames.
+    """
+
+    def call(self, inputs: keras.KerasTensor, mask: keras.KerasTensor) -> keras.KerasTensor:
+        """Mean and late − early trend; ``mask`` True marks real frames."""
+        x = keras.ops.cast(inputs, "float32")
+        real = keras.ops.cast(mask, "float32")
+        count = keras.ops.sum(real, axis=1, keepdims=True)  # [B, 1]
+        third = keras.ops.maximum(keras.ops.floor(count / 3.0), 1.0)
+        position = keras.ops.cast(keras.ops.arange(keras.ops.shape(x)[1]), "float32")[None, :]
+        early = keras.ops.cast(position < third, "float32") * real
+        late = keras.ops.cast(position >= count - third, "float32") * real
+
+        def average(weights: keras.KerasTensor) -> keras.KerasTensor:
+            total = keras.ops.sum(x * weights[:, :, None], axis=1)
+            return total / keras.ops.maximum(keras.ops.sum(weights, axis=1)[:, None], 1.0)
+
+        return keras.ops.concatenate([average(real), average(late) - average(early)], axis=-1)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """``(batch, 2 * features)``."""
+        return (input_shape[0], 2 * input_shape[2])
+
+    def compute_mask(self, inputs: object, mask: object = None) -> None:
+        """The time axis is gone, so is the mask."""
+        return None
+
+
+@keras.saving.register_keras_serializable(package="vrnn")
 class ToFloat32(keras.layers.Layer):
     """Casts stored features (float16) to float32 before any arithmetic."""
 
@@ -75,7 +112,14 @@ def _recurrent(name: str, units: int, return_sequences: bool, index: int) -> ker
 
 
 def _check_options(
-    name: str, num_classes: int, seq_len: int, units: int, layers: int, dropout: float
+    name: str,
+    num_classes: int,
+    seq_len: int,
+    units: int,
+    layers: int,
+    dropouts: tuple[float, ...],
+    projection: int,
+    weight_decay: float,
 ) -> None:
     if name not in HEAD_NAMES:
         raise ConfigError(f"unknown head {name!r}; choose one of {', '.join(HEAD_NAMES)}")
@@ -85,8 +129,26 @@ def _check_options(
         raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
     if units < 1 or layers < 1:
         raise ConfigError(f"--units and --layers must be >= 1, got {units} and {layers}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"--dropout must be in [0, 1), got {dropout}")
+    if not all(0.0 <= rate < 1.0 for rate in dropouts):
+        raise ConfigError(f"--dropout and --input-dropout must be in [0, 1), got {dropouts}")
+    if projection < 0 or weight_decay < 0:
+        raise ConfigError(
+            f"--projection and --weight-decay must be >= 0, got {projection} and {weight_decay}"
+        )
+
+
+def _adapt(
+    model: keras.Model, layer_name: str, features: np.ndarray, mask: np.ndarray, frames: bool
+) -> None:
+    """Fit the Normalization layer ``layer_name`` on what reaches it from ``features``.
+
+    ``frames``: the layer sees ``[B, T, D]`` frames; only real ones (``mask``) count.
+    """
+    layer = model.get_layer(layer_name)
+    probe = keras.Model(model.inputs, layer.input)
+    inputs = {FEATURES_INPUT: features.astype(np.float16, copy=False), MASK_INPUT: mask}
+    values = np.asarray(probe.predict(inputs, batch_size=256, verbose=0), dtype=np.float32)
+    layer.adapt(values[mask][:, None, :] if frames else values)
 
 
 def build_head(
@@ -100,12 +162,19 @@ def build_head(
     dropout: float = 0.0,
     dense_units: int = 32,
     learning_rate: float = 1e-3,
+    projection: int = 0,
+    input_dropout: float = 0.0,
+    weight_decay: float = 0.0,
+    normalize_on: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> keras.Model:
-    """Build and compile a named head (Adam, sparse categorical cross-entropy, accuracy).
+    """Build and compile a named head (Adam/AdamW, sparse categorical cross-entropy, accuracy).
 
-    ``lstm``/``gru``: ``layers`` stacked recurrent layers of ``units`` → Dense(``dense_units``,
-    relu) → Dropout(``dropout``) → softmax. ``bigru`` is the same with bidirectional GRUs.
-    ``meanpool`` replaces the recurrent stack with a masked mean over time.
+    Per frame: [Normalization] → [Dense(``projection``), linear] → [Dropout(``input_dropout``)].
+    Then ``lstm``/``gru``: ``layers`` stacked recurrent layers of ``units``; ``bigru`` the
+    same with bidirectional GRUs; ``meanpool`` a masked mean over time; ``trend`` the masked
+    [mean, late third − early third] (:class:`MaskedTrend`), standardized: a linear
+    baseline (projection, input dropout and the hidden layer are left out). Then
+    Dense(``dense_units``, relu) → Dropout(``dropout``) → softmax.
 
     Args:
         name: one of :data:`HEAD_NAMES`.
@@ -117,6 +186,13 @@ def build_head(
         dropout: dropout rate before the softmax layer, in [0, 1).
         dense_units: width of the hidden dense layer (0 leaves it out).
         learning_rate: Adam's learning rate.
+        projection: width of a per-frame linear projection before the temporal layers
+            (0 leaves it out).
+        input_dropout: dropout on the per-frame inputs of the temporal layers, in [0, 1).
+        weight_decay: decoupled weight decay (AdamW) when > 0.
+        normalize_on: ``(features [N, T, D], mask [N, T])`` training sequences: standardize
+            each feature with the mean/variance of their real frames, inside the model
+            (so predict and export apply the same); None: no normalization.
 
     Returns:
         A compiled ``keras.Model`` named ``<name>_head`` with inputs ``{"features": [B, T, D]
@@ -125,26 +201,45 @@ def build_head(
     Raises:
         ConfigError: unknown name or invalid sizes.
     """
-    _check_options(name, num_classes, seq_len, units, layers, dropout)
+    _check_options(
+        name, num_classes, seq_len, units, layers, (dropout, input_dropout), projection,
+        weight_decay,
+    )  # fmt: skip
     features = keras.Input((seq_len, feature_dim), dtype="float16", name=FEATURES_INPUT)
     mask = keras.Input((seq_len,), dtype="bool", name=MASK_INPUT)  # True = real frame
     x = ToFloat32(name="to_float32")(features)
+    if normalize_on is not None:
+        x = keras.layers.Normalization(axis=-1, name="frame_norm")(x)
+    linear = name == "trend"  # the baseline stays linear: no projection, no hidden layer
+    if projection > 0 and not linear:
+        x = keras.layers.Dense(projection, name="projection")(x)
+    if input_dropout > 0 and not linear:
+        x = keras.layers.Dropout(input_dropout, name="input_dropout")(x)
     if name == "meanpool":
         x = MaskedMean(name="masked_mean")(x, mask=mask)
+    elif name == "trend":
+        x = MaskedTrend(name="masked_trend")(x, mask=mask)
+        if normalize_on is not None:
+            x = keras.layers.Normalization(axis=-1, name="trend_norm")(x)
     else:
         for i in range(layers):
             x = _recurrent(name, units, return_sequences=i < layers - 1, index=i)(x, mask=mask)
-    if dense_units > 0:
+    if dense_units > 0 and not linear:
         x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     model = keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+    if normalize_on is not None:
+        _adapt(model, "frame_norm", *normalize_on, frames=True)
+        if name == "trend":
+            _adapt(model, "trend_norm", *normalize_on, frames=False)
+    optimizer = (
+        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        if weight_decay > 0
+        else keras.optimizers.Adam(learning_rate)
     )
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 

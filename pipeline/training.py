@@ -63,6 +63,8 @@ EVAL_FILE = "eval.json"
 PER_CLASS_FILE = "per_class.csv"
 CONFUSION_FILE = "confusion.csv"
 SHOW_MISSING = 5
+MIN_VAL_PER_CLASS = 5
+"""Below this many val clips in some class, early stopping on val loss is noisy (warned)."""
 """How many missing video paths a message lists before summarising the rest."""
 
 
@@ -83,6 +85,10 @@ class TrainConfig:
         patience: epochs without a val_loss improvement before early stopping.
         seed: seeds weight init, shuffling and temporal crops.
         min_crop_fraction: shortest random training crop, as a fraction of a video.
+        normalize: standardize features with train-split statistics inside the model.
+        projection: per-frame linear projection width before the temporal layers (0: none).
+        input_dropout: dropout on the per-frame inputs of the temporal layers.
+        weight_decay: AdamW's decoupled weight decay (0: plain Adam).
     """
 
     head: str = "lstm"
@@ -97,6 +103,10 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     min_crop_fraction: float = MIN_CROP_FRACTION
+    normalize: bool = False
+    projection: int = 0
+    input_dropout: float = 0.0
+    weight_decay: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for an unknown head or an out-of-range option."""
@@ -110,8 +120,13 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if self.dense_units < 0 or self.patience < 0:
             raise ConfigError("--dense-units and --patience must be >= 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "input_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}"
+                )
+        if self.projection < 0 or self.weight_decay < 0:
+            raise ConfigError("--projection and --weight-decay must be >= 0")
         if not self.learning_rate > 0:
             raise ConfigError(f"--lr must be > 0, got {self.learning_rate}")
         if not 0.0 < self.min_crop_fraction <= 1.0:
@@ -188,6 +203,7 @@ class TrainResult:
         best_epoch: 1-based epoch whose weights were kept.
         missing: train/val manifest rows not found in the store (excluded).
         input_plan: whether the features were held in memory or streamed, and why.
+        warnings: one-line notes on splits too small to train or stop well on.
     """
 
     model_dir: Path
@@ -197,6 +213,7 @@ class TrainResult:
     best_epoch: int
     missing: list[VideoRecord]
     input_plan: InputPlan
+    warnings: list[str]
 
 
 class TrainedModel(NamedTuple):
@@ -323,6 +340,11 @@ def read_split(
     for v in chosen:
         if v.video_id not in cache:
             cache[v.video_id] = read(v.video_id)
+            if not np.isfinite(cache[v.video_id]).all():
+                raise StoreError(
+                    f"{v.record.path}: its stored features contain NaN or inf (a corrupt "
+                    f"store entry, video id {v.video_id}); re-extract it into a new store"
+                )
     return SplitData(chosen, [cache[v.video_id] for v in chosen], targets)
 
 
@@ -653,17 +675,85 @@ def train(
             "no val videos in the store: training all %d epochs without early stopping",
             config.epochs,
         )
+    model, history = fit_config(
+        config,
+        train_data,
+        validation,
+        len(labels),
+        extractor.feature_dim,
+        _stop_on_non_finite_loss(config, on_epoch),
+        prefetch=_read_ahead(cache, train_data),
+    )
+    write_model_dir(model_dir, model, labels, extractor, config, history, sidecar)
+    best = len(history)
+    if validation is not None:
+        best = int(np.argmin([h["val_loss"] for h in history])) + 1
+    counts = {"train": len(train_data.videos), "val": len(val_data.videos)}
+    notes = small_split_warnings(labels, train_data.targets, val_data.targets)
+    return TrainResult(Path(model_dir), labels, counts, history, best, joined.missing, plan, notes)
+
+
+def small_split_warnings(
+    labels: Sequence[str], train_targets: np.ndarray, val_targets: np.ndarray
+) -> list[str]:
+    """One line per problem: classes with a single training clip; a val split with fewer
+    than :data:`MIN_VAL_PER_CLASS` clips in some class (a noisy early-stopping signal).
+
+    An empty val split is not reported here (training then runs without early stopping).
+    """
+    notes = []
+    train_counts = np.bincount(train_targets, minlength=len(labels))
+    single = [labels[i] for i in np.flatnonzero(train_counts == 1)]
+    if single:
+        notes.append(
+            f"class(es) {', '.join(map(repr, single))} have a single training clip; "
+            "the head cannot learn what varies within them"
+        )
+    val_counts = np.bincount(val_targets, minlength=len(labels))
+    if len(val_targets) and val_counts.min() < MIN_VAL_PER_CLASS:
+        fewest = labels[int(val_counts.argmin())]
+        notes.append(
+            f"the val split has fewer than {MIN_VAL_PER_CLASS} clips in some class "
+            f"({fewest!r}: {val_counts.min()}); early stopping on its loss is noisy"
+        )
+    return notes
+
+
+def fit_config(
+    config: TrainConfig,
+    train_data: SplitData,
+    validation: keras.utils.PyDataset | None,
+    num_classes: int,
+    feature_dim: int,
+    on_epoch: heads.EpochCallback | None = None,
+    *,
+    prefetch: Callable[[int, np.ndarray], None] | None = None,
+) -> tuple[keras.Model, list[dict[str, float]]]:
+    """The training recipe: seed, build the head (normalization fitted on ``train_data``), fit.
+
+    ``prefetch`` is the sampler's read-ahead hint when the features are streamed.
+
+    Returns:
+        The trained model (best val epoch restored) and its per-epoch history.
+    """
     heads.set_seed(config.seed)
+    normalize_on = None
+    if config.normalize:
+        normalize_on = eval_sequences(train_data.features, config.seq_len)
     model = heads.build_head(
         config.head,
-        num_classes=len(labels),
+        num_classes=num_classes,
         seq_len=config.seq_len,
-        feature_dim=extractor.feature_dim,
+        feature_dim=feature_dim,
         units=config.units,
         layers=config.layers,
         dropout=config.dropout,
         dense_units=config.dense_units,
         learning_rate=config.learning_rate,
+        projection=config.projection,
+        input_dropout=config.input_dropout,
+        weight_decay=config.weight_decay,
+        normalize_on=normalize_on,
     )
     sampler = TrainingSampler(
         train_data.features,
@@ -672,7 +762,7 @@ def train(
         batch_size=config.batch_size,
         seed=config.seed,
         min_crop_fraction=config.min_crop_fraction,
-        prefetch=_read_ahead(cache, train_data),
+        prefetch=prefetch,
     )
     history = heads.fit_head(
         model,
@@ -680,14 +770,9 @@ def train(
         validation,
         epochs=config.epochs,
         patience=config.patience,
-        on_epoch=_stop_on_non_finite_loss(config, on_epoch),
+        on_epoch=on_epoch,
     )
-    write_model_dir(model_dir, model, labels, extractor, config, history, sidecar)
-    best = len(history)
-    if validation is not None:
-        best = int(np.argmin([h["val_loss"] for h in history])) + 1
-    counts = {"train": len(train_data.videos), "val": len(val_data.videos)}
-    return TrainResult(Path(model_dir), labels, counts, history, best, joined.missing, plan)
+    return model, history
 
 
 def checked_sidecar(store_path: Path, extractor: ExtractorConfig) -> Path | None:

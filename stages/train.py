@@ -45,7 +45,9 @@ def command(
             "a symlink's target is replaced).",
         ),
     ] = Path("models"),
-    head: Annotated[str, typer.Option(help="lstm, gru, bigru or meanpool.")] = "lstm",
+    head: Annotated[
+        str, typer.Option(help="lstm, gru, bigru, meanpool or trend (linear baselines).")
+    ] = "lstm",
     seq_len: Annotated[
         int, typer.Option(callback=bounded(1, MAX_SEQ_LEN), help="Frames per sample.")
     ] = 16,
@@ -85,6 +87,22 @@ def command(
             "stream); above it, stream them from a memory-mapped frame cache (~/.cache/vrnn)."
         ),
     ] = "2GiB",
+    normalize: Annotated[
+        bool, typer.Option(help="Standardize features with train-split statistics (in the model).")
+    ] = False,
+    projection: Annotated[
+        int,
+        typer.Option(
+            callback=bounded(0, MAX_UNITS),
+            help="Per-frame linear projection width before the RNN (0: none).",
+        ),
+    ] = 0,
+    input_dropout: Annotated[
+        float, typer.Option(callback=bounded(0, 0.99), help="Dropout on the RNN's inputs.")
+    ] = 0.0,
+    weight_decay: Annotated[
+        float, typer.Option(callback=bounded(0, 1), help="AdamW weight decay (0: Adam).")
+    ] = 0.0,
 ) -> None:
     """Train an RNN head on cached features (labels and splits from the manifest)."""
     from pipeline.dataset import read_manifest
@@ -104,6 +122,10 @@ def command(
         learning_rate=lr,
         patience=patience,
         seed=seed,
+        normalize=normalize,
+        projection=projection,
+        input_dropout=input_dropout,
+        weight_decay=weight_decay,
     )
     config.validate()  # before reading anything
     check_output(output, MODEL_DIR)  # before training: a refused output wastes no epochs
@@ -114,6 +136,8 @@ def command(
     )
     if result.missing:
         console.warning(describe_missing(result.missing))
+    for note in result.warnings:
+        console.warning(note)
     if not result.counts["val"]:
         console.warning("no val split: trained without early stopping")
     last = result.history[result.best_epoch - 1]

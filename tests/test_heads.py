@@ -11,6 +11,7 @@ synthetic tasks at a small feature width:
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -50,11 +51,24 @@ def order_videos(pairs: int, seed: int) -> tuple[list, np.ndarray]:
     return videos, np.array(labels)
 
 
-def fit(name: str, train: tuple, val: tuple, *, epochs: int, seed: int = 0, patience: int = 3):
+def fit(
+    name: str,
+    train: tuple,
+    val: tuple,
+    *,
+    epochs: int,
+    seed: int = 0,
+    patience: int = 3,
+    normalize: bool = False,
+):
     """A seeded head trained on ``(videos, labels)`` pairs; returns ``(model, history)``."""
     heads.set_seed(seed)
     model = heads.build_head(
-        name, num_classes=int(train[1].max()) + 1, seq_len=SEQ_LEN, feature_dim=DIM
+        name,
+        num_classes=int(train[1].max()) + 1,
+        seq_len=SEQ_LEN,
+        feature_dim=DIM,
+        normalize_on=eval_sequences(train[0], SEQ_LEN) if normalize else None,
     )
     sampler = TrainingSampler(*train, seq_len=SEQ_LEN, batch_size=8, seed=seed)
     validation = (*eval_sequences(val[0], SEQ_LEN), val[1])
@@ -122,3 +136,61 @@ def test_rnn_beats_order_blind_meanpool_on_order_only_classes():
     lstm_acc, meanpool_acc = accuracy(lstm, *test), accuracy(meanpool, *test)
     assert meanpool_acc == pytest.approx(0.5, abs=0.05)  # identical inputs within each pair
     assert lstm_acc >= 0.9, (lstm_acc, meanpool_acc)
+
+
+def test_trend_layer_is_mean_and_late_minus_early_of_the_real_frames():
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(3, SEQ_LEN, DIM)).astype(np.float32)
+    lengths = [SEQ_LEN, 5, 1]
+    mask = np.arange(SEQ_LEN)[None, :] < np.array(lengths)[:, None]
+    features[~mask] = 9.0  # padding must not count
+    got = np.asarray(heads.MaskedTrend()(features, mask=mask))
+    for i, n in enumerate(lengths):
+        real = features[i, :n].astype(np.float64)
+        third = max(1, n // 3)
+        expected = np.concatenate([real.mean(0), real[n - third :].mean(0) - real[:third].mean(0)])
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+
+
+def test_normalization_is_fitted_on_real_train_frames_and_saved_in_the_model(tmp_path):
+    videos, _ = appearance_videos(6, 3, seed=4)
+    scaled = [(v.astype(np.float32) * 40 + 300).astype(np.float16) for v in videos]
+    features, mask = eval_sequences(scaled, SEQ_LEN)
+    features[~mask] = 1000.0  # padding must not enter the statistics
+    model = heads.build_head(
+        "lstm", num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM, normalize_on=(features, mask)
+    )
+    norm = model.get_layer("frame_norm")
+    real = features[mask].astype(np.float64)
+    np.testing.assert_allclose(np.ravel(norm.mean), real.mean(0), rtol=1e-3)
+    np.testing.assert_allclose(np.ravel(norm.variance), real.var(0), rtol=1e-2)
+    heads.save_head(model, tmp_path / "head.keras")
+    loaded = heads.load_head(tmp_path / "head.keras")
+    np.testing.assert_array_equal(
+        heads.predict_proba(loaded, features, mask), heads.predict_proba(model, features, mask)
+    )
+
+
+def test_projection_dropout_and_weight_decay_build_and_check_their_options():
+    model = heads.build_head(
+        "gru", num_classes=2, seq_len=SEQ_LEN, feature_dim=DIM, projection=4,
+        input_dropout=0.3, weight_decay=1e-3,
+    )  # fmt: skip
+    assert model.get_layer("projection").units == 4
+    assert model.get_layer("input_dropout").rate == 0.3
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    with pytest.raises(ConfigError, match="--dropout and --input-dropout"):
+        heads.build_head("gru", num_classes=2, seq_len=4, input_dropout=-0.1)
+    with pytest.raises(ConfigError, match="--projection and --weight-decay"):
+        heads.build_head("gru", num_classes=2, seq_len=4, projection=-1)
+
+
+def test_linear_trend_baseline_learns_appearance_and_order():
+    classes = appearance_videos(16, 3, seed=1), appearance_videos(6, 3, seed=2)
+    pairs = order_videos(32, seed=1), order_videos(8, seed=2)
+    for (train, val), test in zip(
+        [classes, pairs], [appearance_videos(10, 3, seed=3), order_videos(20, seed=3)], strict=True
+    ):
+        trend, _ = fit("trend", train, val, epochs=40, patience=10, normalize=True)
+        assert [layer.name for layer in trend.layers if "dense" in layer.name] == []  # linear
+        assert accuracy(trend, *test) >= 0.9

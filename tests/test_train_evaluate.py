@@ -13,6 +13,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,8 @@ def test_vrnn_train_and_evaluate(data, tmp_path):
     assert result.exit_code == 0, result.output
     assert "epoch   1/3  loss" in result.output
     assert "1 manifest video(s) skipped: 1 not in the feature store" in result.output
+    noisy = "warning: the val split has fewer than 5 clips in some class ('clap': 4); early"
+    assert noisy in result.output  # 4 val clips per class
     assert f"→ {models}" in result.output
     result = runner.invoke(app, ["evaluate", str(models), str(data["manifest"]),
                                  str(data["store"]), "-o", str(metrics)])  # fmt: skip
@@ -251,6 +254,29 @@ def test_vrnn_train_and_evaluate(data, tmp_path):
     with open(metrics / "per_class.csv", newline="") as f:
         worst = min(csv.DictReader(f), key=lambda row: float(row["f1"]))
     assert f"worst F1 {float(worst['f1']):.3f} ({worst['label']}) on " in summary
+
+
+def test_a_class_with_one_training_clip_trains_with_a_warning_naming_it(data, tmp_path):
+    records = [r for r in data["records"] if r.split != "train" or r.label != "jump"]
+    records.append(next(r for r in data["records"] if r.split == "train" and r.label == "jump"))
+    config = replace(CONFIG, epochs=1)
+    result = training.train(records, data["store"], tmp_path / "models", config)
+    assert result.counts["train"] == 2 * PER_SPLIT["train"] + 1
+    assert any("class(es) 'jump' have a single training clip" in w for w in result.warnings)
+
+
+def test_features_with_nan_are_refused_naming_the_video(data, tmp_path):
+    videos = make_videos(tmp_path / "videos", {"train": 3, "val": 1}, seed=7)
+    broken, features = videos[4]
+    features[2, 5] = np.nan
+    store = build_store(tmp_path / "features.h5", videos)
+    manifest = write_manifest([r for r, _ in videos], tmp_path / "manifest.csv")
+    args = ["train", str(manifest), str(store), "-o", str(tmp_path / "models"), "--epochs", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{broken.path}: its stored features contain NaN" in errors[0]
+    assert not (tmp_path / "models").exists()
 
 
 def _manifest(tmp_path: Path, records: list[VideoRecord]) -> str:
@@ -280,7 +306,7 @@ BAD_INPUTS = {
     ),
     "unknown head": (
         lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--head", "transformer"],
-        "unknown head 'transformer'; choose one of lstm, gru, bigru, meanpool",
+        "unknown head 'transformer'; choose one of lstm, gru, bigru, meanpool, trend",
     ),
     "seq-len below 1": (
         lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--seq-len", "0"],

@@ -1,0 +1,337 @@
+"""Few-shot head benchmark on real photos and real ImageNet features (issue #18).
+
+Run:  python benchmarks/bench_heads.py [--heads lstm,trend,...] [--shots 5,10,30] [--seeds 5]
+
+* Clips: real photos bundled with scikit-image (no download), rendered at 112×112 into
+  short clips (16–28 frames). Six *order-only* classes in three pairs whose cue survives
+  global pooling — ``zoom_in``/``zoom_out`` (a window shrinking into / growing out of a
+  photo), ``focus_in``/``focus_out`` (Gaussian blur fading out / in), ``fade_in``/``fade_out``
+  (brightness rising / falling) — each pair drawn from the same photos with independent
+  random windows, speeds and ranges, so only the order of frames tells them apart. Two
+  *appearance* classes (``texture``: brick/grass/gravel; ``sky``: Hubble deep field/moon)
+  slowly pan over their own photos. (Pan direction and playback direction are not
+  recoverable from globally pooled features, so they are not order classes.)
+* Features: the real ImageNet MobileNetV2 (``../shared/weights/...no_top.weights.h5``, or
+  ``--weights``) at 112 px, extracted once and cached as ``.npz`` (``--cache``); every head
+  then trains on the cached features. Without the weights file the benchmark exits 0 with
+  a one-line ``skipped:`` message.
+* Protocol: per class a pool of 40 train, 10 val and 20 test clips. For each seed and each
+  ``N`` in ``--shots``, ``N`` train and ``max(2, N // 3)`` val clips per class are drawn from
+  the pools (val is for early stopping, as ``vrnn train`` uses it); the 160 test clips are
+  the same for every run. Each head trains with ``vrnn train``'s recipe
+  (:func:`pipeline.training.fit_config`) with its defaults, then test top-1 is reported as
+  mean ± sd over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+SIZE = 112
+SEQ_LEN = 16
+POOLS = {"train": 40, "val": 10, "test": 20}
+ORDER_PAIRS = (("zoom_in", "zoom_out"), ("focus_in", "focus_out"), ("fade_in", "fade_out"))
+APPEARANCE = {"texture": ("brick", "grass", "gravel"), "sky": ("hubble_deep_field", "moon")}
+SCENES = (
+    "astronaut", "camera", "coffee", "chelsea", "rocket", "immunohistochemistry", "coins",
+    "retina", "cell", "clock", "colorwheel", "page", "text", "stereo_motorcycle",
+)  # fmt: skip
+CLASSES = tuple(c for pair in ORDER_PAIRS for c in pair) + tuple(APPEARANCE)
+GENERATOR_VERSION = "1"
+"""Bump when the clips change, so an old feature cache is not reused."""
+
+
+def load_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as RGB float32 in [0, 1]."""
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    if isinstance(image, tuple):  # stereo pairs
+        image = image[0]
+    image = np.asarray(image, dtype=np.float32)
+    if image.max() > 1.0:
+        image = image / 255.0
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return image[:, :, :3]
+
+
+def crop_resize(image: np.ndarray, cy: float, cx: float, side: float) -> np.ndarray:
+    """The square window of ``side`` px centred at ``(cy, cx)``, resized to SIZE×SIZE."""
+    from skimage.transform import resize
+
+    half = side / 2
+    top = round(float(np.clip(cy - half, 0, image.shape[0] - side)))
+    left = round(float(np.clip(cx - half, 0, image.shape[1] - side)))
+    window = image[top : top + int(side), left : left + int(side)]
+    return resize(window, (SIZE, SIZE), order=1, anti_aliasing=True).astype(np.float32)
+
+
+def _ramp(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """0 → 1 over the clip with a random start/end plateau (the effect does not fill it)."""
+    start = rng.uniform(0.0, 0.25)
+    end = rng.uniform(0.75, 1.0)
+    t = np.linspace(0.0, 1.0, frames)
+    return np.clip((t - start) / (end - start), 0.0, 1.0)
+
+
+def render_clip(kind: str, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 ``[T, SIZE, SIZE, 3]`` frames of one clip of ``kind`` ("forward" direction).
+
+    ``zoom`` zooms in, ``focus`` comes into focus, ``fade`` fades in, ``pan`` pans slowly;
+    the reverse classes are the frames reversed (of another random draw).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    frames = int(rng.integers(16, 29))
+    ramp = _ramp(rng, frames)
+    short = min(photo.shape[:2])
+    side = rng.uniform(0.55, 1.0) * short
+    cy = rng.uniform(side / 2, photo.shape[0] - side / 2)
+    cx = rng.uniform(side / 2, photo.shape[1] - side / 2)
+    out = []
+    if kind == "zoom":
+        factor = rng.uniform(2.0, 3.5)
+        sides = side * factor ** (-ramp)
+        out = [crop_resize(photo, cy, cx, s) for s in sides]
+    elif kind == "pan":
+        angle = rng.uniform(0, 2 * np.pi)
+        side = 0.5 * short
+        span = rng.uniform(0.1, 0.3) * short
+        for r in ramp:
+            out.append(
+                crop_resize(
+                    photo, cy + span * r * np.sin(angle), cx + span * r * np.cos(angle), side
+                )
+            )
+    else:
+        base = crop_resize(photo, cy, cx, side)
+        if kind == "focus":
+            sigma = rng.uniform(3.0, 6.0) * (1.0 - ramp)
+            out = [gaussian_filter(base, (s, s, 0)) if s > 0 else base for s in sigma]
+        elif kind == "fade":
+            low = rng.uniform(0.0, 0.2)
+            out = [base * (low + (1 - low) * r) for r in ramp]
+        else:
+            raise ValueError(kind)
+    return (np.clip(np.stack(out), 0, 1) * 255).round().astype(np.uint8)
+
+
+def make_clips(seed: int = 0):
+    """Yield ``(class index, split, frames)`` for every pool clip, deterministic in ``seed``."""
+    photos = {name: load_photo(name) for name in SCENES}
+    for label, name in enumerate(CLASSES):
+        rng = np.random.default_rng([seed, label])
+        for split, count in POOLS.items():
+            for _ in range(count):
+                if name in APPEARANCE:
+                    source = APPEARANCE[name][int(rng.integers(len(APPEARANCE[name])))]
+                    photo = photos.get(source)
+                    if photo is None:
+                        photo = photos[source] = load_photo(source)
+                    yield label, split, render_clip("pan", photo, rng)
+                    continue
+                kind, direction = name.split("_")
+                photo = photos[SCENES[int(rng.integers(len(SCENES)))]]
+                clip = render_clip(kind, photo, rng)
+                yield label, split, clip[::-1] if direction == "out" else clip
+
+
+def extract_features(weights: Path, cache: Path) -> dict[str, list]:
+    """Per-split lists of ``[T, 1280]`` float16 features and labels, cached in ``cache``."""
+    if cache.is_file():
+        data = np.load(cache)
+        print(f"features: cached {cache}", file=sys.stderr)
+        return _unpack(data)
+    from pipeline.backbone import build_backbone, make_inference_fn, parse_weights
+
+    started = time.perf_counter()
+    model = build_backbone(parse_weights(str(weights)), SIZE)
+    infer = make_inference_fn(model)
+    arrays: dict[str, list] = {f"{s}_{k}": [] for s in POOLS for k in ("features", "labels")}
+    for label, split, clip in make_clips():
+        features = np.concatenate(
+            [np.asarray(infer(clip[i : i + 32])) for i in range(0, len(clip), 32)]
+        )
+        arrays[f"{split}_features"].append(features.astype(np.float16))
+        arrays[f"{split}_labels"].append(label)
+    packed = {}
+    for split in POOLS:
+        lengths = [len(f) for f in arrays[f"{split}_features"]]
+        packed[f"{split}_features"] = np.concatenate(arrays[f"{split}_features"])
+        packed[f"{split}_lengths"] = np.array(lengths)
+        packed[f"{split}_labels"] = np.array(arrays[f"{split}_labels"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **packed)
+    print(
+        f"features: extracted in {time.perf_counter() - started:.0f} s → {cache}", file=sys.stderr
+    )
+    return _unpack(packed)
+
+
+def _unpack(data) -> dict[str, list]:
+    out = {}
+    for split in POOLS:
+        bounds = np.cumsum([0, *data[f"{split}_lengths"]])
+        feats = data[f"{split}_features"]
+        out[split] = (
+            [feats[a:b] for a, b in itertools.pairwise(bounds)],
+            np.asarray(data[f"{split}_labels"]),
+        )
+    return out
+
+
+def cache_path(cache_dir: Path, weights: Path) -> Path:
+    """The feature cache for these weights (by content) and this clip generator version."""
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    return cache_dir / f"bench_heads_v{GENERATOR_VERSION}_{SIZE}px_{digest}.npz"
+
+
+def parse_run(spec: str) -> tuple[str, dict]:
+    """``"label"`` or ``"label=head:key=value,key=value"`` → (label, TrainConfig overrides).
+
+    A bare label is a head name with the current defaults; ``old`` stands for the recipe
+    before issue #18 (lstm, no normalization, 30 epochs, batch 32, patience 5). The ``trend``
+    baseline is always standardized (normalization forced on).
+    """
+    from pipeline.training import TrainConfig
+
+    if spec == "old":
+        return spec, {
+            "head": "lstm",
+            "normalize": False,
+            "epochs": 30,
+            "batch_size": 32,
+            "patience": 5,
+            "projection": 0,
+            "input_dropout": 0.0,
+            "dropout": 0.0,
+            "weight_decay": 0.0,
+            "units": 64,
+            "dense_units": 32,
+            "learning_rate": 1e-3,
+        }
+    if "=" not in spec or ":" not in spec.split("=", 1)[1]:
+        return spec, {"head": spec, **({"normalize": True} if spec == "trend" else {})}
+    label, rest = spec.split("=", 1)
+    head, _, options = rest.partition(":")
+    types = {f: type(getattr(TrainConfig(), f)) for f in TrainConfig().to_dict()}
+    overrides: dict = {"head": head}
+    for item in filter(None, options.split(",")):
+        key, value = item.split("=")
+        cast = types[key]
+        overrides[key] = value.lower() in ("1", "true", "yes") if cast is bool else cast(value)
+    return label, overrides
+
+
+def draw(pool: tuple[list, np.ndarray], per_class: int, rng: np.random.Generator):
+    """``per_class`` random clips of every class from a pool: (features list, labels)."""
+    videos, labels = pool
+    chosen = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
+            for c in range(len(CLASSES))
+        ]
+    )
+    return [videos[i] for i in chosen], labels[chosen]
+
+
+def run_once(overrides: dict, data: dict, shots: int, seed: int) -> float:
+    """Test top-1 of one head trained on ``shots`` clips per class drawn with ``seed``."""
+    from pipeline import heads
+    from pipeline.sequences import eval_sequences
+    from pipeline.training import SplitData, TrainConfig, fit_config
+
+    rng = np.random.default_rng([seed, shots])
+    train_videos, train_labels = draw(data["train"], shots, rng)
+    val_videos, val_labels = draw(data["val"], max(2, shots // 3), rng)
+    config = replace(TrainConfig(seq_len=SEQ_LEN, seed=seed), **overrides)
+    config.validate()
+    validation = (*eval_sequences(val_videos, SEQ_LEN), val_labels)
+    train = SplitData(videos=[], features=train_videos, targets=train_labels)
+    model, _ = fit_config(config, train, validation, len(CLASSES), train_videos[0].shape[1])
+    test_videos, test_labels = data["test"]
+    probs = heads.predict_proba(model, *eval_sequences(test_videos, SEQ_LEN))
+    return float(np.mean(probs.argmax(axis=1) == test_labels))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vrnn")
+    parser.add_argument(
+        "--heads", default="old,lstm,gru,bigru,meanpool,trend",
+        help="comma-separated runs: a head name (current defaults), 'old' (the pre-#18 "
+        "default recipe) or label=head:key=value,... (TrainConfig overrides, ';'-separated)",
+    )  # fmt: skip
+    parser.add_argument("--shots", default="5,10,30", help="train clips per class")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the raw accuracies here")
+    args = parser.parse_args(argv)
+    if not args.weights.is_file():
+        print(
+            f"skipped: ImageNet weights {args.weights} not found (this benchmark needs real "
+            "MobileNetV2 features; pass --weights PATH)"
+        )
+        return 0
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        print("skipped: scikit-image is not installed (pip install -e '.[dev]')")
+        return 0
+    import keras
+
+    keras.utils.disable_interactive_logging()
+    data = extract_features(args.weights, cache_path(args.cache, args.weights))
+    runs = [parse_run(spec) for spec in args.heads.split(";" if ";" in args.heads else ",")]
+    shots = [int(n) for n in args.shots.split(",")]
+    results: dict[str, dict[int, list[float]]] = {}
+    for label, overrides in runs:
+        results[label] = {}
+        for n in shots:
+            started = time.perf_counter()
+            scores = [run_once(overrides, data, n, seed) for seed in range(args.seeds)]
+            results[label][n] = scores
+            print(
+                f"{label:>12} {n:>3}/class: {np.mean(scores):.3f} ± {np.std(scores, ddof=1):.3f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+    print(table(results, shots, args.seeds))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def table(results: dict[str, dict[int, list[float]]], shots: list[int], seeds: int) -> str:
+    """Markdown table: one row per run, one column per clips-per-class, mean ± sd."""
+    chance = 1 / len(CLASSES)
+    lines = [
+        f"test top-1, {len(CLASSES)} classes (chance {chance:.3f}), mean ± sd over {seeds} "
+        f"seeds, {POOLS['test']} test clips per class",
+        "",
+        "| head | " + " | ".join(f"{n} clips/class" for n in shots) + " |",
+        "|---|" + "---:|" * len(shots),
+    ]
+    for label, by_shots in results.items():
+        cells = [
+            f"{np.mean(by_shots[n]):.3f} ± {np.std(by_shots[n], ddof=1) if seeds > 1 else 0:.3f}"
+            for n in shots
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
