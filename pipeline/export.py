@@ -20,11 +20,13 @@ fold time into the batch (:class:`PerFrame`), one backbone call on ``B·T`` imag
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,14 @@ import keras
 from pipeline.backbone import build_backbone, fingerprint, parse_weights
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import ConfigError, ModelError, WeightsError
-from pipeline.heads import FEATURES_INPUT, MASK_INPUT, MaskedMean, ToFloat32, load_head
+from pipeline.heads import (
+    FEATURES_INPUT,
+    MASK_INPUT,
+    MaskedMean,
+    MaskedTrend,
+    ToFloat32,
+    load_head,
+)
 from pipeline.predict import model_weights_file
 from pipeline.training import TrainedModel, load_model_dir
 
@@ -139,13 +148,33 @@ def load_backbone(extractor: ExtractorConfig, weights_file: Path) -> keras.Model
     return model
 
 
-def _builtin_equivalent(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """The head's own layer, or a Keras built-in that computes the same on all-real frames."""
+def _builtin_equivalent(layer: keras.layers.Layer) -> Callable[..., keras.KerasTensor]:
+    """The head's own layer, or Keras built-ins that compute the same on all-real frames."""
     if isinstance(layer, ToFloat32):
         return keras.layers.Activation("linear", dtype="float32", name=layer.name)
     if isinstance(layer, MaskedMean):  # every frame is real: the masked mean is the mean
         return keras.layers.GlobalAveragePooling1D(name=layer.name)
+    if isinstance(layer, MaskedTrend):
+        return functools.partial(_builtin_trend, name=layer.name)
     return layer
+
+
+def _builtin_trend(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
+    """:class:`~pipeline.heads.MaskedTrend` on ``T`` real frames from built-in layers:
+    [mean, mean of the last third − mean of the first third], a third = ``max(1, T // 3)``."""
+    layers = keras.layers
+    steps = x.shape[1]
+    cut = steps - max(1, steps // 3)
+    x = layers.Activation("linear", dtype="float32", name=f"{name}_float32")(x)
+    mean = layers.GlobalAveragePooling1D(name=f"{name}_mean")(x)
+    early = layers.GlobalAveragePooling1D(name=f"{name}_early")(
+        layers.Cropping1D((0, cut), name=f"{name}_first_third")(x)
+    )
+    late = layers.GlobalAveragePooling1D(name=f"{name}_late")(
+        layers.Cropping1D((cut, 0), name=f"{name}_last_third")(x)
+    )
+    trend = layers.Subtract(name=f"{name}_late_minus_early")([late, early])
+    return layers.Concatenate(name=name)([mean, trend])
 
 
 def head_without_mask(head: keras.Model, features: keras.KerasTensor) -> keras.KerasTensor:
