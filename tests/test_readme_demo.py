@@ -132,7 +132,10 @@ def test_readme_dvc_block_runs_in_a_fresh_shell(demo):
             assert "could not be downloaded" in output, output[-4000:]
             continue
         assert status == 0, f"{command!r} failed:\n{output[-4000:]}"
-    assert "metrics/eval.json" in output and "extract_report" not in output
+    # each line's stdout lies between the previous marker and its own
+    said = dict(zip(results, re.split(rf"^{marker} .*$", done.stdout, flags=re.M), strict=False))
+    shown = said["dvc metrics show"]
+    assert "metrics/eval.json" in shown and "extract_report" not in shown, shown
     lo, hi = demo_figures()["meanpool"]
     meanpool = results["dvc exp run -S train.head=meanpool"][1]["top1"]
     assert lo <= meanpool <= hi, f"meanpool top-1 {meanpool}, README says {lo}–{hi}"
