@@ -258,3 +258,18 @@ def test_decoders_option_values() -> None:
     assert auto_decoders(64) == extract.MAX_AUTO_DECODERS
     assert queue_depth(1) == extract.QUEUE_CHUNKS
     assert queue_depth(8) == 8 * extract.CHUNKS_PER_DECODER
+
+
+def test_bad_decoders_value_is_one_error_line(videos: list[Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    store = tmp_path / "out" / "features.h5"
+    args = ["extract", str(videos[0].parent), "-o", str(store), "--decoders", "two"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: --decoders must be a whole number ≥ 1 or auto, got 'two'"
+    ]
+    assert not store.parent.exists()
