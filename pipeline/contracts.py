@@ -108,6 +108,8 @@ class VideoInfo:
         corrupt_packets: packets that failed to demux or decode and were skipped.
         decoded_frames: frames the decoder output intact (before ``fps`` sampling); every
             one is kept unless sampling skips it.
+        video_packets: non-empty packets read from the stream (one per frame in every
+            codec/container pair the tests cover).
         timestamps_repaired: frames whose stored timestamp is not their own pts (missing,
             scrambled or not increasing; see ``video._Retimer``).
     """
@@ -123,13 +125,15 @@ class VideoInfo:
     rotation: int = 0
     corrupt_packets: int = 0
     decoded_frames: int = 0
+    video_packets: int = 0
     timestamps_repaired: int = 0
 
     @property
     def partial(self) -> bool:
         """True when damage cost frames: corrupt packets, or fewer frames than the container
-        claims."""
-        return self.corrupt_packets > 0 or 0 < self.decoded_frames < self.container_frames
+        claims or than packets were read (a decoder silently skipping to a keyframe)."""
+        lost = self.decoded_frames < max(self.container_frames, self.video_packets)
+        return self.corrupt_packets > 0 or (self.decoded_frames > 0 and lost)
 
 
 @dataclass(frozen=True)

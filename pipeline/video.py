@@ -119,6 +119,9 @@ def _decoded_frames(
 ) -> Iterator[av.VideoFrame]:
     """Decode every frame, skipping packets FFmpeg rejects (counted in ``counter[0]``).
 
+    ``counter[1]`` counts the non-empty packets read: a decoder that outputs fewer frames
+    than it was given (e.g. H.264 waiting for a keyframe after damage) lost some silently.
+
     Damage never ends decoding early: a failed packet is skipped, a demuxer error resumes
     at the next readable packet (up to :data:`MAX_DEMUX_ERRORS` in a row).
     """
@@ -128,6 +131,7 @@ def _decoded_frames(
         try:
             for packet in packets:
                 failed_reads = 0
+                counter[1] += packet.size > 0
                 try:
                     yield from packet.decode()
                 except av.error.FFmpegError:
@@ -267,7 +271,7 @@ class VideoReader:
         nominal_period = 1.0 / float(rate) if rate else 0.0
         sampler = _Sampler(self.fps)
         sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
-        corrupt = [0]
+        corrupt = [0, 0]  # skipped packets, packets read
         retimer = _Retimer(nominal_period)
         frames: list[np.ndarray] = []
         stamps: list[float] = []
@@ -322,6 +326,7 @@ class VideoReader:
             rotation=rotation,
             corrupt_packets=corrupt[0],
             decoded_frames=decoded,
+            video_packets=corrupt[1],
             timestamps_repaired=retimer.repaired,
         )
 

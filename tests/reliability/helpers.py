@@ -28,7 +28,8 @@ READER = HERE / "reader.py"
 
 INPUT_SIZE = 32
 EXTRACT_OPTIONS = ("--weights", "random", "--input-size", str(INPUT_SIZE), "--resize", "squash")
-RUN_TIMEOUT_SEC = 120
+RUN_TIMEOUT_SEC = 600
+"""Only a hang takes this long (a fresh ``vrnn extract`` took ~55 s at load average 28, 2 cores)."""
 
 ENV = {
     **os.environ,
@@ -85,7 +86,7 @@ def signal_when(
     condition: Callable[[], bool],
     sig: int = signal.SIGKILL,
     *,
-    timeout: float = 60.0,
+    timeout: float = RUN_TIMEOUT_SEC,
     poll_sec: float = 0.001,
 ) -> bool:
     """Send ``sig`` to ``proc`` as soon as ``condition()`` holds; False if it exited first."""

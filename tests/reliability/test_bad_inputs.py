@@ -267,10 +267,14 @@ def test_the_batch_completes_with_one_summary_and_no_traceback(batch: Batch) -> 
     assert batch.returncode == 0, batch.stderr[-3000:]
     assert "Traceback" not in batch.stderr
     stored_once = len([case for case in good if case.same_as is None])
+    with open_store(batch.store) as store:
+        partial = sorted(Path(v.info.path).name for v in store.iter_videos() if v.info.partial)
+    # The three damaged files are stored partially, and the summary line says so.
+    assert {"corrupt_head.avi", "corrupt_head.ts", "truncated_tail.avi"} <= set(partial)
     assert batch.stdout.startswith(
         f"extracted {stored_once}, skipped 0 (already stored), "
         f"{len(good) - stored_once} duplicates (same content), "
-        f"failed {len(bad)} of {len(CASES)} videos;"
+        f"failed {len(bad)} of {len(CASES)} videos, {len(partial)} decoded partially"
     )
     failed_lines = [line for line in messages(batch.stderr) if line.startswith("  failed ")]
     assert len(failed_lines) == len(bad)
