@@ -18,13 +18,12 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.sequences import stack_sequences, uniform_indices
+from pipeline.store_read import FeatureStore
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Selected splits up to this many feature bytes are held in RAM (``--memory-budget``)."""
@@ -60,19 +59,12 @@ def format_bytes(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def stored_bytes(store_path: Path, video_ids: Sequence[str]) -> int:
-    """Uncompressed feature bytes of ``video_ids`` (each counted once), from metadata only.
-
-    Unknown ids count 0 (the join reports missing videos).
-    """
-    total = 0
-    with h5py.File(store_path, "r") as f:
-        videos = f["videos"]
-        for video_id in set(video_ids):
-            if video_id in videos:
-                ds = videos[video_id]["features"]
-                total += int(np.prod(ds.shape)) * ds.dtype.itemsize
-    return total
+def stored_bytes(store: FeatureStore, video_ids: Sequence[str]) -> int:
+    """Uncompressed feature bytes of ``video_ids`` (each counted once), from the store's
+    catalog alone (no shard is opened). Unknown ids count 0 (the join reports them)."""
+    row_bytes = store.config.feature_dim * np.dtype(store.config.dtype).itemsize
+    catalog = store.catalog
+    return sum(catalog[v].frames * row_bytes for v in set(video_ids) if v in catalog)
 
 
 @dataclass(frozen=True)
@@ -93,9 +85,9 @@ class InputPlan:
         return f"in memory ({format_bytes(self.nbytes)} of features)"
 
 
-def plan_input(store_path: Path, video_ids: Sequence[str], budget: int) -> InputPlan:
+def plan_input(store: FeatureStore, video_ids: Sequence[str], budget: int) -> InputPlan:
     """In memory when the videos' feature bytes fit ``budget``, else streaming."""
-    nbytes = stored_bytes(store_path, video_ids)
+    nbytes = stored_bytes(store, video_ids)
     return InputPlan(streaming=nbytes > budget, nbytes=nbytes, budget=budget)
 
 

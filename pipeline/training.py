@@ -354,7 +354,7 @@ def feature_reader(
     """Decide the input path for ``videos``: in memory (None) when their features fit
     ``memory_budget`` bytes, else the store's frame cache (memory-mapped views)."""
     ids = [v.video_id for v in videos]
-    plan = plan_input(store.path, ids, memory_budget)
+    plan = plan_input(store, ids, memory_budget)
     return plan, open_frame_cache(store, ids) if plan.streaming else None
 
 
@@ -820,7 +820,7 @@ def evaluate(
         check_extractor(trained, store, Path(model_dir))
         joined = join_manifest(split_records, store, f"{split} split")
         chosen, targets = split_targets(joined.videos, split, trained.labels)
-        plan = plan_input(store.path, [v.video_id for v in chosen], memory_budget)
+        plan = plan_input(store, [v.video_id for v in chosen], memory_budget)
         probs = predict_split(trained, store, [v.video_id for v in chosen], plan.streaming)
     summary, per_class, confusion = metrics.summarize(probs, targets, trained.labels, split)
     summary = replace(summary, missing=len(joined.missing))

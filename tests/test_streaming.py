@@ -18,14 +18,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_train_evaluate import CONFIG, PER_SPLIT, build_store, make_videos
+from test_train_evaluate import BACKBONE_SHA256, CONFIG, PER_SPLIT, build_store, make_videos
 from typer.testing import CliRunner
 
 from pipeline import frame_cache, streaming, training
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.dataset import write_manifest
 from pipeline.errors import ConfigError
-from pipeline.store import open_store
+from pipeline.store import open_store, shards_dir_for
 from stages.cli import app
 
 
@@ -121,7 +121,8 @@ def test_frame_cache_is_built_once_extended_on_demand_and_rebuilt_for_a_changed_
     data, tmp_path, cache_home
 ):
     path = tmp_path / "features.h5"
-    shutil.copy2(data["store"], path)
+    shutil.copy2(data["store"], path)  # a store is its index file and its shard directory
+    shutil.copytree(shards_dir_for(data["store"]), shards_dir_for(path))
     with open_store(path) as store:
         ids = store.video_ids
         first = frame_cache.open_frame_cache(store, ids[:10])
@@ -145,7 +146,7 @@ def test_frame_cache_is_built_once_extended_on_demand_and_rebuilt_for_a_changed_
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["frames.json", rebuilt.segments[0].name]
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "features.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "features.h5", "features.h5.d"]
 
 
 RSS_PROBE = textwrap.dedent(
@@ -189,7 +190,7 @@ def test_streaming_keeps_anonymous_memory_flat_on_a_store_larger_than_the_budget
     below the features' size; reading them into memory (the control) grows by about it."""
     dim, frames, count = 1280, 120, 200
     config = ExtractorConfig(
-        weights="random:seed=0", weights_sha256="cd" * 32, input_size=32, feature_dim=dim
+        weights="random:seed=0", weights_sha256=BACKBONE_SHA256, input_size=32, feature_dim=dim
     )
     rng = np.random.default_rng(0)
     videos = []
@@ -202,7 +203,7 @@ def test_streaming_keeps_anonymous_memory_flat_on_a_store_larger_than_the_budget
     store = build_store(tmp_path / "big.h5", videos, config)
     nbytes = count * frames * dim * 2
     with open_store(store) as opened:
-        plan = streaming.plan_input(store, opened.video_ids, 8 * 2**20)
+        plan = streaming.plan_input(opened, opened.video_ids, 8 * 2**20)
     assert plan.streaming and plan.nbytes == nbytes
 
     def growth(mode: str) -> int:

@@ -7,12 +7,14 @@ mean vector. The extraction engine is not involved.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import logging
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,8 +33,26 @@ from stages.cli import app
 DIM = 32
 CLASSES = ("clap", "jump", "wave")
 PER_SPLIT = {"train": 12, "val": 4, "test": 6}
+
+
+def _seeded_backbone_weights() -> tuple[Path, str]:
+    """A real weights file of the seeded random backbone at 32 px, and its sha256.
+
+    ``train`` checks a store's backbone weights against its ``weights_sha256`` before copying
+    them into the model, so the stores built here carry real ones (built once per session).
+    """
+    from pipeline.backbone import build_backbone, fingerprint, parse_weights, save_weights
+
+    model = build_backbone(parse_weights("random:0"), 32)
+    path = Path(tempfile.mkdtemp(prefix="vrnn-test-backbone-")) / "backbone.weights.h5"
+    atexit.register(shutil.rmtree, path.parent, True)
+    save_weights(model, path)
+    return path, fingerprint(model)
+
+
+BACKBONE_WEIGHTS, BACKBONE_SHA256 = _seeded_backbone_weights()
 EXTRACTOR = ExtractorConfig(
-    weights="random:seed=0", weights_sha256="ab" * 32, input_size=32, feature_dim=DIM
+    weights="random:seed=0", weights_sha256=BACKBONE_SHA256, input_size=32, feature_dim=DIM
 )
 CONFIG = training.TrainConfig(seq_len=8, epochs=8, batch_size=8, patience=3, seed=0)
 
@@ -68,7 +88,7 @@ def build_store(path: Path, videos: list[tuple], config: ExtractorConfig = EXTRA
             write_part(builder.parts_dir, config, vf)
         builder.commit()
         builder.discard_staging()
-    backbone_sidecar(path).write_bytes(b"stand-in: train copies the store's backbone weights")
+    shutil.copyfile(BACKBONE_WEIGHTS, backbone_sidecar(path))  # train checks and copies it
     return path
 
 
