@@ -4,6 +4,7 @@ extract → train → predict → export (model and store) at 32 px on a few rea
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from pipeline import backbone
 from pipeline.backbone import BACKBONES, build_backbone, calibration_images, parse_weights
 from pipeline.sample_data import write_video
+from pipeline.store import StoreBuilder, open_store, write_part
 from stages.cli import app
 from tests.reliability.helpers import write_csv_manifest
 
@@ -127,4 +129,16 @@ def test_each_backbone_through_extract_train_predict_export(tmp_path: Path, name
     refused = _invoke("extract", manifest, "-o", store, "--backbone", other, *common)
     assert refused.exit_code == 1
     errors = [line for line in refused.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and name in errors[0] and other in errors[0]
+
+    # The same features under another backbone's name: the model refuses that store.
+    foreign = tmp_path / "foreign.h5"
+    with open_store(store) as fs:
+        config = replace(fs.config, backbone=other)
+        with StoreBuilder(foreign, config) as builder:
+            write_part(builder.parts_dir, config, fs.read(fs.video_ids[0]))
+            builder.commit()
+    mixed = _invoke("predict", model, clips[0], "--features", foreign)
+    assert mixed.exit_code == 1
+    errors = [line for line in mixed.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and name in errors[0] and other in errors[0]
