@@ -93,10 +93,10 @@ def pool_windows(
     """
     rows = features.shape[0]
     span = min(window, rows)
-    starts = np.arange(0, rows - span + 1, stride)
+    starts = np.arange(0, rows - span + 1, stride) if rows else np.zeros(0, np.int64)
     x = features.astype(np.float32, copy=False)
     cumulative = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0, dtype=np.float64)])
-    pooled = ((cumulative[starts + span] - cumulative[starts]) / span).astype(np.float32)
+    pooled = ((cumulative[starts + span] - cumulative[starts]) / max(span, 1)).astype(np.float32)
     centres = (timestamps[starts] + timestamps[starts + span - 1]) / 2
     return pooled, centres.astype(np.float64)
 

@@ -90,6 +90,11 @@ def test_window_pooling_matches_a_numpy_reference(window: int, stride: int) -> N
     assert pooled.dtype == np.float32 and len(pooled) == len(starts) >= 1
 
 
+def test_window_pooling_of_no_rows_is_no_rows() -> None:
+    pooled, centres = pool_windows(np.zeros((0, 8), np.float16), np.zeros(0), 4, 2)
+    assert pooled.shape == (0, 8) and centres.shape == (0,)
+
+
 def test_file_names_are_stems_and_collisions_get_the_video_id() -> None:
     names = file_names({"v1": "walk", "v2": "walk", "v3": "run", "v4": "run.timestamps"}, "npy")
     assert names == {
