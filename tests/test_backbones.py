@@ -12,7 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline import backbone
-from pipeline.backbone import BACKBONES, build_backbone, calibration_images, parse_weights
+from pipeline.backbone import (
+    BACKBONES,
+    build_backbone,
+    calibration_images,
+    imagenet_weights_file,
+    parse_weights,
+)
+from pipeline.errors import WeightsError
 from pipeline.sample_data import write_video
 from pipeline.store import StoreBuilder, open_store, write_part
 from stages.cli import app
@@ -57,6 +64,35 @@ def test_preprocessing_is_each_familys_own() -> None:
     ]:
         family = BACKBONES[name]
         np.testing.assert_allclose(images[0, 0, 0] * family.scale + family.offset, expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "file_name"),
+    [
+        ("efficientnet_b0", "efficientnetb0_notop.h5"),
+        ("efficientnet_v2_b0", "efficientnetv2-b0_notop.h5"),
+    ],
+)
+def test_imagenet_asks_keras_for_the_familys_file(
+    monkeypatch: pytest.MonkeyPatch, name: str, file_name: str
+) -> None:
+    import keras
+
+    asked = []
+
+    def offline(fname, origin, **kwargs):
+        asked.append((fname, origin, kwargs))
+        raise Exception(f"URL fetch failure on {origin}: Name or service not known")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(WeightsError) as caught:
+        imagenet_weights_file(224, name)
+    ((fname, origin, kwargs),) = asked
+    assert fname == file_name and origin.endswith("/" + file_name)
+    assert (
+        kwargs["cache_subdir"] == "models" and kwargs["file_hash"] == BACKBONES[name].imagenet_md5
+    )
+    assert "\n" not in str(caught.value) and "--weights PATH" in str(caught.value)
 
 
 def test_families_have_different_weights() -> None:
