@@ -1,9 +1,13 @@
-"""The frozen MobileNetV2 feature extractor: weights resolution, building, fingerprint.
+"""The frozen feature extractor: backbone families, weights resolution, building, fingerprint.
+
+Three Keras applications give 1280-d average-pooled features (``--backbone``, see
+:data:`BACKBONES`): MobileNetV2 (default), EfficientNetB0 and EfficientNetV2B0. Each family's
+own preprocessing is inside the built model, which always takes uint8 frames.
 
 Weights come from one of three places, named by a *weights spec*:
 
 * ``imagenet`` — Keras's own download into its cache (``$KERAS_HOME/models``), the same
-  file ``keras.applications.MobileNetV2(weights="imagenet")`` uses for that input size;
+  file ``keras.applications.<Family>(weights="imagenet")`` uses for that input size;
 * a path to a local weights file (``.weights.h5`` or Keras's legacy ``.h5``);
 * ``random`` / ``random:N`` — a seeded random backbone whose BatchNorm statistics are
   calibrated on seeded noise, for offline smoke runs and tests (not ImageNet features!).
@@ -28,10 +32,72 @@ from pipeline.errors import ConfigError, WeightsError
 log = logging.getLogger(__name__)
 
 BACKBONE_NAME = "mobilenet_v2"
+"""The default backbone."""
 MIN_INPUT_SIZE = 32
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
 """Input sizes Keras publishes ImageNet MobileNetV2 weights for (others load the 224 ones)."""
 IMAGENET_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One backbone family: its Keras application and the preprocessing folded into the model.
+
+    Attributes:
+        name: the ``--backbone`` value, recorded in stores and models.
+        application: the ``keras.applications`` constructor.
+        scale, offset: uint8 pixels → the application's input (``x * scale + offset``).
+        imagenet_url: where Keras downloads the no-top ImageNet weights (``{size}`` for
+            families with one file per input size), and its md5 (None: not checked).
+        top1: ImageNet top-1 accuracy, %, from Keras' applications table.
+    """
+
+    name: str
+    application: str
+    scale: float
+    offset: float
+    imagenet_url: str
+    imagenet_md5: str | None
+    top1: float
+
+
+BACKBONES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            "mobilenet_v2", "MobileNetV2", 1 / 127.5, -1.0,
+            IMAGENET_BASE_URL + "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}"
+            "_no_top.h5",
+            None, 71.3,
+        ),
+        Family(
+            "efficientnet_b0", "EfficientNetB0", 1.0, 0.0,
+            "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
+            "50bc09e76180e00e4465e1a485ddc09d", 77.1,
+        ),
+        Family(
+            "efficientnet_v2_b0", "EfficientNetV2B0", 1.0, 0.0,
+            "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
+            "efficientnetv2-b0_notop.h5",
+            "893217f2bb855e2983157299931e43ff", 78.7,
+        ),
+    )
+}  # fmt: skip
+"""Every ``--backbone``: each gives 1280-d average-pooled features."""
+
+
+def family(name: str) -> Family:
+    """The :class:`Family` called ``name``; one :class:`ConfigError` line listing the choices."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ConfigError(
+            f"--backbone {name!r} is not a known backbone; choose one of {', '.join(BACKBONES)}"
+        ) from None
+
+
 CALIBRATION_IMAGES = 32
 _RANDOM_SPEC = re.compile(r"^random(?::(?:seed=)?(\d+))?$")
 
@@ -75,15 +141,16 @@ def parse_weights(spec: str) -> WeightsSpec:
 
 
 def check_input_size(size: int) -> None:
-    """Reject input sizes MobileNetV2 cannot run at (five stride-2 stages need ≥ 32 px)."""
+    """Reject input sizes the backbones cannot run at (five stride-2 stages need ≥ 32 px)."""
     if size < MIN_INPUT_SIZE:
-        raise ConfigError(f"--input-size {size} is too small; MobileNetV2 needs ≥ {MIN_INPUT_SIZE}")
+        raise ConfigError(f"--input-size {size} is too small; backbones need ≥ {MIN_INPUT_SIZE}")
     if size > 1024:
         raise ConfigError(f"--input-size {size} is too large (max 1024)")
 
 
-def imagenet_weights_file(input_size: int) -> Path:
-    """Fetch (or find in Keras's cache) the no-top ImageNet weights for ``input_size``.
+def imagenet_weights_file(input_size: int, backbone: str = BACKBONE_NAME) -> Path:
+    """Fetch (or find in Keras's cache) the no-top ImageNet weights of ``backbone`` for
+    ``input_size`` (EfficientNets have one file for every size).
 
     Raises:
         WeightsError: the file is not cached and cannot be downloaded, with the alternatives.
@@ -91,9 +158,11 @@ def imagenet_weights_file(input_size: int) -> Path:
     import keras
 
     rows = input_size if input_size in IMAGENET_SIZES else 224
-    name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+    url = family(backbone).imagenet_url.format(size=rows)
+    name = url.rsplit("/", 1)[1]
+    md5 = family(backbone).imagenet_md5
     try:
-        return Path(keras.utils.get_file(name, IMAGENET_BASE_URL + name, cache_subdir="models"))
+        return Path(keras.utils.get_file(name, url, cache_subdir="models", file_hash=md5))
     except Exception as e:  # Keras raises bare Exception subclasses for URL/HTTP errors
         cause = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(
@@ -111,15 +180,44 @@ def _mobilenet(input_size: int):
     )
 
 
-def _wrap(core, input_size: int):
-    """uint8 frames → MobileNetV2 ``preprocess_input`` (x/127.5 − 1) → 1280-d, in one model."""
+def _core(fam: Family, input_size: int):
+    """The family's Keras application: no top, average pooling, no weights yet."""
+    import keras
+
+    if fam.name == BACKBONE_NAME:
+        return _mobilenet(input_size)
+    return getattr(keras.applications, fam.application)(
+        input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights=None
+    )
+
+
+def _fix_normalization(core) -> None:
+    """Give EfficientNetB0's input Normalization the ImageNet mean and variance (std²).
+
+    Built without ``weights="imagenet"``, Keras leaves it at mean 0 / variance 1, and its
+    ImageNet file stores the std as variance (keras issue tensorflow#49930, which Keras
+    patches with an extra Rescaling only when it loads the file itself). Setting the values
+    here after every load gives ``(x/255 − mean) / std`` whatever the weights' source, and the
+    same graph for a weights file saved from this model.
+    """
+    import keras
+
+    for layer in core._flatten_layers():
+        if isinstance(layer, keras.layers.Normalization) and hasattr(layer, "adapt_mean"):
+            layer.adapt_mean.assign(np.array(IMAGENET_MEAN_RGB, np.float32))
+            layer.adapt_variance.assign(np.square(np.array(IMAGENET_STDDEV_RGB, np.float32)))
+            layer.finalize_state()
+
+
+def _wrap(core, fam: Family, input_size: int):
+    """uint8 frames → the family's preprocessing → 1280-d, in one model."""
     import keras
 
     frames = keras.Input((input_size, input_size, 3), dtype="uint8", name="frames")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(frames)
+    x = keras.layers.Rescaling(fam.scale, offset=fam.offset, name="preprocess")(frames)
     features = core(x, training=False)
     features = keras.layers.Activation("linear", dtype="float32", name="features")(features)
-    model = keras.Model(frames, features, name="mobilenet_v2_features")
+    model = keras.Model(frames, features, name=f"{fam.name}_features")
     model.trainable = False
     return model
 
@@ -140,7 +238,7 @@ def calibration_images(seed: int, size: int, count: int = CALIBRATION_IMAGES) ->
     return (images * 255).round().astype(np.uint8)
 
 
-def _calibrate_batchnorm(model, seed: int, input_size: int) -> None:
+def _calibrate_batchnorm(model, fam: Family, seed: int, input_size: int) -> None:
     """Set every BatchNorm's moving statistics to those of one seeded noise batch.
 
     Random kernels with the default moving mean 0 / variance 1 shrink activations block by
@@ -157,7 +255,7 @@ def _calibrate_batchnorm(model, seed: int, input_size: int) -> None:
     momenta = [layer.momentum for layer in norms]
     for layer in norms:
         layer.momentum = 0.0
-    images = calibration_images(seed, input_size).astype("float32") / 127.5 - 1.0
+    images = calibration_images(seed, input_size).astype("float32") * fam.scale + fam.offset
     model(images, training=True)
     for layer, momentum in zip(norms, momenta, strict=True):
         layer.momentum = momentum
@@ -191,6 +289,7 @@ def build_backbone(
     weights_file: Path | None = None,
     *,
     mixed_precision: bool = False,
+    backbone: str = BACKBONE_NAME,
 ):
     """Build the frozen feature extractor: uint8 ``[B, S, S, 3]`` → float32 ``[B, 1280]``.
 
@@ -201,32 +300,38 @@ def build_backbone(
             saved beside a store, which the fingerprint then checks).
         mixed_precision: compute in float16 (fast on GPUs with tensor cores; features
             still come out float32 and differ from float32 compute by ~1e-3).
+        backbone: a :data:`BACKBONES` name.
 
     Returns:
         a non-trainable ``keras.Model`` with preprocessing folded in.
     """
     import keras
 
+    fam = family(backbone)
     check_input_size(input_size)
     enable_gpu_memory_growth()
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     if weights_file is None and spec.is_random:
         keras.utils.set_random_seed(spec.seed)
-        core = _mobilenet(input_size)
-        _calibrate_batchnorm(core, spec.seed, input_size)
+        core = _core(fam, input_size)
+        _fix_normalization(core)
+        _calibrate_batchnorm(core, fam, spec.seed, input_size)
         log.info("using a RANDOM backbone (%s): features are not ImageNet features", spec.identity)
-        return _wrap(core, input_size)
+        return _wrap(core, fam, input_size)
     if weights_file is None:
-        weights_file = imagenet_weights_file(input_size) if spec.kind == "imagenet" else spec.path
-    core = _mobilenet(input_size)
+        weights_file = (
+            imagenet_weights_file(input_size, fam.name) if spec.kind == "imagenet" else spec.path
+        )
+    core = _core(fam, input_size)
     try:
         core.load_weights(str(weights_file))
     except Exception as e:  # h5py/Keras raise assorted types for a wrong or broken file
         raise WeightsError(
-            f"{weights_file}: not MobileNetV2 (alpha 1.0, no top) weights ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})"
+            f"{weights_file}: not {fam.application} (no top) weights for --backbone "
+            f"{fam.name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
-    return _wrap(core, input_size)
+    _fix_normalization(core)
+    return _wrap(core, fam, input_size)
 
 
 def fingerprint(model) -> str:

@@ -137,7 +137,10 @@ def load_backbone(extractor: ExtractorConfig, weights_file: Path) -> keras.Model
         WeightsError: not MobileNetV2 weights, or not the weights the head was trained on.
     """
     model = build_backbone(
-        parse_weights(str(weights_file)), extractor.input_size, weights_file=weights_file
+        parse_weights(str(weights_file)),
+        extractor.input_size,
+        weights_file=weights_file,
+        backbone=extractor.backbone,
     )
     actual = fingerprint(model)
     if actual != extractor.weights_sha256:

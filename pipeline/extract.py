@@ -128,6 +128,7 @@ def backbone_for(config: ExtractorConfig, weights_file: Path) -> Callable[[np.nd
                 config.input_size,
                 weights_file=weights_file,
                 mixed_precision=mixed_precision,
+                backbone=config.backbone,
             )
             if fingerprint(model) != config.weights_sha256:
                 raise WeightsError(

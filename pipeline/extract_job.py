@@ -59,6 +59,7 @@ class ExtractOptions:
     """User-facing stage-1 settings (see ``vrnn extract --help``)."""
 
     weights: str = "imagenet"
+    backbone: str = "mobilenet_v2"
     input_size: int = 224
     resize: str = "crop"
     fps: float | None = None
@@ -71,8 +72,9 @@ class ExtractOptions:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values no extraction can use."""
-        from pipeline.backbone import check_input_size
+        from pipeline.backbone import check_input_size, family
 
+        family(self.backbone)
         check_input_size(self.input_size)
         if self.resize not in RESIZE_POLICIES:
             raise ConfigError(f"--resize must be one of {', '.join(RESIZE_POLICIES)}")
@@ -217,6 +219,7 @@ def _config(options: ExtractOptions, weights: str, sha256: str) -> ExtractorConf
         resize=options.resize,
         fps=options.fps,
         dtype=options.dtype,
+        backbone=options.backbone,
         mixed_precision=options.mixed_precision,
     )
 
@@ -250,7 +253,12 @@ def resolve_extractor(store_path: Path, options: ExtractOptions) -> Extractor:
 def _build(spec, options: ExtractOptions):
     from pipeline.backbone import build_backbone
 
-    return build_backbone(spec, options.input_size, mixed_precision=options.mixed_precision)
+    return build_backbone(
+        spec,
+        options.input_size,
+        mixed_precision=options.mixed_precision,
+        backbone=options.backbone,
+    )
 
 
 def save_sidecar(builder: StoreBuilder, extractor: Extractor, options: ExtractOptions) -> None:

@@ -193,6 +193,18 @@ def _sample_data_dir(path: Path) -> bool:
     return all(entry.is_dir() and entry.name in labels for entry in path.iterdir())
 
 
+def _store_export_dir(path: Path) -> bool:
+    from pipeline.store_export import INDEX_COLUMNS, INDEX_NAME  # NumPy only: no TensorFlow
+
+    def ours(entry: Path) -> bool:  # an interrupted export has arrays but no index.csv yet
+        if entry.name == INDEX_NAME:
+            return _csv_header(*INDEX_COLUMNS)(entry)
+        temporary = entry.name.startswith(".") and entry.suffix == ".tmp"
+        return entry.is_file() and (entry.suffix in {".npy", ".npz"} or temporary)
+
+    return all(ours(entry) for entry in path.iterdir())
+
+
 def _any(path: Path) -> bool:
     return True
 
@@ -221,3 +233,6 @@ EXPORT_FILES = {
 LABELS_JSON = OutputKind("labels.json (JSON list of labels)", False, _labels_file)
 SAMPLE_DATA = OutputKind("sample-data folder (one folder per class)", True, _sample_data_dir)
 CLASS_FOLDER = OutputKind("class folder", True, _any, overwritable=False)
+STORE_EXPORT = OutputKind(
+    "store export directory (index.csv and .npy/.npz files)", True, _store_export_dir
+)

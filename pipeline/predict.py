@@ -116,13 +116,13 @@ def model_weights_file(
     wanted = f"{extractor.weights} weights (sha256 {extractor.weights_sha256[:12]})"
     if extractor.weights == "imagenet":
         try:
-            return imagenet_weights_file(extractor.input_size)
+            return imagenet_weights_file(extractor.input_size, extractor.backbone)
         except WeightsError as e:
             cause = str(e.__cause__ or e).splitlines()[0]
             raise WeightsError(
                 f"{model_dir} has no {BACKBONE_FILE}, and the {wanted} it was trained on are "
                 f"not in the Keras cache and could not be downloaded ({cause}); pass "
-                "--weights PATH with the MobileNetV2 no-top weights file"
+                f"--weights PATH with the {extractor.backbone} no-top weights file"
             ) from e
     raise WeightsError(
         f"{model_dir} has no {BACKBONE_FILE}; pass the {wanted} it was trained on with "

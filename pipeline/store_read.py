@@ -209,6 +209,12 @@ class FeatureStore:
         info = video_info_from_attrs(attrs)
         return VideoFeatures(video_id, str(attrs["content_sha256"]), features, timestamps, info)
 
+    def video_info(self, video_id: str) -> VideoInfo:
+        """One video's decode facts (its group's attributes only: no feature data is read)."""
+        if video_id not in self:
+            raise StoreError(f"{self.path}: no video {video_id}")
+        return video_info_from_attrs(dict(self._group(video_id).attrs))
+
     def iter_videos(self) -> Iterator[VideoFeatures]:
         """Every stored video, in id order."""
         for video_id in self.video_ids:

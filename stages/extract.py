@@ -30,6 +30,17 @@ SCHEDULER_ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:
 """``[PROTOCOL://]HOST:PORT``, as dask.distributed accepts it (tcp://, tls://, ucx://, …)."""
 
 
+def _known_backbone(name: str) -> str:
+    """Option callback: a ``--backbone`` name, else a usage error listing the choices."""
+    from pipeline.backbone import BACKBONES  # NumPy only: no TensorFlow
+
+    if name not in BACKBONES:
+        raise typer.BadParameter(
+            f"{name!r} is not a backbone; choose one of {', '.join(BACKBONES)}"
+        )
+    return name
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]extract"),
@@ -80,6 +91,14 @@ def command(
             "(seeded random backbone: offline smoke runs only)."
         ),
     ] = "imagenet",
+    backbone: Annotated[
+        str,
+        typer.Option(
+            callback=_known_backbone,
+            help="mobilenet_v2, efficientnet_b0 or efficientnet_v2_b0 (all 1280-d features; "
+            "see the README's backbone table).",
+        ),
+    ] = "mobilenet_v2",
     input_size: Annotated[
         int, typer.Option(callback=bounded(32, 1024), help="Backbone input side, pixels.")
     ] = 224,
@@ -181,6 +200,7 @@ def command(
     sampling = fps or None  # 0 keeps every frame
     options = ExtractOptions(
         weights=weights,
+        backbone=backbone,
         input_size=input_size,
         resize=resize,
         fps=sampling,

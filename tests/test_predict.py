@@ -271,7 +271,7 @@ def test_an_older_model_dir_without_its_backbone_copy(model, predicted, tmp_path
     extractor = json.loads((old / EXTRACTOR_FILE).read_text())
     (old / EXTRACTOR_FILE).write_text(json.dumps({**extractor, "weights": "imagenet"}))
 
-    def offline(input_size: int) -> Path:
+    def offline(input_size: int, backbone: str = "mobilenet_v2") -> Path:
         from pipeline.errors import WeightsError
 
         raise WeightsError("not cached") from OSError("network unreachable")
