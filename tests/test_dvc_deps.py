@@ -48,16 +48,16 @@ def copy_repo(tmp_path: Path) -> Path:
 
 def test_a_new_import_is_drift_until_written(copy_repo: Path):
     index = copy_repo / "stages" / "index.py"
-    index.write_text(index.read_text() + "\n\ndef _late() -> None:\n    import pipeline.store\n")
+    index.write_text(index.read_text() + "\n\ndef _late() -> None:\n    import pipeline.metrics\n")
     stale = dvc_deps.drift(copy_repo / "dvc.yaml")
     assert set(stale) == {"index"}
     missing, extra = stale["index"]
-    assert "pipeline/store.py" in missing and "pipeline/identity.py" in missing and not extra
+    assert "pipeline/metrics.py" in missing and not extra
 
     (copy_repo / "dvc.yaml").write_text(dvc_deps.rewrite(copy_repo / "dvc.yaml"))
     assert dvc_deps.drift(copy_repo / "dvc.yaml") == {}
     deps = yaml.safe_load((copy_repo / "dvc.yaml").read_text())["stages"]["index"]["deps"]
-    assert deps[0] == "data/videos" and "pipeline/store.py" in deps  # data deps kept first
+    assert deps[0] == "data/videos" and "pipeline/metrics.py" in deps  # data deps kept first
 
 
 def test_a_dep_no_longer_imported_is_drift(copy_repo: Path):
