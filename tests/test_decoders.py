@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from pipeline import extract
+from pipeline.backbone import make_inference_fn
 from pipeline.contracts import ExtractionFailure, VideoFeatures
 from pipeline.errors import ConfigError
 from pipeline.extract import WorkItem, auto_decoders, iter_features, parse_decoders, queue_depth
@@ -65,8 +66,10 @@ def _items(paths: list[Path]) -> list[WorkItem]:
 
 def _engine(store: Path):
     """Extractor config and inference function of ``store`` (random backbone)."""
-    config = resolve_extractor(store, OPTIONS)
-    return config, extract.backbone_for(config, backbone_sidecar(store))
+    extractor = resolve_extractor(store, OPTIONS)  # builds the backbone for a new store only
+    if extractor.model is None:
+        return extractor.config, extract.backbone_for(extractor.config, backbone_sidecar(store))
+    return extractor.config, make_inference_fn(extractor.model)
 
 
 @pytest.mark.parametrize("decoders", [2, 3, 8])
@@ -161,8 +164,8 @@ def test_memory_stays_bounded_with_n_decoders_on_long_videos(tmp_path: Path) -> 
     size, decoders, frames = 96, 3, 800
     long = [_long_video(tmp_path / f"long{i}.mp4", frames + i) for i in range(decoders)]
     options = ExtractOptions(weights="random", input_size=size, resize="squash")
-    config = resolve_extractor(tmp_path / "f.h5", options)
-    infer = extract.backbone_for(config, backbone_sidecar(tmp_path / "f.h5"))
+    extractor = resolve_extractor(tmp_path / "f.h5", options)
+    config, infer = extractor.config, make_inference_fn(extractor.model)
     frame_bytes = size * size * 3
     all_frames = sum(frames + i for i in range(decoders)) * frame_bytes
     tracemalloc.start()

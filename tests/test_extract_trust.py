@@ -117,7 +117,7 @@ def test_cli_summary_and_report_name_partial_and_repaired_videos(tmp_path: Path)
     args = ["extract", str(tmp_path), "-o", str(store), "--weights", "random"]
     result = CliRunner().invoke(app, [*args, "--input-size", str(SIZE), "--resize", "squash"])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "extract_report.json").read_text())
+    report = json.loads((tmp_path / "features.h5.report.json").read_text())  # named after the store
     assert [v["path"] for v in report["partial_videos"]] == [str(damaged)]
     repaired = {v["path"]: v["frames"] for v in report["repaired_videos"]}
     assert repaired[str(avi)] > 0 and str(healthy) not in repaired  # damage may scramble too

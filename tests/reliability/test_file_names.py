@@ -59,7 +59,7 @@ def test_latin1_file_names_round_trip_through_index_extract_and_the_store(tmp_pa
     assert status == 0, err
     assert "extracted 3, skipped 0 (already stored), failed 1 of 4 videos" in out.decode()
     assert "d\udce9fectueux.mp4" in err  # the failure line prints the name's bytes
-    report = json.loads((tmp_path / "extract_report.json").read_text())
+    report = json.loads((tmp_path / "features.h5.report.json").read_text())  # named after the store
     assert [f["path"] for f in report["failures"]] == [str(broken)]
     with open_store(store) as s:
         assert {s.read(v).info.path for v in s.video_ids} == {str(p) for p in good}

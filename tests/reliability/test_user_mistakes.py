@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from pipeline import training
 from pipeline.contracts import VideoRecord
 from pipeline.dataset import write_manifest
+from pipeline.errors import ConfigError
 from pipeline.store import backbone_sidecar
 from stages import extract as extract_stage
 from stages.cli import app
@@ -339,13 +340,21 @@ def test_extract_and_predict_agree_on_a_zero_batch_size(stage2, tmp_path):
 
 
 def test_training_stops_on_a_non_finite_loss(tmp_path):
+    # Infinite features (what used to make the loss NaN) are refused before training ...
     videos = make_videos(tmp_path / "videos", {"train": 4})
     videos = [(r, np.full_like(f, np.inf)) if i == 0 else (r, f) for i, (r, f) in enumerate(videos)]
     store = build_store(tmp_path / "features.h5", videos)
     manifest = write_manifest([r for r, _ in videos], tmp_path / "manifest.csv")
     result = vrnn("train", manifest, store, "-o", tmp_path / "model", "--epochs", "2")
-    one_error(result, "training diverged", "loss is nan", "--lr")
+    one_error(result, "stored features contain NaN or inf", videos[0][0].path.name)
     assert not (tmp_path / "model").exists()
+    # ... and a loss that diverges anyway (e.g. too high a --lr) stops training in one line.
+    check = training._stop_on_non_finite_loss(training.TrainConfig(learning_rate=5.0), None)
+    check(0, {"loss": 1.5, "val_loss": 1.7})
+    with pytest.raises(
+        ConfigError, match=r"training diverged: loss is nan after epoch 2 \(--lr 5\)"
+    ):
+        check(1, {"loss": float("nan")})
 
 
 def test_a_model_with_non_finite_weights_is_refused_and_no_nan_reaches_json(stage2, model_copy):
