@@ -79,7 +79,8 @@ def test_files_have_the_documented_columns(tmp_path):
     write_per_class(tmp_path / "per_class.csv", scores)
     write_confusion(tmp_path / "confusion.csv", targets, predicted, LABELS)
     payload = json.loads((tmp_path / "eval.json").read_text())
-    assert set(payload) == {"split", "n", "top1", "macro_f1"} and payload["n"] == 4
+    assert set(payload) == {"split", "n", "top1", "macro_f1", "missing"}
+    assert payload["n"] == 4 and payload["missing"] == 0
     with open(tmp_path / "per_class.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["label", "precision", "recall", "f1", "support"]
