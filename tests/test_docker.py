@@ -7,6 +7,7 @@ way ``make`` runs them) and the files the build copies.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -30,9 +31,19 @@ def run_commands() -> list[str]:
 
 
 def dry_run(*args: str) -> list[str]:
-    """What ``make`` would run (``-B``: as on a fresh machine), one command per line."""
+    """What ``make`` would run (``-B``: as on a fresh machine), one command per line.
+
+    Run as a top-level make: under ``make test`` (CI) the inherited MAKELEVEL/MAKEFLAGS would
+    add "Entering directory" lines and jobserver flags.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", "-B", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ["make", "-n", "-B", "--no-print-directory", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return done.stdout.splitlines()
 
