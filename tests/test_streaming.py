@@ -25,7 +25,7 @@ from pipeline import frame_cache, streaming, training
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.dataset import write_manifest
 from pipeline.errors import ConfigError
-from pipeline.store import open_store, shards_dir_for
+from pipeline.store import backbone_sidecar, open_store, shards_dir_for
 from stages.cli import app
 
 
@@ -221,13 +221,16 @@ def test_streaming_keeps_anonymous_memory_flat_on_a_store_larger_than_the_budget
 
 def test_a_corrupt_chunk_met_while_streaming_fails_like_in_memory(data, tmp_path):
     store = tmp_path / "features.h5"
-    store.write_bytes(data["store"].read_bytes())
+    shutil.copy2(data["store"], store)  # a store is its index file and its shard directory
+    shutil.copytree(shards_dir_for(data["store"]), shards_dir_for(store))
+    shutil.copy2(backbone_sidecar(data["store"]), backbone_sidecar(store))
     victim = next(r for r in data["records"] if r.split == "train")
     with open_store(store) as opened:
         video_id = opened.video_id_for(victim.path)
-    with h5py.File(store, "r") as f:
-        chunk = f["videos"][video_id]["features"].id.get_chunk_info(0)
-    with open(store, "r+b") as f:  # flip 8 bytes in the middle of the compressed chunk
+    with h5py.File(store, "r") as f:  # the index links each video to its shard file
+        features = f["videos"][video_id]["features"]
+        chunk, shard = features.id.get_chunk_info(0), features.file.filename
+    with open(shard, "r+b") as f:  # flip 8 bytes in the middle of the compressed chunk
         f.seek(chunk.byte_offset + chunk.size // 2)
         raw = f.read(8)
         f.seek(chunk.byte_offset + chunk.size // 2)
