@@ -51,6 +51,19 @@ def from_h5_text(value: object) -> str:
     return str(value)
 
 
+def open_store_file(path: Path) -> h5py.File:
+    """Open a store's HDF5 file read-only; a missing, unreadable or directory path is one
+    :class:`StoreError` line (the format is the caller's to check)."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a feature store (.h5 file)")
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise StoreError(f"{path}: feature store not found") from None
+    except OSError as e:
+        raise StoreError(f"{path}: not a readable HDF5 feature store ({e})") from e
+
+
 def parts_dir_for(store_path: Path) -> Path:
     """Staging directory of finished-but-uncommitted videos for ``store_path``."""
     return store_path.with_name(store_path.name + ".parts")

@@ -29,6 +29,7 @@ from pipeline.store_layout import (
     discard,
     fsync_dir,
     new_shard_name,
+    open_store_file,
     os_reason,
     require_free_space,
     shards_dir_for,
@@ -162,13 +163,7 @@ def migrate(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummar
     The videos are copied into new shards (raw chunks, no recompression), then the index
     replaces the version-1 file atomically: until that rename the old store is intact.
     """
-    try:
-        f = h5py.File(store_path, "r")
-    except FileNotFoundError:
-        raise StoreError(f"{store_path}: feature store not found") from None
-    except OSError as e:
-        raise StoreError(f"{store_path}: not a readable HDF5 feature store ({e})") from e
-    with f:
+    with open_store_file(store_path) as f:
         version = f.attrs.get("format_version")
         if f.attrs.get("format") != FORMAT_NAME or int(version) != 1:
             raise StoreError(

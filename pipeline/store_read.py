@@ -30,6 +30,7 @@ from pipeline.store_layout import (
     check_format,
     config_of,
     from_h5_text,
+    open_store_file,
 )
 
 OPEN_SHARDS = 16
@@ -43,14 +44,7 @@ def _file_stat(path: Path) -> tuple[int, int]:
 
 
 def _open_index(path: Path) -> h5py.File:
-    if path.is_dir():
-        raise StoreError(f"{path} is a directory, not a feature store (.h5 file)")
-    try:
-        f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise StoreError(f"{path}: feature store not found") from None
-    except OSError as e:
-        raise StoreError(f"{path}: not a readable HDF5 feature store ({e})") from e
+    f = open_store_file(path)
     try:
         check_format(path, f)
     except StoreError:
