@@ -41,7 +41,11 @@ def readme_block(section: str) -> list[str]:
 
 
 def demo_figures() -> dict[str, tuple[float, float]]:
-    """The README's demo top-1 figures as ranges: ``{"lstm": (lo, hi), "meanpool": (lo, hi)}``."""
+    """The README's demo top-1 figures as ranges: ``{"lstm": (lo, hi), "meanpool": (lo, hi)}``.
+
+    The README rounds to two decimals (``tools/demo_spread.py`` prints them so), so a run's
+    top-1 is compared after the same rounding: 13 of 18 (0.7222) is inside "0.61–0.72".
+    """
     lstm = re.search(r"LSTM head reaches top-1 (\d\.\d+)[–-](\d\.\d+)", README)
     meanpool = re.search(r"train\.head=meanpool`, reaches (\d\.\d+)[–-](\d\.\d+)", README)
     assert lstm and meanpool, "README no longer states the demo's figures as ranges"
@@ -108,7 +112,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
 def test_readme_demo_figure_matches_a_fresh_run(demo):
     _, _, metrics = demo
     lo, hi = demo_figures()["lstm"]
-    assert lo <= metrics["top1"] <= hi, f"demo top-1 {metrics['top1']}, README says {lo}–{hi}"
+    assert lo <= round(metrics["top1"], 2) <= hi, f"demo top-1 {metrics['top1']}, README says {lo}–{hi}"
 
 
 def test_readme_dvc_block_runs_in_a_fresh_shell(demo):
@@ -138,5 +142,5 @@ def test_readme_dvc_block_runs_in_a_fresh_shell(demo):
     assert "metrics/eval.json" in shown and "extract_report" not in shown, shown
     lo, hi = demo_figures()["meanpool"]
     meanpool = results["dvc exp run -S train.head=meanpool"][1]["top1"]
-    assert lo <= meanpool <= hi, f"meanpool top-1 {meanpool}, README says {lo}–{hi}"
+    assert lo <= round(meanpool, 2) <= hi, f"meanpool top-1 {meanpool}, README says {lo}–{hi}"
     assert (repo / "dvc_plots/index.html").is_file()
