@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pipeline import fsio
 from pipeline.contracts import SPLITS, VideoRecord
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.video import is_video_path
@@ -244,18 +245,16 @@ def write_manifest(records: Sequence[VideoRecord], path: Path) -> Path:
         raise ManifestError(f"{path}: no records to write")
     _check_records(records, str(path))
     base = path.parent
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with partial.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(MANIFEST_COLUMNS)
-            for record in records:
-                video = _abspath(record.path)
-                shown = video.relative_to(base).as_posix() if video.is_relative_to(base) else video
-                writer.writerow([shown, record.label, record.group, record.split])
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with (
+        fsio.replacing(path) as partial,
+        partial.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f,
+    ):
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        for record in records:
+            video = _abspath(record.path)
+            shown = video.relative_to(base).as_posix() if video.is_relative_to(base) else video
+            writer.writerow([shown, record.label, record.group, record.split])
     return path
 
 

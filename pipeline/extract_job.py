@@ -13,12 +13,11 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline import __version__
+from pipeline import __version__, fsio
 from pipeline.contracts import (
     FEATURE_DTYPES,
     RESIZE_POLICIES,
@@ -39,9 +38,9 @@ from pipeline.extract import (
 )
 from pipeline.identity import file_sha256, video_id_from_sha256
 from pipeline.store import (
+    WEIGHTS_SUFFIX,
     StoreBuilder,
     backbone_sidecar,
-    discard,
     open_store,
     os_reason,
     parts_dir_for,
@@ -50,6 +49,7 @@ from pipeline.store import (
     write_alias,
     write_failure,
 )
+from pipeline.store_read import indexed_video_id
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def run_task(
     )
 
 
-TaskRunner = Callable[[TaskSpec, list[list[WorkItem]], Callable[[TaskResult], None]], None]
+TaskRunner = Callable[[TaskSpec, list[WorkItem], Callable[[TaskResult], None], int | None], None]
 """Runs task batches somewhere (e.g. Dask) and calls back with each result as it completes."""
 
 
@@ -177,9 +177,8 @@ class ExtractReport:
     def write(self, path: Path) -> None:
         """Write the report as JSON, atomically (creating its directory)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        with fsio.replacing(path) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
 class ExtractInterrupted(KeyboardInterrupt):
@@ -271,17 +270,14 @@ def save_sidecar(builder: StoreBuilder, extractor: Extractor, options: ExtractOp
             f"cannot restore {sidecar}: --weights {options.weights} has sha256 "
             f"{fingerprint(model)[:12]}, the store's backbone {config.weights_sha256[:12]}"
         )
-    tmp = sidecar.with_name(f".{uuid.uuid4().hex}.weights.h5")
     # HDF5 may crash instead of raising on a full disk (see require_free_space).
     weight_bytes = 4 * sum(math.prod(w.shape) for w in model.weights)
     require_free_space(sidecar.parent, weight_bytes + 2**20, f"the backbone weights {sidecar}")
     try:
-        save_weights(model, tmp)
-        os.replace(tmp, sidecar)
+        with fsio.replacing(sidecar, suffix=WEIGHTS_SUFFIX) as tmp:
+            save_weights(model, tmp)
     except OSError as e:
         raise StoreError(f"cannot write the backbone weights {sidecar}: {os_reason(e)}") from e
-    finally:
-        discard(tmp)
     infer = make_inference_fn(model)
     register_backbone(config.weights_sha256, config.input_size, config.mixed_precision, infer)
 
@@ -363,10 +359,7 @@ def plan_extraction(
             why = "is a directory, not a video file" if path.is_dir() else "file not found"
             plan.failures.append(ExtractionFailure(key, why))
             continue
-        st = path.stat()
-        entry = index.get(key)
-        fast = entry and entry[0] in stored and tuple(entry[1:]) == (st.st_size, st.st_mtime_ns)
-        if fast and not rehash:
+        if not rehash and indexed_video_id(index, stored, path) is not None:
             plan.skipped += 1
             continue
         unknown.append(path)
@@ -392,18 +385,13 @@ def plan_extraction(
     return plan
 
 
-def split_tasks(items: list[WorkItem], videos_per_task: int) -> list[list[WorkItem]]:
-    """Cut the work into tasks of a few videos (small enough that stragglers don't dominate)."""
-    return [items[i : i + videos_per_task] for i in range(0, len(items), videos_per_task)]
-
-
 def run_extraction(
     paths: Sequence[Path],
     store_path: Path,
     options: ExtractOptions,
     *,
     runner: TaskRunner | None = None,
-    videos_per_task: int = 4,
+    videos_per_task: int | None = None,
     on_video: Callable[[VideoDone], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     on_task: Callable[[TaskResult], None] = lambda result: None,
@@ -416,7 +404,7 @@ def run_extraction(
         store_path: the ``.h5`` store to create or extend.
         options: extraction settings; must match an existing store's.
         runner: a task runner (Dask); None runs in this process.
-        videos_per_task: videos per runner task.
+        videos_per_task: videos per runner task (None: the runner's default).
         on_video: progress callback per finished video (in-process runs).
         on_plan: called once with the plan, before any decoding.
         on_task: progress callback per finished runner task.
@@ -465,7 +453,7 @@ def run_extraction(
             if plan.todo and runner is None:
                 run_task(spec, plan.todo, stop=stop, on_video=on_video)
             elif plan.todo:
-                runner(spec, split_tasks(plan.todo, videos_per_task), on_task)
+                runner(spec, plan.todo, on_task, videos_per_task)
         except KeyboardInterrupt as e:
             report.interrupted = True
             raise ExtractInterrupted(report) from e

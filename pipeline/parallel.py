@@ -48,6 +48,18 @@ HASH_FILES_PER_TASK = 16
 KILLED_REASON = "worker died repeatedly while extracting (KilledWorker)"
 
 
+VIDEOS_PER_TASK = 4
+"""Default videos per Dask task: small enough that stragglers don't dominate, large enough
+that a UCF101-sized run still makes a few thousand tasks (docs/cluster.md)."""
+
+
+def split_tasks(items: list[WorkItem], videos_per_task: int | None = None) -> list[list[WorkItem]]:
+    """Cut the work into Dask tasks of ``videos_per_task`` videos (default
+    :data:`VIDEOS_PER_TASK`), in order."""
+    size = videos_per_task or VIDEOS_PER_TASK
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 @dataclass(frozen=True)
 class ClusterOptions:
     """Where extraction tasks run (see ``vrnn extract --workers/--scheduler``).
@@ -75,8 +87,11 @@ class ClusterOptions:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings no cluster can use."""
-        if (self.workers is None) == (self.scheduler is None):
-            raise ConfigError("give exactly one of --workers N or --scheduler ADDRESS")
+        if self.workers is not None and self.scheduler is not None:
+            raise ConfigError("use either --workers or --scheduler, not both")
+        if self.workers is None and self.scheduler is None:
+            what = "--threads-per-worker needs" if self.threads_per_worker else "give"
+            raise ConfigError(f"{what} --workers N or --scheduler ADDRESS")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be ≥ 1, got {self.workers}")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
@@ -314,10 +329,12 @@ class DaskRunner:
     def __call__(
         self,
         spec: TaskSpec,
-        tasks: list[list[WorkItem]],
+        items: list[WorkItem],
         on_task: Callable[[TaskResult], None],
+        videos_per_task: int | None = None,
     ) -> None:
-        """Run ``tasks`` and call ``on_task`` with each result in completion order.
+        """Run ``items`` as tasks of ``videos_per_task`` videos (:func:`split_tasks`) and call
+        ``on_task`` with each result in completion order.
 
         A task that keeps killing its worker (e.g. a decoder crash) is split into one task
         per video it had not finished, so only the culprit is recorded as a failure.
@@ -327,7 +344,8 @@ class DaskRunner:
         if self.client is None:
             raise RuntimeError("DaskRunner used outside its `with` block")
         client = self.client
-        spec, tasks = _absolute(spec), [[_absolute_item(i) for i in task] for task in tasks]
+        tasks = split_tasks([_absolute_item(i) for i in items], videos_per_task)
+        spec = _absolute(spec)
         if self.options.workers and spec.decoders is None:  # share the cores, as TF threads do
             spec = replace(spec, decoders=max(1, available_cores() // self.options.workers))
         pending: dict[Future, list[WorkItem]] = {}

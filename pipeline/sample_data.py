@@ -24,6 +24,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline import fsio
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -398,25 +399,23 @@ def write_video(
     pix_fmt = pix_fmt or (fmt.pix_fmt if codec == fmt.codec else "yuv420p")
     time_base = Fraction(1, fps)
     # A name without a video suffix, so indexers never pick up a half-written file.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with av.open(
+    with (
+        fsio.replacing(path) as partial,
+        av.open(
             str(partial), mode="w", format=_MUXERS[suffix], options={"fflags": "+bitexact"}
-        ) as container:
-            stream = container.add_stream(
-                codec, rate=Fraction(fps), options={**options, "flags": "+bitexact"}
-            )
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = pix_fmt
-            stream.time_base = time_base
-            for i, image in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                frame.pts, frame.time_base = i, time_base
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+        ) as container,
+    ):
+        stream = container.add_stream(
+            codec, rate=Fraction(fps), options={**options, "flags": "+bitexact"}
+        )
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = pix_fmt
+        stream.time_base = time_base
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     return path
 
 

@@ -52,11 +52,7 @@ def _runner(
     tls: tuple[Path | None, Path | None, Path | None] = (None, None, None),
 ) -> AbstractContextManager:
     """A started Dask runner for ``--workers``/``--scheduler``, else ``None`` (in-process)."""
-    if workers is not None and scheduler is not None:
-        raise typer.BadParameter("use either --workers or --scheduler, not both")
-    if workers is None and scheduler is None:
-        if threads_per_worker is not None:
-            raise typer.BadParameter("--threads-per-worker needs --workers or --scheduler")
+    if workers is None and scheduler is None and threads_per_worker is None:
         return nullcontext(None)
     if scheduler is not None and not SCHEDULER_ADDRESS.fullmatch(scheduler):
         raise typer.BadParameter(
@@ -153,12 +149,12 @@ def command(
         typer.Option(callback=bounded(0, MAX_SECONDS), help="Seconds to try reaching --scheduler."),
     ] = 10.0,
     videos_per_task: Annotated[
-        int,
+        int | None,
         typer.Option(
             callback=bounded(1, MAX_COUNT),
-            help="Videos per Dask task (with --workers/--scheduler).",
+            help="Videos per Dask task (with --workers/--scheduler; default 4).",
         ),
-    ] = 4,
+    ] = None,
     tls_ca_file: Annotated[
         Path | None,
         typer.Option(help="tls:// scheduler: CA certificate (default: Dask's TLS config)."),

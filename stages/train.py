@@ -108,7 +108,8 @@ def command(
     from pipeline.dataset import read_manifest
     from pipeline.outputs import MODEL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
-    from pipeline.training import TrainConfig, describe_missing, train
+    from pipeline.train_config import TrainConfig
+    from pipeline.training import describe_missing, train
 
     config = TrainConfig(
         head=head,

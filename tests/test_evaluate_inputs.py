@@ -19,7 +19,8 @@ from pipeline.contracts import VideoRecord
 from pipeline.dataset import write_manifest
 from pipeline.sample_data import write_video
 from pipeline.store import backbone_sidecar, open_store
-from pipeline.training import TrainConfig, train
+from pipeline.train_config import TrainConfig
+from pipeline.training import train
 from stages.cli import app
 
 CONFIG = TrainConfig(seq_len=4, units=4, dense_units=4, epochs=1, batch_size=4, patience=1)

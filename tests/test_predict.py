@@ -20,15 +20,10 @@ from typer.testing import CliRunner
 
 from pipeline import extract, video
 from pipeline.contracts import ExtractorConfig, VideoRecord
+from pipeline.model_dir import BACKBONE_FILE, EXTRACTOR_FILE, load_model_dir
 from pipeline.store import StoreBuilder, backbone_sidecar, open_store
-from pipeline.training import (
-    BACKBONE_FILE,
-    EXTRACTOR_FILE,
-    TrainConfig,
-    load_model_dir,
-    predict_videos,
-    train,
-)
+from pipeline.train_config import TrainConfig
+from pipeline.training import predict_videos, train
 from stages import predict as predict_stage
 from stages.cli import app
 

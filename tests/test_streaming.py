@@ -25,6 +25,7 @@ from pipeline import frame_cache, streaming, training
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.dataset import write_manifest
 from pipeline.errors import ConfigError
+from pipeline.model_dir import load_model_dir
 from pipeline.store import open_store
 from stages.cli import app
 
@@ -54,7 +55,7 @@ def data(tmp_path_factory) -> dict:
 
 
 def _weights(model_dir: Path) -> list[np.ndarray]:
-    return training.load_model_dir(model_dir).model.get_weights()
+    return load_model_dir(model_dir).model.get_weights()
 
 
 def test_parse_memory_budget_units_and_mistakes():
