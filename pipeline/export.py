@@ -30,9 +30,8 @@ from pathlib import Path
 import keras
 
 from pipeline import fsio
-from pipeline.backbone import build_backbone, fingerprint, parse_weights
-from pipeline.contracts import ExtractorConfig
-from pipeline.errors import ConfigError, ModelError, WeightsError
+from pipeline.backbone import load_checked_backbone
+from pipeline.errors import ConfigError, ModelError
 from pipeline.heads import (
     FEATURES_INPUT,
     MASK_INPUT,
@@ -125,24 +124,6 @@ class ExportResult:
             f"{FRAMES_INPUT} uint8 [{b}, {self.seq_len}, {s}, {s}, 3] → probabilities "
             f"float32 [{b}, {len(self.labels)}]"
         )
-
-
-def load_backbone(extractor: ExtractorConfig, weights_file: Path) -> keras.Model:
-    """Build the model's backbone from ``weights_file`` and check its sha256.
-
-    Raises:
-        WeightsError: not MobileNetV2 weights, or not the weights the head was trained on.
-    """
-    model = build_backbone(
-        parse_weights(str(weights_file)), extractor.input_size, weights_file=weights_file
-    )
-    actual = fingerprint(model)
-    if actual != extractor.weights_sha256:
-        raise WeightsError(
-            f"{weights_file}: weights sha256 {actual[:12]} does not match the extractor's "
-            f"{extractor.weights_sha256[:12]} ({extractor.weights})"
-        )
-    return model
 
 
 def _builtin_equivalent(layer: keras.layers.Layer) -> Callable[..., keras.KerasTensor]:
@@ -309,7 +290,7 @@ def export_model(
     trained = load_model_dir(model_dir)
     labels_path = labels_file(out)
     _check_labels(labels_path, trained.labels)
-    backbone = load_backbone(
+    backbone = load_checked_backbone(
         trained.extractor, model_weights_file(model_dir, trained.extractor, weights)
     )
     model = build_end_to_end(backbone, trained, builtin_only=fmt == "keras")

@@ -1,8 +1,8 @@
 """Running extraction tasks on Dask: a local cluster of worker processes, or a remote scheduler.
 
 The only module that imports ``dask``/``distributed``. :class:`DaskRunner` is a
-:data:`~pipeline.extract_job.TaskRunner`: each task (a few videos) runs
-:func:`~pipeline.extract_job.run_task` in a persistent worker process, which builds its
+:data:`~pipeline.extract.TaskRunner`: each task (a few videos) runs
+:func:`~pipeline.extract.run_task` in a persistent worker process, which builds its
 backbone once and writes part files straight into the store's staging directory, so workers
 need that directory (and the backbone weights beside the store) on a shared filesystem.
 """
@@ -31,8 +31,8 @@ from distributed.security import Security
 
 from pipeline.contracts import ExtractionFailure
 from pipeline.errors import ClusterError, ConfigError
-from pipeline.extract import TaskResult, WorkItem
-from pipeline.extract_job import FileHash, TaskSpec, hash_files, run_task
+from pipeline.extract import FileHash, TaskSpec, hash_files, run_task
+from pipeline.featurize import TaskResult, WorkItem
 from pipeline.store import staged_video_ids, write_failure
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """``predict``: classify video files nobody indexed with a trained model directory.
 
 The model directory names the extractor its head was trained on (``extractor.json``) and
-holds a copy of that backbone's weights; :func:`pipeline.extract.backbone_for` rebuilds it and
+holds a copy of that backbone's weights; :func:`pipeline.backbone.backbone_for` rebuilds it and
 checks their sha256. Videos then go through the same streaming engine as ``extract``
-(:func:`pipeline.extract.iter_features`) and are sampled exactly as evaluation samples them
+(:func:`pipeline.featurize.iter_features`) and are sampled exactly as evaluation samples them
 (:func:`pipeline.training.predict_videos`). Each video is classified as soon as its features
 arrive and then dropped, so memory stays bounded however many files are given.
 """
@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.backbone import backbone_for
 from pipeline.contracts import ExtractionFailure, VideoFeatures
-from pipeline.dataset import find_videos
 from pipeline.errors import ConfigError, StoreError
-from pipeline.extract import WorkItem, backbone_for, iter_features
+from pipeline.featurize import WorkItem, iter_features
 from pipeline.identity import NotRegularFileError, file_sha256, video_id_from_sha256
+from pipeline.index_sources import find_videos
 from pipeline.model_dir import TrainedModel, load_model_dir, model_weights_file
 from pipeline.store import FeatureStore, open_store, os_reason
 from pipeline.training import check_extractor, predict_videos

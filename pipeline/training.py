@@ -509,9 +509,9 @@ def checked_sidecar(store_path: Path, extractor: ExtractorConfig) -> Path | None
     sidecar = backbone_sidecar(store_path)
     if not sidecar.is_file():
         return None
-    from pipeline.export import load_backbone  # lazy: export imports this module
+    from pipeline.backbone import load_checked_backbone  # lazy: builds a Keras model
 
-    load_backbone(extractor, sidecar)
+    load_checked_backbone(extractor, sidecar)
     return sidecar
 
 

@@ -42,7 +42,7 @@ def command(
     Videos of the split that are not in the feature store are skipped, counted in eval.json
     (``missing``) and the summary line; with --strict they make the command exit 1.
     """
-    from pipeline.dataset import read_manifest
+    from pipeline.manifest import read_manifest
     from pipeline.outputs import EVAL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
     from pipeline.training import describe_missing, evaluate

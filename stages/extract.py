@@ -17,13 +17,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from pipeline.dataset import source_videos
+from pipeline.index_sources import source_videos
 from pipeline.outputs import EXTRACT_REPORT, FEATURE_STORE, check_output
 from stages import console
 from stages.options import MAX_BATCH, MAX_COUNT, MAX_FPS, MAX_SECONDS, bounded
 
 if TYPE_CHECKING:
-    from pipeline.extract_job import ExtractReport
+    from pipeline.extract import ExtractReport
 
 SHOW_FAILURES = 20
 SCHEDULER_ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+")
@@ -167,8 +167,8 @@ def command(
     ] = None,
 ) -> None:
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
-    from pipeline.extract import parse_decoders
-    from pipeline.extract_job import ExtractInterrupted, ExtractOptions, run_extraction
+    from pipeline.extract import ExtractInterrupted, ExtractOptions, run_extraction
+    from pipeline.featurize import parse_decoders
 
     report = report or report_path(output)
     check_output(output, FEATURE_STORE)

@@ -105,7 +105,7 @@ def command(
     ] = 0.0,
 ) -> None:
     """Train an RNN head on cached features (labels and splits from the manifest)."""
-    from pipeline.dataset import read_manifest
+    from pipeline.manifest import read_manifest
     from pipeline.outputs import MODEL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
     from pipeline.train_config import TrainConfig

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.dataset import index_folder, write_manifest
+from pipeline.index_sources import index_folder
+from pipeline.manifest import write_manifest
 from pipeline.sample_data import generate, write_video
 
 

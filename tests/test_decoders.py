@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import extract
+from pipeline import backbone, featurize
 from pipeline.contracts import ExtractionFailure, VideoFeatures
 from pipeline.errors import ConfigError
-from pipeline.extract import WorkItem, auto_decoders, iter_features, parse_decoders, queue_depth
-from pipeline.extract_job import ExtractOptions, resolve_extractor, run_extraction
+from pipeline.extract import ExtractOptions, resolve_extractor, run_extraction
+from pipeline.featurize import WorkItem, auto_decoders, iter_features, parse_decoders, queue_depth
 from pipeline.identity import file_sha256, video_id_from_sha256
 from pipeline.sample_data import write_video
 from pipeline.store import backbone_sidecar
@@ -66,7 +66,7 @@ def _items(paths: list[Path]) -> list[WorkItem]:
 def _engine(store: Path):
     """Extractor config and inference function of ``store`` (random backbone)."""
     config = resolve_extractor(store, OPTIONS)
-    return config, extract.backbone_for(config, backbone_sidecar(store))
+    return config, backbone.backbone_for(config, backbone_sidecar(store))
 
 
 @pytest.mark.parametrize("decoders", [2, 3, 8])
@@ -79,7 +79,7 @@ def test_n_decoders_give_the_one_decoder_store(
     assert_same_store(snapshot(tmp_path / "features.h5"), snapshot(one_decoder_store))
 
 
-class _HangingReader(extract.VideoReader):
+class _HangingReader(featurize.VideoReader):
     """A reader that, for one path, blocks before its first frame until ``release`` is set."""
 
     hang_path: Path | None = None
@@ -97,7 +97,7 @@ class _HangingReader(extract.VideoReader):
 def hanging(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_HangingReader]]:
     events = {"entered": threading.Event(), "release": threading.Event()}
     reader = type("Reader", (_HangingReader,), events)
-    monkeypatch.setattr(extract, "VideoReader", reader)
+    monkeypatch.setattr(featurize, "VideoReader", reader)
     try:
         yield reader
     finally:
@@ -162,7 +162,7 @@ def test_memory_stays_bounded_with_n_decoders_on_long_videos(tmp_path: Path) -> 
     long = [_long_video(tmp_path / f"long{i}.mp4", frames + i) for i in range(decoders)]
     options = ExtractOptions(weights="random", input_size=size, resize="squash")
     config = resolve_extractor(tmp_path / "f.h5", options)
-    infer = extract.backbone_for(config, backbone_sidecar(tmp_path / "f.h5"))
+    infer = backbone.backbone_for(config, backbone_sidecar(tmp_path / "f.h5"))
     frame_bytes = size * size * 3
     all_frames = sum(frames + i for i in range(decoders)) * frame_bytes
     tracemalloc.start()
@@ -180,7 +180,7 @@ def test_memory_stays_bounded_with_n_decoders_on_long_videos(tmp_path: Path) -> 
     assert done == sum(frames + i for i in range(decoders))
     # The queue, one chunk being built per decoder, one batch, and the assembled features of
     # the videos in progress (float16 + float32 rows): far below all frames at once.
-    queued = (queue_depth(decoders) + 2 * decoders) * extract.CHUNK_FRAMES * frame_bytes
+    queued = (queue_depth(decoders) + 2 * decoders) * featurize.CHUNK_FRAMES * frame_bytes
     features = decoders * (frames + decoders) * 1280 * 4  # float16 rows + their concatenation
     bound = queued + 32 * frame_bytes + features + 4 * 2**20
     assert bound < all_frames / 2  # the test can tell bounded from unbounded
@@ -255,9 +255,9 @@ def test_decoders_option_values() -> None:
             parse_decoders(bad)
     assert auto_decoders(1) == 1
     assert auto_decoders(4) == 4
-    assert auto_decoders(64) == extract.MAX_AUTO_DECODERS
-    assert queue_depth(1) == extract.QUEUE_CHUNKS
-    assert queue_depth(8) == 8 * extract.CHUNKS_PER_DECODER
+    assert auto_decoders(64) == featurize.MAX_AUTO_DECODERS
+    assert queue_depth(1) == featurize.QUEUE_CHUNKS
+    assert queue_depth(8) == 8 * featurize.CHUNKS_PER_DECODER
 
 
 def test_bad_decoders_value_is_one_error_line(videos: list[Path], tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.dataset import parse_group
 from pipeline.errors import ConfigError
 from pipeline.sample_data import (
     CATALOGUE,
@@ -19,6 +18,7 @@ from pipeline.sample_data import (
     render_clip,
     write_video,
 )
+from pipeline.splits import parse_group
 from pipeline.video import VideoReader
 
 ORDER_PAIRS = [(c.reverse_of, c.label) for c in CATALOGUE if c.reverse_of]

@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from pipeline import frame_cache, streaming, training
 from pipeline.contracts import ExtractorConfig, VideoRecord
-from pipeline.dataset import write_manifest
 from pipeline.errors import ConfigError
+from pipeline.manifest import write_manifest
 from pipeline.model_dir import load_model_dir
 from pipeline.store import open_store
 from stages.cli import app

@@ -20,7 +20,7 @@ from distributed.security import Security
 from typer.testing import CliRunner
 
 from pipeline.errors import ClusterError, ConfigError
-from pipeline.extract_job import ExtractOptions, run_extraction
+from pipeline.extract import ExtractOptions, run_extraction
 from pipeline.parallel import ClusterOptions, DaskRunner
 from pipeline.sample_data import write_video
 from stages.cli import app

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 from pipeline import model_dir as model_files
 from pipeline import training
 from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo, VideoRecord
-from pipeline.dataset import write_manifest
 from pipeline.errors import ConfigError, ModelError
 from pipeline.identity import file_sha256, video_id_from_sha256
+from pipeline.manifest import write_manifest
 from pipeline.store import StoreBuilder, backbone_sidecar, open_store, write_part
 from pipeline.train_config import TrainConfig
 from stages.cli import app
@@ -376,8 +376,8 @@ def test_sample_dataset_end_to_end_lstm_sees_order_meanpool_does_not(sample_mani
     direction, so the check uses the brightening/darkening pair: its clips are each other's
     reverse, which the order-blind meanpool cannot tell apart.
     """
-    from pipeline.dataset import read_manifest
-    from pipeline.extract_job import ExtractOptions, run_extraction
+    from pipeline.extract import ExtractOptions, run_extraction
+    from pipeline.manifest import read_manifest
 
     records = read_manifest(sample_manifest)
     store = tmp_path / "features.h5"

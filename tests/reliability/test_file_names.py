@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dataset import read_manifest
+from pipeline.manifest import read_manifest
 from pipeline.sample_data import write_video
 from pipeline.store import open_store
 

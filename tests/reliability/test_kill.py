@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from pipeline.contracts import ExtractorConfig
-from pipeline.extract import WorkItem, extract_items
+from pipeline.featurize import WorkItem, extract_items
 from pipeline.store import backbone_sidecar, open_store, parts_dir_for, shards_dir_for
 
 from .conftest import CleanStore, Clips, copy_store
