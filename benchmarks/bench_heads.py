@@ -250,9 +250,10 @@ def draw(pool: tuple[list, np.ndarray], per_class: int, rng: np.random.Generator
 def run_once(overrides: dict, data: dict, shots: int, seed: int) -> float:
     """Test top-1 of one head trained on ``shots`` clips per class drawn with ``seed``."""
     from pipeline import heads
+    from pipeline.join import SplitData
     from pipeline.sequences import eval_sequences
     from pipeline.train_config import TrainConfig
-    from pipeline.training import SplitData, fit_config
+    from pipeline.training import fit_config
 
     rng = np.random.default_rng([seed, shots])
     train_videos, train_labels = draw(data["train"], shots, rng)

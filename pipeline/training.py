@@ -1,17 +1,15 @@
-"""Stage 2 logic: join manifest and store, train a head, save/load model dirs, evaluate.
+"""Stage 2 logic: train a head on joined features, evaluate it (see :mod:`pipeline.join`).
 
 Labels and splits come from the manifest, features from the store (joined by content hash),
 so relabelling or re-splitting only re-runs this stage. A model directory holds the head and
 everything needed to use it again: labels, the extractor that made its features (provenance),
-the training options and the per-epoch history. It is written into a temporary sibling and
-renamed over the target at the end, so a killed run leaves the previous model loadable.
+the training options and the per-epoch history (:mod:`pipeline.model_dir`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +20,15 @@ import numpy as np
 from pipeline import heads, metrics
 from pipeline.contracts import SPLITS, ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError, StoreError
-from pipeline.frame_cache import FrameCache, open_frame_cache
+from pipeline.join import (
+    SplitData,
+    class_labels,
+    feature_reader,
+    join_manifest,
+    read_ahead,
+    read_split,
+    split_targets,
+)
 from pipeline.leakage import check_duplicates
 from pipeline.model_dir import (
     TrainedModel,
@@ -50,58 +56,8 @@ log = logging.getLogger(__name__)
 EVAL_FILE = "eval.json"
 PER_CLASS_FILE = "per_class.csv"
 CONFUSION_FILE = "confusion.csv"
-SHOW_MISSING = 5
 MIN_VAL_PER_CLASS = 5
 """Below this many val clips in some class, early stopping on val loss is noisy (warned)."""
-"""How many missing video paths a message lists before summarising the rest."""
-
-
-def describe_missing(missing: Sequence[VideoRecord]) -> str:
-    """One line: how many manifest videos were skipped and why, with the first few paths.
-
-    A file that does not exist is told apart from one that exists but is not in the store
-    (never extracted, or its extraction failed).
-    """
-    gone = [r for r in missing if not os.path.lexists(r.path)]
-    absent = [r for r in missing if os.path.lexists(r.path)]
-    parts = []
-    for rows, why in ((gone, "file not found"), (absent, "not in the feature store")):
-        if rows:
-            shown = ", ".join(str(r.path) for r in rows[:SHOW_MISSING])
-            more = f" and {len(rows) - SHOW_MISSING} more" if len(rows) > SHOW_MISSING else ""
-            parts.append(f"{len(rows)} {why} ({shown}{more})")
-    return f"{len(missing)} manifest video(s) skipped: {'; '.join(parts)}"
-
-
-@dataclass(frozen=True)
-class JoinedVideo:
-    """A manifest row whose content is in the store, under ``video_id``."""
-
-    record: VideoRecord
-    video_id: str
-
-
-@dataclass(frozen=True)
-class JoinResult:
-    """Manifest rows found in the store, and those that were not (excluded, not fatal)."""
-
-    videos: list[JoinedVideo]
-    missing: list[VideoRecord]
-
-
-@dataclass(frozen=True)
-class SplitData:
-    """The cached features of one split, with class indices.
-
-    Attributes:
-        videos: the joined rows, in manifest order.
-        features: per-video ``[T_i, D]`` arrays in the store's dtype (float16 by default).
-        targets: ``[N]`` int64 class indices into the label list.
-    """
-
-    videos: list[JoinedVideo]
-    features: list[np.ndarray]
-    targets: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -149,126 +105,6 @@ class EvalResult:
     files: list[Path]
     missing: list[VideoRecord]
     input_plan: InputPlan
-
-
-# --------------------------------------------------------------------------- data
-
-
-def join_manifest(
-    records: Sequence[VideoRecord], store: FeatureStore, what: str = "manifest"
-) -> JoinResult:
-    """Find each manifest video's features in the store by content hash.
-
-    Missing videos are returned, not fatal (the caller reports them, once: see
-    :func:`describe_missing`). ``what`` names the records in messages (e.g. ``"test split"``).
-
-    Raises:
-        ManifestError: the manifest is empty or has no video in common with the store.
-    """
-    if not records:
-        raise ManifestError(f"the {what} lists no videos")
-    found, missing = [], []
-    for record in records:
-        video_id = store.video_id_for(record.path)
-        if video_id is None:
-            missing.append(record)
-        else:
-            found.append(JoinedVideo(record, video_id))
-    if not found:
-        raise ManifestError(
-            f"none of the {len(records)} {what} videos are in the feature store "
-            f"{store.path}; extract them first (vrnn extract)"
-        )
-    return JoinResult(found, missing)
-
-
-def class_labels(videos: Sequence[JoinedVideo]) -> list[str]:
-    """Sorted class names of the joined videos.
-
-    Raises:
-        ManifestError: the train split has no videos, or some class has none in it.
-    """
-    train_labels = {v.record.label for v in videos if v.record.split == "train"}
-    if not train_labels:
-        raise ManifestError("the train split has no videos in the feature store")
-    labels = sorted({v.record.label for v in videos})
-    untrained = [label for label in labels if label not in train_labels]
-    if untrained:
-        raise ManifestError(
-            f"class(es) {', '.join(map(repr, untrained))} have no videos in the train split"
-        )
-    if len(labels) < 2:
-        raise ManifestError(f"only one class ({labels[0]!r}) in the manifest; need at least 2")
-    return labels
-
-
-def split_targets(
-    videos: Sequence[JoinedVideo], split: str, labels: Sequence[str]
-) -> tuple[list[JoinedVideo], np.ndarray]:
-    """The rows of one split and their ``[N]`` int64 class indices into ``labels``.
-
-    Raises:
-        ModelError: a video's label is not one of ``labels``.
-    """
-    chosen = [v for v in videos if v.record.split == split]
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({v.record.label for v in chosen} - index.keys())
-    if unknown:
-        raise ModelError(
-            f"the {split} split has class(es) the model was not trained on: "
-            f"{', '.join(map(repr, unknown))}"
-        )
-    return chosen, np.array([index[v.record.label] for v in chosen], dtype=np.int64)
-
-
-def read_split(
-    store: FeatureStore,
-    videos: Sequence[JoinedVideo],
-    split: str,
-    labels: Sequence[str],
-    read: Callable[[str], np.ndarray] | None = None,
-) -> SplitData:
-    """Read the features of one split once (a video listed twice is read once).
-
-    Args:
-        read: ``video_id → [T, D]`` features; default :meth:`FeatureStore.read` into memory
-            (a :class:`~pipeline.frame_cache.FrameCache` gives memory-mapped views instead).
-
-    Raises:
-        ModelError: a video's label is not one of ``labels``.
-    """
-    chosen, targets = split_targets(videos, split, labels)
-    if read is None:
-        read = lambda video_id: store.read(video_id).features  # noqa: E731
-    cache: dict[str, np.ndarray] = {}
-    for v in chosen:
-        if v.video_id not in cache:
-            cache[v.video_id] = read(v.video_id)
-            if not np.isfinite(cache[v.video_id]).all():
-                raise StoreError(
-                    f"{v.record.path}: its stored features contain NaN or inf (a corrupt "
-                    f"store entry, video id {v.video_id}); re-extract it into a new store"
-                )
-    return SplitData(chosen, [cache[v.video_id] for v in chosen], targets)
-
-
-def feature_reader(
-    store: FeatureStore, videos: Sequence[JoinedVideo], memory_budget: int
-) -> tuple[InputPlan, FrameCache | None]:
-    """Decide the input path for ``videos``: in memory (None) when their features fit
-    ``memory_budget`` bytes, else the store's frame cache (memory-mapped views)."""
-    ids = [v.video_id for v in videos]
-    plan = plan_input(store.path, ids, memory_budget)
-    return plan, open_frame_cache(store, ids) if plan.streaming else None
-
-
-def _read_ahead(
-    cache: FrameCache | None, data: SplitData
-) -> Callable[[int, np.ndarray], None] | None:
-    """The sampler's read-ahead hint when streaming: upcoming rows fetched by the kernel."""
-    if cache is None:
-        return None
-    return lambda i, rows: cache.will_need(data.videos[i].video_id, rows)
 
 
 def _stop_on_non_finite_loss(
@@ -406,7 +242,7 @@ def train(
         len(labels),
         extractor.feature_dim,
         _stop_on_non_finite_loss(config, on_epoch),
-        prefetch=_read_ahead(cache, train_data),
+        prefetch=read_ahead(cache, train_data),
     )
     write_model_dir(model_dir, model, labels, extractor, config, history, sidecar)
     best = len(history)

@@ -21,7 +21,7 @@ import pytest
 from test_train_evaluate import CONFIG, PER_SPLIT, build_store, make_videos
 from typer.testing import CliRunner
 
-from pipeline import frame_cache, streaming, training
+from pipeline import frame_cache, join, streaming, training
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError
 from pipeline.manifest import write_manifest
@@ -70,10 +70,10 @@ def test_parse_memory_budget_units_and_mistakes():
 
 def test_budget_switch_is_the_selected_splits_feature_bytes(data):
     with open_store(data["store"]) as store:
-        joined = training.join_manifest(data["records"], store)
+        joined = join.join_manifest(data["records"], store)
         fit = [v for v in joined.videos if v.record.split in ("train", "val")]
-        exact, _ = training.feature_reader(store, fit, data["fit_bytes"])
-        over, cache = training.feature_reader(store, fit, data["fit_bytes"] - 1)
+        exact, _ = join.feature_reader(store, fit, data["fit_bytes"])
+        over, cache = join.feature_reader(store, fit, data["fit_bytes"] - 1)
     assert exact.nbytes == data["fit_bytes"] and not exact.streaming
     assert over.streaming and "streaming" in over.describe()
     assert isinstance(cache.frames(fit[0].video_id), np.memmap)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from pipeline import join, training
 from pipeline import model_dir as model_files
-from pipeline import training
 from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo, VideoRecord
 from pipeline.errors import ConfigError, ModelError
 from pipeline.identity import file_sha256, video_id_from_sha256
@@ -116,8 +116,8 @@ def test_train_writes_a_complete_model_dir(data, trained):
 def test_model_keeps_the_weights_of_the_best_val_epoch(data, trained):
     loaded = model_files.load_model_dir(trained.model_dir)
     with open_store(data["store"]) as store:
-        joined = training.join_manifest(data["records"], store)
-        val = training.read_split(store, joined.videos, "val", loaded.labels)
+        joined = join.join_manifest(data["records"], store)
+        val = join.read_split(store, joined.videos, "val", loaded.labels)
     probs = training.predict_videos(loaded, val.features)
     val_loss = -np.mean(np.log(probs[np.arange(len(probs)), val.targets]))
     best = min(h["val_loss"] for h in trained.history)
@@ -357,9 +357,7 @@ def test_stage_modules_do_not_import_tensorflow():
 # --------------------------------------------------------------------------- end to end
 
 
-def _pair_accuracy(
-    trained: model_files.TrainedModel, split: training.SplitData, pair: tuple
-) -> float:
+def _pair_accuracy(trained: model_files.TrainedModel, split: join.SplitData, pair: tuple) -> float:
     """Accuracy on the videos of two classes, deciding between those two classes only."""
     probs = training.predict_videos(trained, split.features)
     first, second = (trained.labels.index(label) for label in pair)
@@ -395,7 +393,7 @@ def test_sample_dataset_end_to_end_lstm_sees_order_meanpool_does_not(sample_mani
         assert result.summary.n == sum(r.split == "test" for r in records)
         trained = model_files.load_model_dir(tmp_path / head)
         with open_store(store) as features:
-            joined = training.join_manifest([r for r in records if r.split == "test"], features)
-            test = training.read_split(features, joined.videos, "test", trained.labels)
+            joined = join.join_manifest([r for r in records if r.split == "test"], features)
+            test = join.read_split(features, joined.videos, "test", trained.labels)
         accuracy[head] = _pair_accuracy(trained, test, pair)
     assert accuracy["lstm"] >= 0.8 and accuracy["lstm"] >= accuracy["meanpool"] + 0.3, accuracy
