@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.backbone import backbone_for
+from pipeline.encode import write_video
 from pipeline.extract import ExtractOptions, run_extraction
-from pipeline.sample_data import write_video
 from pipeline.store import backbone_sidecar, open_store
 
 

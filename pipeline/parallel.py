@@ -15,9 +15,7 @@ import logging
 import math
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,8 +29,9 @@ from distributed.security import Security
 
 from pipeline.contracts import ExtractionFailure
 from pipeline.errors import ClusterError, ConfigError
-from pipeline.extract import FileHash, TaskSpec, hash_files, run_task
+from pipeline.extract import FileHash, TaskSpec
 from pipeline.featurize import TaskResult, WorkItem
+from pipeline.parallel_tasks import extract_task, hash_task
 from pipeline.store import staged_video_ids, write_failure
 
 log = logging.getLogger(__name__)
@@ -352,7 +351,7 @@ class DaskRunner:
 
         def submit(items: list[WorkItem]) -> Future:
             future = client.submit(
-                _extract_task,
+                extract_task,
                 spec,
                 items,
                 self.tf_threads,
@@ -397,7 +396,7 @@ class DaskRunner:
         batches = [list(paths[i : i + per_task]) for i in range(0, len(paths), per_task)]
         futures = [
             self.client.submit(
-                _hash_task, batch, key=f"vrnn-hash-{uuid.uuid4().hex}", pure=False,
+                hash_task, batch, key=f"vrnn-hash-{uuid.uuid4().hex}", pure=False,
                 retries=TASK_RETRIES,
             )
             for batch in batches
@@ -444,67 +443,6 @@ def _absolute(spec: TaskSpec) -> TaskSpec:
 
 def _absolute_item(item: WorkItem) -> WorkItem:
     return replace(item, path=os.path.abspath(item.path))
-
-
-# --------------------------------------------------------------------------- worker side
-
-_TF_THREADS_LOCK = threading.Lock()
-_TF_THREADS_APPLIED = False
-
-
-def _limit_tf_threads(threads: int) -> None:
-    """Set TensorFlow's intra-op threads once per process, before any backbone exists."""
-    global _TF_THREADS_APPLIED
-    with _TF_THREADS_LOCK:
-        if _TF_THREADS_APPLIED:
-            return
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-        except RuntimeError:  # TensorFlow already ran something in this worker
-            current = tf.config.threading.get_intra_op_parallelism_threads()
-            if current != threads:
-                log.warning(
-                    "worker %s: TensorFlow already initialised with %s intra-op threads; "
-                    "cannot switch to %d",
-                    socket.gethostname(),
-                    current or "default",
-                    threads,
-                )
-        _TF_THREADS_APPLIED = True
-
-
-def _extract_task(spec: TaskSpec, items: list[WorkItem], tf_threads: int | None) -> TaskResult:
-    """What a worker runs: check the shared filesystem, then :func:`run_task` on new videos.
-
-    Videos already staged (by an earlier attempt of this task on a worker that died) are
-    not extracted again.
-    """
-    parts_dir, weights = Path(spec.parts_dir), Path(spec.weights_file)
-    if not (parts_dir.is_dir() and weights.is_file()):
-        raise ClusterError(
-            f"Dask worker on {socket.gethostname()} cannot see {parts_dir} and {weights}; "
-            "workers need the store's directory on a shared filesystem at the same path"
-        )
-    if tf_threads:
-        _limit_tf_threads(tf_threads)
-    staged = staged_video_ids(parts_dir)
-    todo = [item for item in items if item.video_id not in staged]
-    result = run_task(spec, todo) if todo else TaskResult()
-    result.ok.extend(item.video_id for item in items if item.video_id in staged)
-    return result
-
-
-def _hash_task(paths: list[str]) -> list[FileHash]:
-    """What a worker runs to hash new files (see :meth:`DaskRunner.hash_files`)."""
-    unseen = [p for p in paths if not os.path.lexists(p)]
-    if unseen:
-        raise ClusterError(
-            f"Dask worker on {socket.gethostname()} cannot see {unseen[0]}; workers need the "
-            "videos on a shared filesystem at the same path"
-        )
-    return hash_files(paths)
 
 
 def _first_line(error: BaseException) -> str:

@@ -23,7 +23,7 @@ from stages import console
 from stages.options import MAX_BATCH, MAX_COUNT, MAX_FPS, MAX_SECONDS, bounded
 
 if TYPE_CHECKING:
-    from pipeline.extract import ExtractReport
+    from pipeline.extract_report import ExtractReport
 
 SHOW_FAILURES = 20
 SCHEDULER_ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+")
@@ -167,7 +167,8 @@ def command(
     ] = None,
 ) -> None:
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
-    from pipeline.extract import ExtractInterrupted, ExtractOptions, run_extraction
+    from pipeline.extract import ExtractOptions, run_extraction
+    from pipeline.extract_report import ExtractInterrupted
     from pipeline.featurize import parse_decoders
 
     report = report or report_path(output)

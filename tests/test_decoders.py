@@ -19,11 +19,11 @@ import pytest
 
 from pipeline import backbone, featurize
 from pipeline.contracts import ExtractionFailure, VideoFeatures
+from pipeline.encode import write_video
 from pipeline.errors import ConfigError
 from pipeline.extract import ExtractOptions, resolve_extractor, run_extraction
 from pipeline.featurize import WorkItem, auto_decoders, iter_features, parse_decoders, queue_depth
 from pipeline.identity import file_sha256, video_id_from_sha256
-from pipeline.sample_data import write_video
 from pipeline.store import backbone_sidecar
 from tests.conftest import moving_square
 from tests.reliability.helpers import assert_same_store, snapshot

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.contracts import VideoRecord
+from pipeline.encode import write_video
 from pipeline.manifest import write_manifest
-from pipeline.sample_data import write_video
 from pipeline.store import backbone_sidecar, open_store
 from pipeline.train_config import TrainConfig
 from pipeline.training import train

@@ -12,9 +12,9 @@ import pytest
 
 from pipeline import featurize
 from pipeline.backbone import build_backbone, parse_weights
+from pipeline.encode import write_video
 from pipeline.errors import StoreError
 from pipeline.extract import ExtractOptions, run_extraction
-from pipeline.sample_data import write_video
 from pipeline.store import backbone_sidecar, open_store
 
 SIZE = 48

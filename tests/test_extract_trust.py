@@ -23,11 +23,11 @@ from typer.testing import CliRunner
 from pipeline import backbone, extract, training
 from pipeline.backbone import load_checked_backbone
 from pipeline.contracts import VideoRecord
+from pipeline.encode import write_video
 from pipeline.errors import StoreError, WeightsError
 from pipeline.extract import ExtractOptions, run_extraction
 from pipeline.featurize import CHANGED_REASON
 from pipeline.identity import file_sha256, video_id_from_sha256
-from pipeline.sample_data import write_video
 from pipeline.store import backbone_sidecar, open_store
 from stages.cli import app
 

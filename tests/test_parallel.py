@@ -27,15 +27,15 @@ from typer.testing import CliRunner
 
 from pipeline import extract, featurize
 from pipeline.contracts import ExtractorConfig
+from pipeline.encode import write_video
 from pipeline.errors import ClusterError
 from pipeline.extract import ExtractOptions, TaskSpec, run_extraction
 from pipeline.parallel import (
     KILLED_REASON,
     ClusterOptions,
     DaskRunner,
-    _extract_task,
 )
-from pipeline.sample_data import write_video
+from pipeline.parallel_tasks import extract_task
 from pipeline.store import open_store, parts_dir_for, shards_dir_for
 from stages.cli import app
 from stages.extract import report_path
@@ -399,7 +399,7 @@ def test_worker_without_the_shared_filesystem_is_a_clear_error(tmp_path: Path) -
         config, str(tmp_path / "f.h5.backbone.weights.h5"), str(tmp_path / "f.h5.parts"), 8
     )
     with pytest.raises(ClusterError, match=r"cannot see .*f\.h5\.parts.*shared filesystem"):
-        _extract_task(spec, [], None)
+        extract_task(spec, [], None)
 
 
 def test_in_process_extraction_never_imports_dask() -> None:

@@ -9,15 +9,9 @@ import av
 import numpy as np
 import pytest
 
+from pipeline.encode import FORMATS, write_video
 from pipeline.errors import ConfigError
-from pipeline.sample_data import (
-    CATALOGUE,
-    FORMATS,
-    clip_params,
-    generate,
-    render_clip,
-    write_video,
-)
+from pipeline.sample_data import CATALOGUE, clip_params, generate, render_clip
 from pipeline.splits import parse_group
 from pipeline.video import VideoReader
 
