@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import join, training
+from pipeline import fsio, join, training
 from pipeline import model_dir as model_files
 from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo, VideoRecord
 from pipeline.errors import ConfigError, ModelError
@@ -212,7 +212,7 @@ def test_rewriting_a_model_dir_swaps_it_whole(trained, tmp_path, monkeypatch, at
     target = shutil.copytree(trained.model_dir, tmp_path / "models")
     loaded = model_files.load_model_dir(target)
     if not atomic_swap:
-        monkeypatch.setattr(training, "_exchange", lambda first, second: False)
+        monkeypatch.setattr(fsio, "_exchange", lambda first, second: False)
     history = [{"loss": 1.0, "accuracy": 0.5}]
     model_files.write_model_dir(target, loaded.model, ["x", "y", "z"], EXTRACTOR, CONFIG, history)
     assert json.loads((target / "labels.json").read_text()) == ["x", "y", "z"]
