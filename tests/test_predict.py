@@ -271,7 +271,7 @@ def test_an_older_model_dir_without_its_backbone_copy(model, predicted, tmp_path
 
         raise WeightsError("not cached") from OSError("network unreachable")
 
-    monkeypatch.setattr("pipeline.predict.imagenet_weights_file", offline)
+    monkeypatch.setattr("pipeline.model_dir.imagenet_weights_file", offline)
     result = invoke("predict", old, model.stored[0])
     assert result.exit_code == 1
     (line,) = errors(result.output)
