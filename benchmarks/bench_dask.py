@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench_extract import make_videos
 
-from pipeline.extract_job import ExtractOptions, run_extraction
+from pipeline.extract import ExtractOptions, run_extraction
 from pipeline.parallel import ClusterOptions, DaskRunner, available_cores
 
 

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.extract import backbone_for
-from pipeline.extract_job import ExtractOptions, run_extraction
-from pipeline.sample_data import write_video
+from pipeline.backbone import backbone_for
+from pipeline.encode import write_video
+from pipeline.extract import ExtractOptions, run_extraction
 from pipeline.store import backbone_sidecar, open_store
 
 
@@ -117,7 +117,7 @@ def raw_decode_fps(videos: list[Path], threads: int) -> float:
 
 def decode_bound(args: argparse.Namespace, root: Path) -> dict:
     """Extract at input 32 vs raw PyAV decode of the same real-sized clips, side by side."""
-    from pipeline.extract import auto_decoders, parse_decoders
+    from pipeline.featurize import auto_decoders, parse_decoders
 
     videos = make_real_sized_videos(root, args.real_clips, args.real_frames)
     total = 2 * args.real_clips * args.real_frames
@@ -187,7 +187,7 @@ def long_video_rss(minutes: float, size: int, weights: str, root: Path) -> tuple
     # by this (large) benchmark process would report the parent's high-water mark.
     code = (
         "from pathlib import Path;"
-        "from pipeline.extract_job import ExtractOptions, run_extraction;"
+        "from pipeline.extract import ExtractOptions, run_extraction;"
         f"r = run_extraction([Path({str(path)!r})], Path({str(root / 'long.h5')!r}),"
         f" ExtractOptions(weights={weights!r}, input_size={size}));"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"

@@ -205,7 +205,7 @@ def parse_run(spec: str) -> tuple[str, dict]:
     before issue #18 (lstm, no normalization, 30 epochs, batch 32, patience 5). The ``trend``
     baseline is always standardized (normalization forced on).
     """
-    from pipeline.training import TrainConfig
+    from pipeline.train_config import TrainConfig
 
     if spec == "old":
         return spec, {
@@ -250,8 +250,10 @@ def draw(pool: tuple[list, np.ndarray], per_class: int, rng: np.random.Generator
 def run_once(overrides: dict, data: dict, shots: int, seed: int) -> float:
     """Test top-1 of one head trained on ``shots`` clips per class drawn with ``seed``."""
     from pipeline import heads
+    from pipeline.join import SplitData
     from pipeline.sequences import eval_sequences
-    from pipeline.training import SplitData, TrainConfig, fit_config
+    from pipeline.train_config import TrainConfig
+    from pipeline.training import fit_config
 
     rng = np.random.default_rng([seed, shots])
     train_videos, train_labels = draw(data["train"], shots, rng)

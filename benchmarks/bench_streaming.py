@@ -212,7 +212,7 @@ def main(
     work: Path, sizes: list[int], epochs: int, breakdown_only: bool = False, recipe: bool = True
 ) -> None:
     """Build the stores, run every configuration, print the table row by row."""
-    from pipeline.dataset import write_manifest
+    from pipeline.manifest import write_manifest
     from pipeline.store import open_store
 
     if breakdown_only:

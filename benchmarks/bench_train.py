@@ -107,8 +107,9 @@ def head_only_epochs(clips: int, batch_size: int, epochs: int) -> list[np.ndarra
 
 def time_to_train(manifest: Path, store: Path) -> str:
     """Train the default head on a real store to early stop; one summary line."""
-    from pipeline.dataset import read_manifest
-    from pipeline.training import TrainConfig, train
+    from pipeline.manifest import read_manifest
+    from pipeline.train_config import TrainConfig
+    from pipeline.training import train
 
     records = read_manifest(manifest)
     config = TrainConfig()

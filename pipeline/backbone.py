@@ -21,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.contracts import FEATURE_DIM
+from pipeline.contracts import FEATURE_DIM, ExtractorConfig
 from pipeline.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -375,3 +377,59 @@ def make_inference_fn(model, *, jit: bool = False):
         return out
 
     return run
+
+
+# --------------------------------------------------------------------------- checked load, cache
+
+
+def load_checked_backbone(
+    config: ExtractorConfig, weights_file: Path, *, mixed_precision: bool = False
+):
+    """Build ``config``'s backbone from ``weights_file`` and check its sha256.
+
+    Raises:
+        WeightsError: not backbone weights, or not the weights ``config`` records
+            (``config.weights_sha256``): features would silently differ from the store's.
+    """
+    model = build_backbone(
+        parse_weights(str(weights_file)),
+        config.input_size,
+        weights_file=weights_file,
+        mixed_precision=mixed_precision,
+        backbone=config.backbone,
+    )
+    actual = fingerprint(model)
+    if actual != config.weights_sha256:
+        raise WeightsError(
+            f"{weights_file}: weights sha256 {actual[:12]} does not match the extractor's "
+            f"{config.weights_sha256[:12]} ({config.weights})"
+        )
+    return model
+
+
+_BACKBONES: dict[tuple[str, int, bool], Callable[[np.ndarray], np.ndarray]] = {}
+_BACKBONES_LOCK = threading.Lock()
+
+
+def register_backbone(
+    weights_sha256: str, input_size: int, mixed_precision: bool, infer: Callable
+) -> None:
+    """Make an already built inference function reusable by :func:`backbone_for`."""
+    with _BACKBONES_LOCK:
+        _BACKBONES[(weights_sha256, input_size, mixed_precision)] = infer
+
+
+def backbone_for(config: ExtractorConfig, weights_file: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The inference function for ``config``, built once per process and then reused.
+
+    The weights are loaded from ``weights_file`` and must match ``config.weights_sha256``
+    (:func:`load_checked_backbone`); the compute precision is ``config.mixed_precision``.
+    """
+    key = (config.weights_sha256, config.input_size, config.mixed_precision)
+    with _BACKBONES_LOCK:
+        if key not in _BACKBONES:
+            model = load_checked_backbone(
+                config, weights_file, mixed_precision=config.mixed_precision
+            )
+            _BACKBONES[key] = make_inference_fn(model)
+        return _BACKBONES[key]

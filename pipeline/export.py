@@ -23,18 +23,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
-from pipeline.backbone import build_backbone, fingerprint, parse_weights
-from pipeline.contracts import ExtractorConfig
-from pipeline.errors import ConfigError, ModelError, WeightsError
+from pipeline import fsio
+from pipeline.backbone import load_checked_backbone
+from pipeline.errors import ConfigError, ModelError
 from pipeline.heads import (
     FEATURES_INPUT,
     MASK_INPUT,
@@ -43,8 +40,7 @@ from pipeline.heads import (
     ToFloat32,
     load_head,
 )
-from pipeline.predict import model_weights_file
-from pipeline.training import TrainedModel, load_model_dir
+from pipeline.model_dir import TrainedModel, load_model_dir, model_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -128,27 +124,6 @@ class ExportResult:
             f"{FRAMES_INPUT} uint8 [{b}, {self.seq_len}, {s}, {s}, 3] → probabilities "
             f"float32 [{b}, {len(self.labels)}]"
         )
-
-
-def load_backbone(extractor: ExtractorConfig, weights_file: Path) -> keras.Model:
-    """Build the model's backbone from ``weights_file`` and check its sha256.
-
-    Raises:
-        WeightsError: not MobileNetV2 weights, or not the weights the head was trained on.
-    """
-    model = build_backbone(
-        parse_weights(str(weights_file)),
-        extractor.input_size,
-        weights_file=weights_file,
-        backbone=extractor.backbone,
-    )
-    actual = fingerprint(model)
-    if actual != extractor.weights_sha256:
-        raise WeightsError(
-            f"{weights_file}: weights sha256 {actual[:12]} does not match the extractor's "
-            f"{extractor.weights_sha256[:12]} ({extractor.weights})"
-        )
-    return model
 
 
 def _builtin_equivalent(layer: keras.layers.Layer) -> Callable[..., keras.KerasTensor]:
@@ -254,13 +229,6 @@ def _check_output(out: Path, fmt: str) -> None:
         raise ConfigError(f"-o {out} exists and is not a SavedModel; refusing to replace it")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def labels_file(out: Path) -> Path:
     """The labels file of an export: ``<dir>/<stem>.labels.json`` beside it."""
     return out.with_name(out.stem + LABELS_SUFFIX)
@@ -282,31 +250,22 @@ def _check_labels(labels_path: Path, labels: list[str]) -> None:
 
 
 def _write(model: keras.Model, out: Path, fmt: str) -> None:
-    """Write into a temporary sibling, then rename it over ``out``."""
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.tmp{out.suffix}")
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    """Write into a temporary sibling, then swap it in for ``out`` (:func:`fsio.replacing`)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "keras":
-            model.save(tmp)
-        elif fmt == "savedmodel":
-            model.export(str(tmp), format="tf_saved_model", verbose=False)
-        else:
-            size, seq_len = model.input_shape[2], model.input_shape[1]
-            spec = keras.InputSpec(
-                shape=(TFLITE_BATCH, seq_len, size, size, 3), dtype="uint8", name=FRAMES_INPUT
-            )
-            model.export(str(tmp), format="litert", input_signature=[spec], verbose=False)
-        if tmp.is_dir() and out.exists():  # a directory cannot be renamed over another
-            out.rename(old)
-        os.replace(tmp, out)
+        with fsio.replacing(out, suffix=out.suffix) as tmp:
+            if fmt == "keras":
+                model.save(tmp)
+            elif fmt == "savedmodel":
+                model.export(str(tmp), format="tf_saved_model", verbose=False)
+            else:
+                size, seq_len = model.input_shape[2], model.input_shape[1]
+                spec = keras.InputSpec(
+                    shape=(TFLITE_BATCH, seq_len, size, size, 3), dtype="uint8", name=FRAMES_INPUT
+                )
+                model.export(str(tmp), format="litert", input_signature=[spec], verbose=False)
     except OSError as e:
-        if old.exists() and not out.exists():
-            old.rename(out)  # put the previous export back
         raise ModelError(f"cannot write {out}: {e.strerror or e}") from e
-    finally:
-        _remove(tmp)
-        _remove(old)
 
 
 def export_model(
@@ -331,7 +290,7 @@ def export_model(
     trained = load_model_dir(model_dir)
     labels_path = labels_file(out)
     _check_labels(labels_path, trained.labels)
-    backbone = load_backbone(
+    backbone = load_checked_backbone(
         trained.extractor, model_weights_file(model_dir, trained.extractor, weights)
     )
     model = build_end_to_end(backbone, trained, builtin_only=fmt == "keras")

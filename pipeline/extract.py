@@ -1,499 +1,417 @@
-"""Stage 1 engine: decode → batched backbone → one part file per video.
+"""A whole stage-1 run: resolve the backbone, plan what is new, extract it, commit, report.
 
-Decoder threads (each taking whole videos) fill one bounded queue with frame chunks; the
-calling thread cuts them into fixed-size batches *across video boundaries*, so the CNN (the
-real cost) never waits on a short video's tail, and memory stays bounded however long a
-video is. Each finished video is
-written as a part file (see :mod:`pipeline.store`); nothing here touches the final store.
+Runs the tasks in-process by default or through a task runner (Dask, see
+:mod:`pipeline.parallel`). Whatever happens — success, a bad video, Ctrl-C, a crash — every
+video finished so far is committed into the store before this module returns or raises.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
+import math
 import os
-import queue
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
-from pipeline.errors import ConfigError, DecodeError, WeightsError
-from pipeline.store import write_failure, write_part
-from pipeline.video import VideoReader
+from pipeline import fsio
+from pipeline.backbone import backbone_for, register_backbone
+from pipeline.contracts import (
+    FEATURE_DTYPES,
+    RESIZE_POLICIES,
+    ExtractionFailure,
+    ExtractorConfig,
+)
+from pipeline.errors import ConfigError, StoreError
+from pipeline.extract_report import ExtractInterrupted, ExtractReport
+from pipeline.featurize import (
+    CHANGED_REASON,
+    TaskResult,
+    VideoDone,
+    WorkItem,
+    auto_decoders,
+    extract_items,
+)
+from pipeline.identity import file_sha256, video_id_from_sha256
+from pipeline.store import (
+    WEIGHTS_SUFFIX,
+    StoreBuilder,
+    backbone_sidecar,
+    open_store,
+    os_reason,
+    parts_dir_for,
+    require_free_space,
+    staged_video_infos,
+    write_alias,
+    write_failure,
+)
+from pipeline.store_read import indexed_video_id
 
 log = logging.getLogger(__name__)
 
-QUEUE_CHUNKS = 8
-"""Decoded chunks buffered ahead of inference (each ≤ ``CHUNK_FRAMES`` frames), at least."""
-CHUNKS_PER_DECODER = 4
-"""Queue depth per decoder thread when there are more than two (see :func:`queue_depth`)."""
-CHUNK_FRAMES = 16
-DECODER_NICE = 10
-"""Nice increment of the decoder threads (see ``_lower_thread_priority``)."""
-MAX_AUTO_DECODERS = 8
-"""Most decoder threads ``--decoders auto`` starts (memory grows with the queue depth)."""
-DECODER_THREAD_TYPE = "AUTO"
-"""FFmpeg's threading inside each decoder (see docs/cluster.md, "Decoder threads")."""
-STALL_TIMEOUT_SEC = 300.0
-"""A decoder that gets no frame from its video for this long is abandoned (video failed)."""
 
+@dataclass(frozen=True)
+class ExtractOptions:
+    """User-facing stage-1 settings (see ``vrnn extract --help``)."""
 
-CHANGED_REASON = "changed during extraction (size or mtime differ from when it was hashed)"
+    weights: str = "imagenet"
+    backbone: str = "mobilenet_v2"
+    input_size: int = 224
+    resize: str = "crop"
+    fps: float | None = None
+    dtype: str = "float16"
+    batch_size: int = 32
+    mixed_precision: bool = False
+    rehash: bool = False
+    decoders: int | None = None
+    """Decoder threads per process; None: ``auto_decoders()`` where the task runs."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values no extraction can use."""
+        from pipeline.backbone import check_input_size, family
+
+        family(self.backbone)
+        check_input_size(self.input_size)
+        if self.resize not in RESIZE_POLICIES:
+            raise ConfigError(f"--resize must be one of {', '.join(RESIZE_POLICIES)}")
+        if self.dtype not in FEATURE_DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(FEATURE_DTYPES)}")
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(f"--fps must be > 0, got {self.fps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.decoders is not None and self.decoders < 1:
+            raise ConfigError(f"--decoders must be ≥ 1 or auto, got {self.decoders}")
 
 
 @dataclass(frozen=True)
-class WorkItem:
-    """One video to extract: its path and content identity (hashed by the planner).
+class TaskSpec:
+    """Everything a worker process needs to run :func:`run_task` (picklable, no h5py)."""
 
-    ``size``/``mtime_ns`` are the file's as hashed (-1: not recorded); a file that no
-    longer has them after decoding is recorded as :data:`CHANGED_REASON`, never stored
-    under the old content's id.
+    config: ExtractorConfig
+    weights_file: str
+    parts_dir: str
+    batch_size: int
+    decoders: int | None = None
+
+
+def run_task(
+    spec: TaskSpec,
+    items: Sequence[WorkItem],
+    *,
+    stop: threading.Event | None = None,
+    on_video: Callable[[VideoDone], None] | None = None,
+) -> TaskResult:
+    """Extract ``items`` into part files, in this process or a worker's.
+
+    The backbone is built once per process (see :func:`pipeline.backbone.backbone_for`);
+    ``stop`` and ``on_video`` serve in-process runs (cancellation, per-video progress).
     """
-
-    path: str
-    video_id: str
-    content_sha256: str
-    size: int = -1
-    mtime_ns: int = -1
-
-    def changed(self) -> bool:
-        """True when the file's size or mtime differ from those recorded at hash time."""
-        if self.size < 0:
-            return False
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return True
-        return (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns)
+    infer = backbone_for(spec.config, Path(spec.weights_file))
+    return extract_items(
+        items,
+        config=spec.config,
+        infer=infer,
+        parts_dir=Path(spec.parts_dir),
+        batch_size=spec.batch_size,
+        stop=stop,
+        on_video=on_video,
+        decoders=spec.decoders or auto_decoders(),
+    )
 
 
-@dataclass(frozen=True)
-class VideoDone:
-    """Progress event: one video finished (``failure`` set when it failed)."""
+TaskRunner = Callable[[TaskSpec, list[WorkItem], Callable[[TaskResult], None], int | None], None]
+"""Runs task batches somewhere (e.g. Dask) and calls back with each result as it completes."""
 
-    item: WorkItem
-    frames: int
-    failure: ExtractionFailure | None = None
+
+def _existing_config(store_path: Path) -> ExtractorConfig | None:
+    """Extractor of the committed store, else of its uncommitted parts, else None."""
+    if store_path.exists():
+        with open_store(store_path) as store:
+            return store.config
+    staged = parts_dir_for(store_path) / "config.json"
+    if staged.exists():
+        return ExtractorConfig.from_dict(json.loads(staged.read_text()))
+    return None
 
 
 @dataclass
-class TaskResult:
-    """What one call of :func:`extract_items` achieved."""
+class Extractor:
+    """This run's extractor config, and the backbone when this run had to build it."""
 
-    ok: list[str] = field(default_factory=list)
-    failed: list[ExtractionFailure] = field(default_factory=list)
-    frames: int = 0
-    seconds: float = 0.0
+    config: ExtractorConfig
+    model: object | None = None
 
 
-# --------------------------------------------------------------------------- backbone cache
+def _config(options: ExtractOptions, weights: str, sha256: str) -> ExtractorConfig:
+    return ExtractorConfig(
+        weights=weights,
+        weights_sha256=sha256,
+        input_size=options.input_size,
+        resize=options.resize,
+        fps=options.fps,
+        dtype=options.dtype,
+        backbone=options.backbone,
+        mixed_precision=options.mixed_precision,
+    )
 
-_BACKBONES: dict[tuple[str, int, bool], Callable[[np.ndarray], np.ndarray]] = {}
-_BACKBONES_LOCK = threading.Lock()
 
+def resolve_extractor(store_path: Path, options: ExtractOptions) -> Extractor:
+    """The extractor for this run, checked against the store before anything is built.
 
-def register_backbone(
-    weights_sha256: str, input_size: int, mixed_precision: bool, infer: Callable
-) -> None:
-    """Make an already built inference function reusable by :func:`backbone_for`."""
-    with _BACKBONES_LOCK:
-        _BACKBONES[(weights_sha256, input_size, mixed_precision)] = infer
-
-
-def backbone_for(config: ExtractorConfig, weights_file: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """The inference function for ``config``, built once per process and then reused.
-
-    The weights are loaded from ``weights_file`` and must match ``config.weights_sha256``;
-    the compute precision is ``config.mixed_precision``.
+    An existing store (or staged run) fixes the weights sha256: options that differ from
+    its extractor are refused here, naming both, without building a backbone or writing
+    a file. Only a new store builds the backbone (its sidecar is written later, under the
+    store lock, see :func:`save_sidecar`), so a seeded random backbone stays bit-identical
+    across reruns and machines and a rerun with nothing to do never builds a model.
     """
-    mixed_precision = config.mixed_precision
-    key = (config.weights_sha256, config.input_size, mixed_precision)
-    with _BACKBONES_LOCK:
-        if key not in _BACKBONES:
-            from pipeline.backbone import (
-                build_backbone,
-                fingerprint,
-                make_inference_fn,
-                parse_weights,
+    from pipeline.backbone import fingerprint, parse_weights
+
+    spec = parse_weights(options.weights)
+    existing = _existing_config(store_path)
+    if existing is not None:
+        config = _config(options, spec.identity, existing.weights_sha256)
+        if config != existing:
+            raise StoreError(
+                f"{store_path} was built by a different extractor: store has "
+                f"({existing.describe()}), this run uses ({config.describe()}); nothing "
+                "was changed"
             )
-
-            model = build_backbone(
-                parse_weights(str(weights_file)),
-                config.input_size,
-                weights_file=weights_file,
-                mixed_precision=mixed_precision,
-                backbone=config.backbone,
-            )
-            if fingerprint(model) != config.weights_sha256:
-                raise WeightsError(
-                    f"{weights_file}: weights sha256 {fingerprint(model)[:12]} does not match "
-                    f"the extractor's {config.weights_sha256[:12]} ({config.weights})"
-                )
-            _BACKBONES[key] = make_inference_fn(model)
-        return _BACKBONES[key]
+        return Extractor(config)
+    model = _build(spec, options)
+    return Extractor(_config(options, spec.identity, fingerprint(model)), model)
 
 
-# --------------------------------------------------------------------------- the engine
+def _build(spec, options: ExtractOptions):
+    from pipeline.backbone import build_backbone
 
-POLL_SEC = 0.1
-"""How often a blocked decoder or consumer re-checks cancellation and the stall watchdog."""
-JOIN_SEC = 2.0
-"""How long the end of a run waits for each decoder to exit; one stuck inside its reader is
-left behind (a daemon thread that exits at its next chunk) rather than blocking the caller."""
+    return build_backbone(
+        spec,
+        options.input_size,
+        mixed_precision=options.mixed_precision,
+        backbone=options.backbone,
+    )
 
 
-def auto_decoders(cores: int | None = None) -> int:
-    """Decoder threads for ``--decoders auto``: one per core, at most ``MAX_AUTO_DECODERS``.
+def save_sidecar(builder: StoreBuilder, extractor: Extractor, options: ExtractOptions) -> None:
+    """Save the backbone weights beside the store ``builder`` holds the lock of.
 
-    PyAV releases the GIL while decoding, so threads scale with cores. Extra decoders cost
-    nothing when inference is the bottleneck (they run at a lower priority and block on the
-    full queue), and keep a fast backbone (a GPU, a small input) fed when it is not.
+    Written for a new store (the backbone this run built) or to restore a deleted sidecar
+    (checked to have the store's sha256); an existing store's sidecar is never replaced.
     """
-    if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # macOS, Windows
-            cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_AUTO_DECODERS))
+    from pipeline.backbone import fingerprint, make_inference_fn, parse_weights, save_weights
 
-
-def parse_decoders(text: str) -> int | None:
-    """``--decoders`` value: ``auto`` → None (see :func:`auto_decoders`), else an int ≥ 1."""
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigError(f"--decoders must be a whole number ≥ 1 or auto, got {text!r}")
-    return value
-
-
-def queue_depth(decoders: int) -> int:
-    """Chunks buffered ahead of inference for ``decoders`` decoder threads."""
-    return max(QUEUE_CHUNKS, CHUNKS_PER_DECODER * decoders)
-
-
-def _reason(error: Exception, path: str) -> str:
-    text = str(error)
-    return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
-
-
-def _lower_thread_priority() -> None:
-    """Give the calling (decoder) thread a lower CPU priority than inference, on Linux.
-
-    Called by a decoder the first time it finds the queue full, i.e. once the backbone is
-    the bottleneck: its intra-op threads wait on each other at every op, so a decoder
-    preempting one of them stalls all of them, while the decoder has a queue of chunks to
-    absorb delays. While decoding is the bottleneck (a GPU, a small input) decoders keep
-    their normal priority: on a shared machine a niced decoder would lose its share of the
-    CPU to every other process. One-way, because raising a priority again needs privileges.
-    """
-    if sys.platform == "linux":  # per-thread nice values are a Linux feature
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICE)
-
-
-class _Decoder(threading.Thread):
-    """One decoder thread: takes whole videos from ``work`` until none is left.
-
-    Sends ``(self, kind, index, payload)`` messages: ``frames`` (a chunk), then ``done``
-    (the video's info) or ``failed`` (a reason); ``exit`` when out of work, ``error`` for a
-    bug outside any one video. :attr:`busy` is ``(video index, since)`` while the thread
-    waits on the reader (not while it waits for queue space), for the stall watchdog.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[WorkItem],
-        work: queue.SimpleQueue,
-        config: ExtractorConfig,
-        out: queue.Queue,
-        stop: threading.Event,
-    ):
-        super().__init__(name="vrnn-decode", daemon=True)
-        self.items, self.work, self.config, self.out, self.stop = items, work, config, out, stop
-        self.abandoned = False  # set by the consumer when it gives up on this thread
-        self.busy: tuple[int, float] | None = None
-        self.yielding = False  # lowered its priority (once the queue was found full)
-
-    def put(self, kind: str, i: int, payload: object) -> bool:
-        """Queue one message; False once the run is stopped or this thread abandoned."""
-        self.busy = None
-        while not (self.stop.is_set() or self.abandoned):
-            try:
-                self.out.put((self, kind, i, payload), timeout=POLL_SEC)
-            except queue.Full:
-                if not self.yielding:  # inference is the bottleneck: stop competing with it
-                    self.yielding = True
-                    _lower_thread_priority()
-                continue
-            if i >= 0:
-                self.busy = (i, time.monotonic())
-            return True
-        return False
-
-    def run(self) -> None:
-        try:
-            while True:
-                try:
-                    i = self.work.get_nowait()
-                except queue.Empty:
-                    self.put("exit", -1, None)
-                    return
-                self.busy = (i, time.monotonic())
-                if not self.decode(i):
-                    return
-        except BaseException as e:  # a bug: hand it to the consumer, which re-raises it
-            self.put("error", -1, e)
-
-    def decode(self, i: int) -> bool:
-        """Send video ``i``'s chunks and its outcome; False when the run is over for us."""
-        item, config = self.items[i], self.config
-        reader = VideoReader(
-            Path(item.path),
-            size=config.input_size,
-            resize=config.resize,
-            fps=config.fps,
-            thread_type=DECODER_THREAD_TYPE,
+    sidecar = backbone_sidecar(builder.path)
+    config = extractor.config
+    if sidecar.exists() and extractor.model is None:
+        return
+    model = extractor.model or _build(parse_weights(options.weights), options)
+    if fingerprint(model) != config.weights_sha256:
+        raise StoreError(
+            f"cannot restore {sidecar}: --weights {options.weights} has sha256 "
+            f"{fingerprint(model)[:12]}, the store's backbone {config.weights_sha256[:12]}"
         )
-        try:
-            for chunk in reader.chunks(CHUNK_FRAMES):
-                if not self.put("frames", i, chunk):
-                    return False
-        except DecodeError as e:
-            return self.put("failed", i, _reason(e, item.path))
-        except MemoryError:
-            return self.put("failed", i, "out of memory while decoding")
-        except Exception as e:
-            # An unexpected error on one file (a decoder or library bug) must not stall
-            # a whole batch night after night: record it loudly and go on.
-            log.exception("unexpected error while decoding %s", item.path)
-            return self.put("failed", i, f"unexpected decoder error ({type(e).__name__}: {e})")
-        return self.put("done", i, reader.info)
-
-
-class _Assembler:
-    """Collects per-video feature rows as batches come back from the backbone."""
-
-    def __init__(self, items: Sequence[WorkItem], config: ExtractorConfig):
-        self.items = items
-        self.config = config
-        self.rows: dict[int, list[np.ndarray]] = {}
-        self.stamps: dict[int, list[np.ndarray]] = {}
-        self.pending: dict[int, int] = {}  # frames queued for inference, not yet back
-        self.finished: dict[int, VideoInfo] = {}
-
-    def add_frames(self, i: int, timestamps: np.ndarray) -> None:
-        self.stamps.setdefault(i, []).append(timestamps)
-        self.rows.setdefault(i, [])
-        self.pending[i] = self.pending.get(i, 0) + len(timestamps)
-
-    def add_features(self, i: int, features: np.ndarray) -> None:
-        self.rows[i].append(features.astype(self.config.dtype))
-        self.pending[i] -= len(features)
-
-    def drop(self, i: int) -> None:
-        for table in (self.rows, self.stamps, self.pending, self.finished):
-            table.pop(i, None)
-
-    def complete(self) -> list[tuple[int, VideoFeatures]]:
-        """Pop every finished video whose frames have all come back from the backbone."""
-        ready = sorted(i for i in self.finished if self.pending.get(i, 0) == 0)
-        videos = []
-        for i in ready:
-            item, info = self.items[i], self.finished[i]
-            features = np.concatenate(self.rows[i])
-            stamps = np.concatenate(self.stamps[i])
-            videos.append(
-                (i, VideoFeatures(item.video_id, item.content_sha256, features, stamps, info))
-            )
-            self.drop(i)
-        return videos
-
-
-def iter_features(
-    items: Sequence[WorkItem],
-    *,
-    config: ExtractorConfig,
-    infer: Callable[[np.ndarray], np.ndarray],
-    batch_size: int = 32,
-    stop: threading.Event | None = None,
-    decoders: int = 1,
-    stall_timeout_sec: float = STALL_TIMEOUT_SEC,
-) -> Iterator[tuple[int, VideoFeatures | ExtractionFailure]]:
-    """Decode and embed ``items``, yielding each video as soon as it is complete.
-
-    ``decoders`` background threads each take whole videos; inference runs in the caller's
-    thread. Batches of ``batch_size`` frames span video boundaries (and decoders), so the
-    backbone never waits on one video's tail; when no chunk arrives for ``POLL_SEC`` the
-    partial batch runs, so a slow or hung decoder never holds other videos back. With one
-    decoder, results arrive in item order except that a failed video is reported as soon as
-    its decoder gives up; with several, in the order videos complete (the store sorts by
-    id, so it is the same either way).
-
-    A video whose decoder gets no frame for ``stall_timeout_sec`` fails ("decoder hung") and
-    a fresh decoder takes over the remaining videos. Setting ``stop`` (from any thread) or
-    closing the generator ends the run after the current batch.
-
-    Args:
-        items: the videos, with ids already computed.
-        config: the extractor configuration (input size, resize, sampling, dtype).
-        infer: uint8 ``[B, S, S, 3]`` → float32 ``[B, 1280]`` (see ``backbone_for``).
-        batch_size: frames per backbone call.
-        stop: cooperative cancellation.
-        decoders: decoder threads (see :func:`auto_decoders`).
-        stall_timeout_sec: seconds without a frame before a decoder is declared hung.
-
-    Yields:
-        ``(index into items, VideoFeatures)`` or ``(index, ExtractionFailure)``.
-    """
-    if decoders < 1:
-        raise ValueError(f"decoders must be ≥ 1, got {decoders}")
-    stop = stop or threading.Event()
-    decoders = max(1, min(decoders, len(items)))
-    chunks: queue.Queue = queue.Queue(maxsize=queue_depth(decoders))
-    work: queue.SimpleQueue = queue.SimpleQueue()
-    for i in range(len(items)):
-        work.put(i)
-    live: set[_Decoder] = set()
-
-    def start_decoder() -> None:
-        decoder = _Decoder(items, work, config, chunks, stop)
-        live.add(decoder)
-        decoder.start()
-
-    size = config.input_size
-    batch = np.empty((batch_size, size, size, 3), np.uint8)
-    owners: list[tuple[int, int]] = []  # (video index, frame count) slices of `batch`
-    filled = 0
-    videos = _Assembler(items, config)
-
-    def run_batch() -> None:
-        nonlocal filled
-        if filled:
-            features = infer(batch[:filled])
-            start = 0
-            for i, count in owners:
-                if i in videos.rows:  # a video that failed mid-way was dropped
-                    videos.add_features(i, features[start : start + count])
-                start += count
-        owners.clear()
-        filled = 0
-
-    def abandon_hung() -> Iterator[tuple[int, ExtractionFailure]]:
-        now = time.monotonic()
-        for decoder in list(live):
-            busy = decoder.busy
-            if busy is not None and now - busy[1] > stall_timeout_sec:
-                decoder.abandoned = True  # its late messages are ignored; it exits at its next
-                live.discard(decoder)
-                videos.drop(busy[0])
-                item = items[busy[0]]
-                log.error("decoder hung on %s; going on without it", item.path)
-                reason = f"decoder hung (no frame for {stall_timeout_sec:g} s)"
-                yield busy[0], ExtractionFailure(item.path, reason, item.video_id)
-                start_decoder()  # takes the remaining videos (exits at once if none)
-
-    for _ in range(decoders):
-        start_decoder()
+    # HDF5 may crash instead of raising on a full disk (see require_free_space).
+    weight_bytes = 4 * sum(math.prod(w.shape) for w in model.weights)
+    require_free_space(sidecar.parent, weight_bytes + 2**20, f"the backbone weights {sidecar}")
     try:
-        while live and not stop.is_set():
-            try:
-                decoder, kind, i, payload = chunks.get(timeout=POLL_SEC)
-            except queue.Empty:  # decoders are behind: the backbone would idle anyway
-                run_batch()  # so run a partial batch rather than hold videos back
-                yield from videos.complete()
-                yield from abandon_hung()
-                continue
-            if decoder.abandoned:
-                continue
-            if kind == "exit":
-                live.discard(decoder)
-            elif kind == "error":
-                raise payload
-            elif kind == "frames":
-                videos.add_frames(i, payload.timestamps_sec)
-                frames, offset = payload.frames, 0
-                while offset < len(frames):
-                    take = min(batch_size - filled, len(frames) - offset)
-                    batch[filled : filled + take] = frames[offset : offset + take]
-                    owners.append((i, take))
-                    filled += take
-                    offset += take
-                    if filled == batch_size:
-                        run_batch()
-                        yield from videos.complete()
-            elif kind == "done":
-                videos.finished[i] = payload
-                yield from videos.complete()  # now, if none of its frames await inference
-            else:  # failed
-                videos.drop(i)
-                yield i, ExtractionFailure(items[i].path, payload, items[i].video_id)
-            yield from abandon_hung()
-        if not stop.is_set():
-            run_batch()
-            yield from videos.complete()
-    finally:
-        stop.set()
-        for decoder in live:  # each notices `stop` at its next chunk; a hung one is left
-            decoder.join(timeout=JOIN_SEC)
+        with fsio.replacing(sidecar, suffix=WEIGHTS_SUFFIX) as tmp:
+            save_weights(model, tmp)
+    except OSError as e:
+        raise StoreError(f"cannot write the backbone weights {sidecar}: {os_reason(e)}") from e
+    infer = make_inference_fn(model)
+    register_backbone(config.weights_sha256, config.input_size, config.mixed_precision, infer)
 
 
-def extract_items(
-    items: Sequence[WorkItem],
+@dataclass
+class Plan:
+    """What a run must do: new videos, already-stored ones, and files that cannot be read."""
+
+    todo: list[WorkItem] = field(default_factory=list)
+    skipped: int = 0
+    duplicates: int = 0
+    failures: list[ExtractionFailure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileHash:
+    """A file's content sha256 and its ``(size, mtime_ns)`` at hash time, or why it could
+    not be read (picklable: runs in workers)."""
+
+    path: str
+    sha256: str | None = None
+    error: str | None = None
+    size: int = -1
+    mtime_ns: int = -1
+
+
+def hash_files(paths: Sequence[str]) -> list[FileHash]:
+    """Content sha256 of each file, in order, with its size/mtime read around the hash.
+
+    An unreadable file gets an ``error``; a file whose size or mtime changed while it was
+    being hashed gets :data:`~pipeline.featurize.CHANGED_REASON`.
+    """
+    hashes = []
+    for path in paths:
+        try:
+            before = os.stat(path)
+            sha = file_sha256(Path(path))
+            after = os.stat(path)
+        except OSError as e:
+            hashes.append(FileHash(path, error=f"cannot read file ({e.strerror})"))
+            continue
+        stat = (after.st_size, after.st_mtime_ns)
+        if (before.st_size, before.st_mtime_ns) != stat:
+            hashes.append(FileHash(path, sha, CHANGED_REASON, *stat))
+        else:
+            hashes.append(FileHash(path, sha, None, *stat))
+    return hashes
+
+
+FileHasher = Callable[[Sequence[str]], list[FileHash]]
+"""Hashes files somewhere: :func:`hash_files` here, or a task runner's workers in parallel."""
+
+
+def plan_extraction(
+    paths: Iterable[Path],
+    builder: StoreBuilder,
+    hasher: FileHasher = hash_files,
     *,
-    config: ExtractorConfig,
-    infer: Callable[[np.ndarray], np.ndarray],
-    parts_dir: Path,
-    batch_size: int = 32,
-    stop: threading.Event | None = None,
-    on_video: Callable[[VideoDone], None] | None = None,
-    decoders: int = 1,
-) -> TaskResult:
-    """Extract ``items`` into part files under ``parts_dir`` (see :func:`iter_features`).
+    rehash: bool = False,
+) -> Plan:
+    """Decide per file: skip (content already stored), extract, or fail now.
 
-    A video that fails to decode is recorded as a failure part and the rest continue;
-    videos not yet written when ``stop`` is set are simply not there (a rerun does them).
+    Fast path: a file whose path, size and mtime match the store's path index is skipped
+    without reading it (``rehash`` turns this off: every file is hashed). The others are
+    hashed by ``hasher`` (all at once, so a cluster hashes them in parallel), and the
+    size/mtime recorded at that moment are checked again after decoding. A second path with
+    the same content is recorded as an alias. Videos finished by an interrupted run (staged
+    parts) are neither redone nor counted as skipped: this run's commit stores them.
+    """
+    index, stored = {}, set()
+    if builder.path.exists():
+        with open_store(builder.path) as store:
+            index, stored = store.path_index, set(store.video_ids)
+    staged = builder.staged_ids()
+    plan, queued, unknown = Plan(), set(), []
+    for path in paths:
+        key = str(path)
+        if not path.exists() or path.is_dir():
+            why = "is a directory, not a video file" if path.is_dir() else "file not found"
+            plan.failures.append(ExtractionFailure(key, why))
+            continue
+        if not rehash and indexed_video_id(index, stored, path) is not None:
+            plan.skipped += 1
+            continue
+        unknown.append(path)
+    for path, hashed in zip(unknown, hasher([str(p) for p in unknown]), strict=True):
+        if hashed.sha256 is None:
+            plan.failures.append(ExtractionFailure(hashed.path, hashed.error or "unreadable"))
+            continue
+        video_id = video_id_from_sha256(hashed.sha256)
+        if hashed.error:  # changed while it was being hashed
+            plan.failures.append(ExtractionFailure(hashed.path, hashed.error, video_id))
+            continue
+        if video_id in stored or video_id in queued or video_id in staged:
+            if video_id in queued:  # a copy of a file of this run: stored once, not "already"
+                plan.duplicates += 1
+            else:
+                plan.skipped += video_id not in staged
+            write_alias(builder.parts_dir, path, video_id)
+            continue
+        queued.add(video_id)
+        plan.todo.append(
+            WorkItem(hashed.path, video_id, hashed.sha256, hashed.size, hashed.mtime_ns)
+        )
+    return plan
+
+
+def run_extraction(
+    paths: Sequence[Path],
+    store_path: Path,
+    options: ExtractOptions,
+    *,
+    runner: TaskRunner | None = None,
+    videos_per_task: int | None = None,
+    on_video: Callable[[VideoDone], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    on_task: Callable[[TaskResult], None] = lambda result: None,
+    stop: threading.Event | None = None,
+) -> ExtractReport:
+    """Extract every video in ``paths`` that the store lacks, then commit the store.
 
     Args:
-        items: the videos, with ids already computed.
-        config: the extractor configuration.
-        infer: the backbone's inference function.
-        parts_dir: the store's staging directory.
-        batch_size: frames per backbone call; batches span video boundaries.
-        stop: cooperative cancellation.
-        on_video: called after each video is written or recorded as failed.
-        decoders: decoder threads feeding the one backbone.
+        paths: video files (absolute paths are recorded in the store's path index).
+        store_path: the ``.h5`` store to create or extend.
+        options: extraction settings; must match an existing store's.
+        runner: a task runner (Dask); None runs in this process.
+        videos_per_task: videos per runner task (None: the runner's default).
+        on_video: progress callback per finished video (in-process runs).
+        on_plan: called once with the plan, before any decoding.
+        on_task: progress callback per finished runner task.
+        stop: cooperative cancellation for in-process runs.
 
     Returns:
-        ids written, failures, frames extracted and wall seconds.
+        the run's report (also written beside the store by the CLI).
     """
+    options.validate()
     started = time.perf_counter()
-    result = TaskResult()
-    for i, outcome in iter_features(
-        items, config=config, infer=infer, batch_size=batch_size, stop=stop, decoders=decoders
-    ):
-        if not isinstance(outcome, ExtractionFailure) and items[i].changed():
-            outcome = ExtractionFailure(items[i].path, CHANGED_REASON, items[i].video_id)
-        if isinstance(outcome, ExtractionFailure):
-            write_failure(parts_dir, outcome)
-            result.failed.append(outcome)
-            done = VideoDone(items[i], 0, outcome)
-        else:
-            stat = (items[i].size, items[i].mtime_ns) if items[i].size >= 0 else None
-            write_part(parts_dir, config, outcome, source_stat=stat)
-            result.ok.append(outcome.video_id)
-            result.frames += len(outcome.features)
-            done = VideoDone(items[i], len(outcome.features))
-        if on_video:
-            on_video(done)
-    result.seconds = time.perf_counter() - started
-    return result
+    store_path = Path(store_path)
+    try:
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create output directory {store_path.parent}: {e.strerror}"
+        ) from e
+    extractor = resolve_extractor(store_path, options)
+    config = extractor.config
+    report = ExtractReport(
+        store=str(store_path),
+        extractor=config.to_dict(),
+        videos=len(paths),
+        random_backbone=config.weights.startswith("random"),
+    )
+    with StoreBuilder(store_path, config) as builder:
+        save_sidecar(builder, extractor, options)
+        # A cluster runner hashes new files in its workers; the driver only stats them.
+        hasher = getattr(runner, "hash_files", hash_files)
+        absolute = [Path(os.path.abspath(p)) for p in paths]
+        plan = plan_extraction(absolute, builder, hasher, rehash=options.rehash)
+        report.skipped, report.duplicates = plan.skipped, plan.duplicates
+        for failure in plan.failures:
+            write_failure(builder.parts_dir, failure)
+        if on_plan:
+            on_plan(plan)
+        extract_started = time.perf_counter()
+        try:
+            spec = TaskSpec(
+                config,
+                str(backbone_sidecar(store_path)),
+                str(builder.parts_dir),
+                options.batch_size,
+                decoders=options.decoders,
+            )
+            if plan.todo and runner is None:
+                run_task(spec, plan.todo, stop=stop, on_video=on_video)
+            elif plan.todo:
+                runner(spec, plan.todo, on_task, videos_per_task)
+        except KeyboardInterrupt as e:
+            report.interrupted = True
+            raise ExtractInterrupted(report) from e
+        finally:
+            # Commit whatever finished, on success and on every way out.
+            report.note_decodes(staged_video_infos(builder.parts_dir))
+            summary = builder.commit()
+            builder.discard_staging()
+            report.extracted = summary.added
+            report.frames = summary.frames_added
+            report.failed = len(summary.failures)
+            report.failures = [asdict(f) for f in summary.failures]
+            now = time.perf_counter()
+            report.seconds = round(now - started, 3)
+            if summary.frames_added:
+                report.frames_per_sec = round(summary.frames_added / (now - extract_started), 1)
+    return report

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import fsio
 from pipeline.errors import StoreError
 from pipeline.store import FeatureStore
 
@@ -185,32 +186,24 @@ def _extend(
     dim, dtype = index["dim"], np.dtype(index["dtype"])
     token = uuid.uuid4().hex[:12]
     segment = index_path.with_name(f"{store.path.name}.frames-{token}.bin")
-    tmp = segment.with_name(f".{segment.name}.tmp")
     number = len(index["segments"])
     offset = 0
-    try:
-        with open(tmp, "wb") as out:
-            for video_id in new:
-                features = store.read(video_id).features  # StoreError names a corrupt video
-                if features.ndim != 2 or features.shape[1] != dim:
-                    raise StoreError(
-                        f"{store.path}: video {video_id} has features of shape "
-                        f"{features.shape}, expected [T, {dim}]"
-                    )
-                out.write(np.ascontiguousarray(features, dtype=dtype).tobytes())
-                index["videos"][video_id] = [number, offset, len(features)]
-                offset += len(features)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, segment)
-        index["segments"].append([segment.name, offset])
-        tmp_index = index_path.with_name(f".{index_path.name}.{token}.tmp")
+    with fsio.replacing(segment) as tmp, open(tmp, "wb") as out:
+        for video_id in new:
+            features = store.read(video_id).features  # StoreError names a corrupt video
+            if features.ndim != 2 or features.shape[1] != dim:
+                raise StoreError(
+                    f"{store.path}: video {video_id} has features of shape "
+                    f"{features.shape}, expected [T, {dim}]"
+                )
+            out.write(np.ascontiguousarray(features, dtype=dtype).tobytes())
+            index["videos"][video_id] = [number, offset, len(features)]
+            offset += len(features)
+        out.flush()
+        os.fsync(out.fileno())
+    index["segments"].append([segment.name, offset])
+    with fsio.replacing(index_path) as tmp_index:  # the commit point
         tmp_index.write_text(json.dumps(index))
-        os.replace(tmp_index, index_path)  # the commit point
-    finally:
-        for leftover in (tmp, index_path.with_name(f".{index_path.name}.{token}.tmp")):
-            with contextlib.suppress(OSError):
-                leftover.unlink(missing_ok=True)
     log.info(
         "frame cache %s: %d videos, %d read from the store",
         index_path,

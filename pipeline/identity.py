@@ -31,8 +31,8 @@ class NotRegularFileError(OSError):
         super().__init__(errno.EINVAL, f"not a regular file: {kind}", str(path))
 
 
-def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """sha256 hex digest of a file's bytes, read in 1 MiB chunks (memory stays flat).
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file's bytes (:func:`hashlib.file_digest`: memory stays flat).
 
     The file is opened without blocking and checked before reading, so a FIFO or a device
     named like a video is refused at once instead of hanging the caller.
@@ -43,16 +43,13 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
         OSError: the file cannot be opened or read.
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    digest = hashlib.sha256()
     with open(fd, "rb") as f:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(path, mode)
-        while block := f.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def video_id_from_sha256(sha256: str) -> str:

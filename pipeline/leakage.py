@@ -17,8 +17,8 @@ from pipeline.contracts import VideoRecord
 from pipeline.errors import ManifestError
 
 if TYPE_CHECKING:
+    from pipeline.join import JoinedVideo
     from pipeline.store import FeatureStore
-    from pipeline.training import JoinedVideo
 
 log = logging.getLogger(__name__)
 

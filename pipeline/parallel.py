@@ -1,8 +1,8 @@
 """Running extraction tasks on Dask: a local cluster of worker processes, or a remote scheduler.
 
 The only module that imports ``dask``/``distributed``. :class:`DaskRunner` is a
-:data:`~pipeline.extract_job.TaskRunner`: each task (a few videos) runs
-:func:`~pipeline.extract_job.run_task` in a persistent worker process, which builds its
+:data:`~pipeline.extract.TaskRunner`: each task (a few videos) runs
+:func:`~pipeline.extract.run_task` in a persistent worker process, which builds its
 backbone once and writes part files straight into the store's staging directory, so workers
 need that directory (and the backbone weights beside the store) on a shared filesystem.
 """
@@ -15,9 +15,7 @@ import logging
 import math
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,8 +29,9 @@ from distributed.security import Security
 
 from pipeline.contracts import ExtractionFailure
 from pipeline.errors import ClusterError, ConfigError
-from pipeline.extract import TaskResult, WorkItem
-from pipeline.extract_job import FileHash, TaskSpec, hash_files, run_task
+from pipeline.extract import FileHash, TaskSpec
+from pipeline.featurize import TaskResult, WorkItem
+from pipeline.parallel_tasks import extract_task, hash_task
 from pipeline.store import staged_video_ids, write_failure
 
 log = logging.getLogger(__name__)
@@ -46,6 +45,18 @@ A task whose worker *died* is rescheduled by Dask itself, up to the scheduler's
 HASH_FILES_PER_TASK = 16
 """At most this many files per hashing task (about four tasks per worker below that)."""
 KILLED_REASON = "worker died repeatedly while extracting (KilledWorker)"
+
+
+VIDEOS_PER_TASK = 4
+"""Default videos per Dask task: small enough that stragglers don't dominate, large enough
+that a UCF101-sized run still makes a few thousand tasks (docs/cluster.md)."""
+
+
+def split_tasks(items: list[WorkItem], videos_per_task: int | None = None) -> list[list[WorkItem]]:
+    """Cut the work into Dask tasks of ``videos_per_task`` videos (default
+    :data:`VIDEOS_PER_TASK`), in order."""
+    size = videos_per_task or VIDEOS_PER_TASK
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,11 @@ class ClusterOptions:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings no cluster can use."""
-        if (self.workers is None) == (self.scheduler is None):
-            raise ConfigError("give exactly one of --workers N or --scheduler ADDRESS")
+        if self.workers is not None and self.scheduler is not None:
+            raise ConfigError("use either --workers or --scheduler, not both")
+        if self.workers is None and self.scheduler is None:
+            what = "--threads-per-worker needs" if self.threads_per_worker else "give"
+            raise ConfigError(f"{what} --workers N or --scheduler ADDRESS")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be ≥ 1, got {self.workers}")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
@@ -314,10 +328,12 @@ class DaskRunner:
     def __call__(
         self,
         spec: TaskSpec,
-        tasks: list[list[WorkItem]],
+        items: list[WorkItem],
         on_task: Callable[[TaskResult], None],
+        videos_per_task: int | None = None,
     ) -> None:
-        """Run ``tasks`` and call ``on_task`` with each result in completion order.
+        """Run ``items`` as tasks of ``videos_per_task`` videos (:func:`split_tasks`) and call
+        ``on_task`` with each result in completion order.
 
         A task that keeps killing its worker (e.g. a decoder crash) is split into one task
         per video it had not finished, so only the culprit is recorded as a failure.
@@ -327,14 +343,15 @@ class DaskRunner:
         if self.client is None:
             raise RuntimeError("DaskRunner used outside its `with` block")
         client = self.client
-        spec, tasks = _absolute(spec), [[_absolute_item(i) for i in task] for task in tasks]
+        tasks = split_tasks([_absolute_item(i) for i in items], videos_per_task)
+        spec = _absolute(spec)
         if self.options.workers and spec.decoders is None:  # share the cores, as TF threads do
             spec = replace(spec, decoders=max(1, available_cores() // self.options.workers))
         pending: dict[Future, list[WorkItem]] = {}
 
         def submit(items: list[WorkItem]) -> Future:
             future = client.submit(
-                _extract_task,
+                extract_task,
                 spec,
                 items,
                 self.tf_threads,
@@ -379,7 +396,7 @@ class DaskRunner:
         batches = [list(paths[i : i + per_task]) for i in range(0, len(paths), per_task)]
         futures = [
             self.client.submit(
-                _hash_task, batch, key=f"vrnn-hash-{uuid.uuid4().hex}", pure=False,
+                hash_task, batch, key=f"vrnn-hash-{uuid.uuid4().hex}", pure=False,
                 retries=TASK_RETRIES,
             )
             for batch in batches
@@ -426,67 +443,6 @@ def _absolute(spec: TaskSpec) -> TaskSpec:
 
 def _absolute_item(item: WorkItem) -> WorkItem:
     return replace(item, path=os.path.abspath(item.path))
-
-
-# --------------------------------------------------------------------------- worker side
-
-_TF_THREADS_LOCK = threading.Lock()
-_TF_THREADS_APPLIED = False
-
-
-def _limit_tf_threads(threads: int) -> None:
-    """Set TensorFlow's intra-op threads once per process, before any backbone exists."""
-    global _TF_THREADS_APPLIED
-    with _TF_THREADS_LOCK:
-        if _TF_THREADS_APPLIED:
-            return
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-        except RuntimeError:  # TensorFlow already ran something in this worker
-            current = tf.config.threading.get_intra_op_parallelism_threads()
-            if current != threads:
-                log.warning(
-                    "worker %s: TensorFlow already initialised with %s intra-op threads; "
-                    "cannot switch to %d",
-                    socket.gethostname(),
-                    current or "default",
-                    threads,
-                )
-        _TF_THREADS_APPLIED = True
-
-
-def _extract_task(spec: TaskSpec, items: list[WorkItem], tf_threads: int | None) -> TaskResult:
-    """What a worker runs: check the shared filesystem, then :func:`run_task` on new videos.
-
-    Videos already staged (by an earlier attempt of this task on a worker that died) are
-    not extracted again.
-    """
-    parts_dir, weights = Path(spec.parts_dir), Path(spec.weights_file)
-    if not (parts_dir.is_dir() and weights.is_file()):
-        raise ClusterError(
-            f"Dask worker on {socket.gethostname()} cannot see {parts_dir} and {weights}; "
-            "workers need the store's directory on a shared filesystem at the same path"
-        )
-    if tf_threads:
-        _limit_tf_threads(tf_threads)
-    staged = staged_video_ids(parts_dir)
-    todo = [item for item in items if item.video_id not in staged]
-    result = run_task(spec, todo) if todo else TaskResult()
-    result.ok.extend(item.video_id for item in items if item.video_id in staged)
-    return result
-
-
-def _hash_task(paths: list[str]) -> list[FileHash]:
-    """What a worker runs to hash new files (see :meth:`DaskRunner.hash_files`)."""
-    unseen = [p for p in paths if not os.path.lexists(p)]
-    if unseen:
-        raise ClusterError(
-            f"Dask worker on {socket.gethostname()} cannot see {unseen[0]}; workers need the "
-            "videos on a shared filesystem at the same path"
-        )
-    return hash_files(paths)
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,9 +1,9 @@
 """``predict``: classify video files nobody indexed with a trained model directory.
 
 The model directory names the extractor its head was trained on (``extractor.json``) and
-holds a copy of that backbone's weights; :func:`pipeline.extract.backbone_for` rebuilds it and
+holds a copy of that backbone's weights; :func:`pipeline.backbone.backbone_for` rebuilds it and
 checks their sha256. Videos then go through the same streaming engine as ``extract``
-(:func:`pipeline.extract.iter_features`) and are sampled exactly as evaluation samples them
+(:func:`pipeline.featurize.iter_features`) and are sampled exactly as evaluation samples them
 (:func:`pipeline.training.predict_videos`). Each video is classified as soon as its features
 arrive and then dropped, so memory stays bounded however many files are given.
 """
@@ -19,20 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbone import imagenet_weights_file
-from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures
-from pipeline.dataset import find_videos
-from pipeline.errors import ConfigError, StoreError, WeightsError
-from pipeline.extract import WorkItem, backbone_for, iter_features
+from pipeline.backbone import backbone_for
+from pipeline.contracts import ExtractionFailure, VideoFeatures
+from pipeline.errors import ConfigError, StoreError
+from pipeline.featurize import WorkItem, iter_features
 from pipeline.identity import NotRegularFileError, file_sha256, video_id_from_sha256
+from pipeline.index_sources import find_videos
+from pipeline.model_dir import TrainedModel, load_model_dir, model_weights_file
 from pipeline.store import FeatureStore, open_store, os_reason
-from pipeline.training import (
-    BACKBONE_FILE,
-    TrainedModel,
-    check_extractor,
-    load_model_dir,
-    predict_videos,
-)
+from pipeline.training import check_extractor, predict_videos
 
 log = logging.getLogger(__name__)
 
@@ -91,43 +86,6 @@ def collect_videos(inputs: Sequence[Path]) -> tuple[list[Path], list[PredictionF
         else:
             failures.append(PredictionFailure(str(given), "file not found"))
     return list(dict.fromkeys(paths)), failures
-
-
-def model_weights_file(
-    model_dir: Path, extractor: ExtractorConfig, weights: Path | None = None
-) -> Path:
-    """The file to rebuild the model's backbone from (its sha256 is checked on loading).
-
-    In order: ``weights`` (an explicit ``--weights PATH``), the copy in the model directory
-    (``backbone.weights.h5``, written by ``train``), then, for older model directories
-    trained on ``imagenet``, Keras's cache.
-
-    Raises:
-        WeightsError: no source is available; the message names the weights identity and
-            how to provide them.
-    """
-    if weights is not None:
-        if not Path(weights).is_file():
-            raise WeightsError(f"--weights {weights}: no such file")
-        return Path(weights)
-    copied = Path(model_dir) / BACKBONE_FILE
-    if copied.is_file():
-        return copied
-    wanted = f"{extractor.weights} weights (sha256 {extractor.weights_sha256[:12]})"
-    if extractor.weights == "imagenet":
-        try:
-            return imagenet_weights_file(extractor.input_size, extractor.backbone)
-        except WeightsError as e:
-            cause = str(e.__cause__ or e).splitlines()[0]
-            raise WeightsError(
-                f"{model_dir} has no {BACKBONE_FILE}, and the {wanted} it was trained on are "
-                f"not in the Keras cache and could not be downloaded ({cause}); pass "
-                f"--weights PATH with the {extractor.backbone} no-top weights file"
-            ) from e
-    raise WeightsError(
-        f"{model_dir} has no {BACKBONE_FILE}; pass the {wanted} it was trained on with "
-        "--weights PATH (e.g. the <store>.backbone.weights.h5 beside its feature store)"
-    )
 
 
 def _unreadable(e: OSError) -> str:

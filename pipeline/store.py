@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import hashlib
 import io
 import json
@@ -25,6 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline import fsio
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
 from pipeline.identity import video_id_from_sha256
@@ -44,14 +44,11 @@ from pipeline.store_layout import (
     VIDEOS,
     atomic_bytes,
     atomic_json,
-    discard,
-    fsync_dir,
     h5_text,
     os_reason,
     parts_dir_for,
     require_free_space,
     shards_dir_for,
-    temp_path_for,
     write_config_attrs,
     write_error,
 )
@@ -62,7 +59,6 @@ __all__ = [
     "FeatureStore",
     "StoreBuilder",
     "backbone_sidecar",
-    "discard",
     "open_store",
     "os_reason",
     "parts_dir_for",
@@ -78,13 +74,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+WEIGHTS_SUFFIX = ".weights.h5"  # Keras saves weights only under names that end so
+
+
 def backbone_sidecar(store_path: Path) -> Path:
     """Where the exact backbone weights of a store are saved (``<name>.backbone.weights.h5``).
 
     Named after the full store file name, so ``features.h5`` and ``features.hdf5`` in one
     folder never share (and overwrite) one weights file.
     """
-    return store_path.with_name(f"{store_path.name}.backbone.weights.h5")
+    return store_path.with_name(f"{store_path.name}.backbone{WEIGHTS_SUFFIX}")
 
 
 def _lock_path_for(store_path: Path) -> Path:
@@ -211,14 +210,9 @@ def replace_index(
     With ``incremental``, the previous index file is the starting point (only changed links
     are written). Raises :class:`OSError` on failure; the previous index is then unchanged.
     """
-    tmp = temp_path_for(store_path)
     base = store_path if incremental and store_path.exists() else None
-    try:
+    with fsio.replacing(store_path, durable=True) as tmp:
         write_index(tmp, index, config, shards_dir_for(store_path).name, base=base)
-        os.replace(tmp, store_path)
-        fsync_dir(store_path.parent)
-    finally:
-        discard(tmp)
 
 
 class StoreBuilder:
@@ -273,8 +267,8 @@ class StoreBuilder:
 
         Only the lock holder writes this store, so nothing here can be another writer's.
         """
-        for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
-            discard(stale)
+        fsio.remove_leftovers(self.path)
+        fsio.remove_leftovers(backbone_sidecar(self.path), suffix=WEIGHTS_SUFFIX)
         removed = remove_unreferenced(self.shards_dir, set(self._referenced_shards()))
         if removed:
             log.info("removed %d shard file(s) no commit references", len(removed))

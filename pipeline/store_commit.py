@@ -18,14 +18,13 @@ from pathlib import Path
 
 import h5py
 
+from pipeline import fsio
 from pipeline.contracts import ExtractionFailure
 from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
 from pipeline.store_layout import (
     FEATURES,
     VIDEOS,
-    discard,
     from_h5_text,
-    fsync_dir,
     new_shard_name,
 )
 
@@ -146,18 +145,14 @@ def link_shards(new: list[StagedVideo], shards_dir: Path) -> None:
             if e.errno not in NO_HARD_LINKS:
                 raise
             _copy_durably(staged.part, target)
-    fsync_dir(shards_dir)
+    fsio.fsync_dir(shards_dir)
 
 
 def _copy_durably(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
+    with fsio.replacing(target) as tmp:
         shutil.copyfile(source, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        discard(tmp)
 
 
 def remove_unreferenced(shards_dir: Path, referenced: set[str]) -> list[Path]:
@@ -170,5 +165,5 @@ def remove_unreferenced(shards_dir: Path, referenced: set[str]) -> list[Path]:
     stale = [p for p in shards_dir.glob("shard-*.h5") if p.name not in referenced]
     stale += list(shards_dir.glob(".*.tmp"))
     for path in stale:
-        discard(path)
+        fsio.remove(path)
     return stale

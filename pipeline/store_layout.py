@@ -1,4 +1,4 @@
-"""Where a feature store's files live, their format markers, and the crash-safe write helpers.
+"""Where a feature store's files live, their format markers, and its write errors.
 
 A version-2 store is an index file (``features.h5``) plus a directory of immutable shard
 files (``features.h5.d/shard-<hex>.h5``); see docs/FORMAT.md. Everything here is shared by
@@ -8,7 +8,6 @@ the writer (:mod:`pipeline.store`), the index (:mod:`pipeline.store_index`), the
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline import __version__
+from pipeline import __version__, fsio
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import StoreError
 
@@ -79,29 +78,9 @@ def new_shard_name() -> str:
     return f"shard-{uuid.uuid4().hex[:16]}.h5"
 
 
-def temp_path_for(path: Path) -> Path:
-    """A unique hidden temporary name beside ``path`` (``.<name>.<hex>.tmp``)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames/links inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def os_reason(e: OSError) -> str:
     """The short reason of an OSError ("No space left on device"), also for h5py's."""
     return os.strerror(e.errno) if e.errno else str(e)
-
-
-def discard(path: Path) -> None:
-    """Remove a temporary file if it is there (a read-only file system refuses even that)."""
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
 
 
 def write_error(path: Path, e: OSError) -> StoreError:
@@ -131,18 +110,11 @@ def require_free_space(directory: Path, nbytes: int, what: str, remedy: str = ""
 
 
 def atomic_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp name, fsync, rename); StoreError on failure."""
-    tmp = temp_path_for(path)
+    """:func:`pipeline.fsio.atomic_bytes`, failing with a one-line :class:`StoreError`."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fsio.atomic_bytes(path, data)
     except OSError as e:
         raise write_error(path, e) from e
-    finally:
-        discard(tmp)
 
 
 def atomic_json(path: Path, payload: dict) -> None:

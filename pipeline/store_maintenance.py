@@ -16,6 +16,7 @@ from pathlib import Path
 
 import h5py
 
+from pipeline import fsio
 from pipeline.contracts import ExtractionFailure, ExtractorConfig
 from pipeline.errors import StoreError
 from pipeline.store import StoreBuilder, read_committed, replace_index
@@ -26,14 +27,11 @@ from pipeline.store_layout import (
     FORMAT_NAME,
     VIDEOS,
     config_of,
-    discard,
-    fsync_dir,
     new_shard_name,
     open_store_file,
     os_reason,
     require_free_space,
     shards_dir_for,
-    temp_path_for,
     write_config_attrs,
 )
 from pipeline.store_read import open_store
@@ -57,18 +55,13 @@ def _copy_into_shard(
 ) -> str:
     """Copy video groups (raw chunks, no recompression) into a new shard; its name."""
     name = new_shard_name()
-    tmp = temp_path_for(shards_dir / name)
-    try:
-        with h5py.File(tmp, "w") as out:
-            write_config_attrs(out, config, shard=True)
-            videos = out.create_group(VIDEOS)
-            for video_id, group in groups:
-                group.file.copy(group, videos, name=video_id)
-            out.flush()
-            os.fsync(out.id.get_vfd_handle())
-        os.replace(tmp, shards_dir / name)
-    finally:
-        discard(tmp)
+    with fsio.replacing(shards_dir / name) as tmp, h5py.File(tmp, "w") as out:
+        write_config_attrs(out, config, shard=True)
+        videos = out.create_group(VIDEOS)
+        for video_id, group in groups:
+            group.file.copy(group, videos, name=video_id)
+        out.flush()
+        os.fsync(out.id.get_vfd_handle())
     return name
 
 
@@ -99,7 +92,7 @@ def _pack(
         name = _copy_into_shard(shards_dir, config, batch)
         for video_id, group in batch:
             moved[video_id] = VideoEntry(name, int(group[FEATURES].shape[0]))
-    fsync_dir(shards_dir)
+    fsio.fsync_dir(shards_dir)
     return moved
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Mapping
 from pathlib import Path
 
 import h5py
@@ -41,6 +41,25 @@ NAMED_VIDEOS = 5
 def _file_stat(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def indexed_video_id(
+    index: Mapping[str, PathEntry], stored: Container[str], source: Path
+) -> str | None:
+    """The id the path index records for ``source``, if still valid; else None (hash it).
+
+    Valid means: the video is ``stored`` and the file's size and mtime are those recorded
+    when it was hashed. This is the one "path → stored video id" shortcut: the reader's
+    :meth:`FeatureStore.video_id_for` and extraction planning both use it.
+    """
+    entry = index.get(str(source))
+    if entry is None or entry.video_id not in stored:
+        return None
+    try:
+        current = _file_stat(source)
+    except OSError:
+        return None
+    return entry.video_id if (entry.size, entry.mtime_ns) == current else None
 
 
 def _open_index(path: Path) -> h5py.File:
@@ -122,11 +141,9 @@ class FeatureStore:
 
         Uses the path index when size and mtime still match; otherwise hashes the file.
         """
-        entry = self._paths.get(str(source))
-        if entry is not None:
-            with contextlib.suppress(OSError):
-                if (entry.size, entry.mtime_ns) == _file_stat(source) and entry.video_id in self:
-                    return entry.video_id
+        indexed = indexed_video_id(self._paths, self, source)
+        if indexed is not None:
+            return indexed
         try:
             video_id = video_id_from_sha256(file_sha256(source))
         except OSError:

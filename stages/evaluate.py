@@ -42,10 +42,11 @@ def command(
     Videos of the split that are not in the feature store are skipped, counted in eval.json
     (``missing``) and the summary line; with --strict they make the command exit 1.
     """
-    from pipeline.dataset import read_manifest
+    from pipeline.join import describe_missing
+    from pipeline.manifest import read_manifest
     from pipeline.outputs import EVAL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
-    from pipeline.training import describe_missing, evaluate
+    from pipeline.training import evaluate
 
     check_output(output, EVAL_DIR, overwrite=overwrite)
     budget = parse_memory_budget(memory_budget)

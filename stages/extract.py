@@ -17,13 +17,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from pipeline.dataset import source_videos
+from pipeline.index_sources import source_videos
 from pipeline.outputs import EXTRACT_REPORT, FEATURE_STORE, check_output
 from stages import console
 from stages.options import MAX_BATCH, MAX_COUNT, MAX_FPS, MAX_SECONDS, bounded
 
 if TYPE_CHECKING:
-    from pipeline.extract_job import ExtractReport
+    from pipeline.extract_report import ExtractReport
 
 SHOW_FAILURES = 20
 SCHEDULER_ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+")
@@ -63,11 +63,7 @@ def _runner(
     tls: tuple[Path | None, Path | None, Path | None] = (None, None, None),
 ) -> AbstractContextManager:
     """A started Dask runner for ``--workers``/``--scheduler``, else ``None`` (in-process)."""
-    if workers is not None and scheduler is not None:
-        raise typer.BadParameter("use either --workers or --scheduler, not both")
-    if workers is None and scheduler is None:
-        if threads_per_worker is not None:
-            raise typer.BadParameter("--threads-per-worker needs --workers or --scheduler")
+    if workers is None and scheduler is None and threads_per_worker is None:
         return nullcontext(None)
     if scheduler is not None and not SCHEDULER_ADDRESS.fullmatch(scheduler):
         raise typer.BadParameter(
@@ -172,12 +168,12 @@ def command(
         typer.Option(callback=bounded(0, MAX_SECONDS), help="Seconds to try reaching --scheduler."),
     ] = 10.0,
     videos_per_task: Annotated[
-        int,
+        int | None,
         typer.Option(
             callback=bounded(1, MAX_COUNT),
-            help="Videos per Dask task (with --workers/--scheduler).",
+            help="Videos per Dask task (with --workers/--scheduler; default 4).",
         ),
-    ] = 4,
+    ] = None,
     tls_ca_file: Annotated[
         Path | None,
         typer.Option(help="tls:// scheduler: CA certificate (default: Dask's TLS config)."),
@@ -190,8 +186,9 @@ def command(
     ] = None,
 ) -> None:
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
-    from pipeline.extract import parse_decoders
-    from pipeline.extract_job import ExtractInterrupted, ExtractOptions, run_extraction
+    from pipeline.extract import ExtractOptions, run_extraction
+    from pipeline.extract_report import ExtractInterrupted
+    from pipeline.featurize import parse_decoders
 
     report = report or report_path(output)
     check_output(output, FEATURE_STORE)

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline.dataset import SplitFractions, index_source, write_manifest
+from pipeline.index_sources import index_source
+from pipeline.manifest import write_manifest
 from pipeline.outputs import MANIFEST, check_output
+from pipeline.splits import SplitFractions
 
 
 def command(

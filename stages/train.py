@@ -105,10 +105,12 @@ def command(
     ] = 0.0,
 ) -> None:
     """Train an RNN head on cached features (labels and splits from the manifest)."""
-    from pipeline.dataset import read_manifest
+    from pipeline.join import describe_missing
+    from pipeline.manifest import read_manifest
     from pipeline.outputs import MODEL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
-    from pipeline.training import TrainConfig, describe_missing, train
+    from pipeline.train_config import TrainConfig
+    from pipeline.training import train
 
     config = TrainConfig(
         head=head,

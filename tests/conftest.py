@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.dataset import index_folder, write_manifest
-from pipeline.sample_data import generate, write_video
+from pipeline.encode import write_video
+from pipeline.index_sources import index_folder
+from pipeline.manifest import write_manifest
+from pipeline.sample_data import generate
 
 
 @dataclass(frozen=True)

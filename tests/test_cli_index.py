@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.contracts import SPLITS
-from pipeline.dataset import read_manifest
+from pipeline.manifest import read_manifest
 from stages.cli import app
 
 runner = CliRunner()

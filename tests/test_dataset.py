@@ -11,18 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.contracts import SPLITS, VideoRecord
-from pipeline.dataset import (
-    SplitFractions,
-    assign_splits,
-    index_csv,
-    index_folder,
-    index_source,
-    index_ucf101,
-    parse_group,
-    read_manifest,
-    write_manifest,
-)
 from pipeline.errors import ConfigError, ManifestError
+from pipeline.index_sources import index_csv, index_folder, index_source, index_ucf101
+from pipeline.manifest import read_manifest, write_manifest
+from pipeline.splits import SplitFractions, assign_splits, parse_group
 
 
 def splits_by_group(records) -> dict[str, set[str]]:

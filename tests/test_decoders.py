@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import extract
+from pipeline import backbone, featurize
 from pipeline.backbone import make_inference_fn
 from pipeline.contracts import ExtractionFailure, VideoFeatures
+from pipeline.encode import write_video
 from pipeline.errors import ConfigError
-from pipeline.extract import WorkItem, auto_decoders, iter_features, parse_decoders, queue_depth
-from pipeline.extract_job import ExtractOptions, resolve_extractor, run_extraction
+from pipeline.extract import ExtractOptions, resolve_extractor, run_extraction
+from pipeline.featurize import WorkItem, auto_decoders, iter_features, parse_decoders, queue_depth
 from pipeline.identity import file_sha256, video_id_from_sha256
-from pipeline.sample_data import write_video
 from pipeline.store import backbone_sidecar
 from tests.conftest import moving_square
 from tests.reliability.helpers import assert_same_store, snapshot
@@ -68,7 +68,7 @@ def _engine(store: Path):
     """Extractor config and inference function of ``store`` (random backbone)."""
     extractor = resolve_extractor(store, OPTIONS)  # builds the backbone for a new store only
     if extractor.model is None:
-        return extractor.config, extract.backbone_for(extractor.config, backbone_sidecar(store))
+        return extractor.config, backbone.backbone_for(extractor.config, backbone_sidecar(store))
     return extractor.config, make_inference_fn(extractor.model)
 
 
@@ -82,7 +82,7 @@ def test_n_decoders_give_the_one_decoder_store(
     assert_same_store(snapshot(tmp_path / "features.h5"), snapshot(one_decoder_store))
 
 
-class _HangingReader(extract.VideoReader):
+class _HangingReader(featurize.VideoReader):
     """A reader that, for one path, blocks before its first frame until ``release`` is set."""
 
     hang_path: Path | None = None
@@ -100,7 +100,7 @@ class _HangingReader(extract.VideoReader):
 def hanging(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_HangingReader]]:
     events = {"entered": threading.Event(), "release": threading.Event()}
     reader = type("Reader", (_HangingReader,), events)
-    monkeypatch.setattr(extract, "VideoReader", reader)
+    monkeypatch.setattr(featurize, "VideoReader", reader)
     try:
         yield reader
     finally:
@@ -183,7 +183,7 @@ def test_memory_stays_bounded_with_n_decoders_on_long_videos(tmp_path: Path) -> 
     assert done == sum(frames + i for i in range(decoders))
     # The queue, one chunk being built per decoder, one batch, and the assembled features of
     # the videos in progress (float16 + float32 rows): far below all frames at once.
-    queued = (queue_depth(decoders) + 2 * decoders) * extract.CHUNK_FRAMES * frame_bytes
+    queued = (queue_depth(decoders) + 2 * decoders) * featurize.CHUNK_FRAMES * frame_bytes
     features = decoders * (frames + decoders) * 1280 * 4  # float16 rows + their concatenation
     bound = queued + 32 * frame_bytes + features + 4 * 2**20
     assert bound < all_frames / 2  # the test can tell bounded from unbounded
@@ -258,9 +258,9 @@ def test_decoders_option_values() -> None:
             parse_decoders(bad)
     assert auto_decoders(1) == 1
     assert auto_decoders(4) == 4
-    assert auto_decoders(64) == extract.MAX_AUTO_DECODERS
-    assert queue_depth(1) == extract.QUEUE_CHUNKS
-    assert queue_depth(8) == 8 * extract.CHUNKS_PER_DECODER
+    assert auto_decoders(64) == featurize.MAX_AUTO_DECODERS
+    assert queue_depth(1) == featurize.QUEUE_CHUNKS
+    assert queue_depth(8) == 8 * featurize.CHUNKS_PER_DECODER
 
 
 def test_bad_decoders_value_is_one_error_line(videos: list[Path], tmp_path: Path) -> None:

@@ -25,9 +25,9 @@ def test_every_stage_depends_on_every_module_its_command_imports():
 def test_closure_follows_lazy_and_transitive_imports():
     train = dvc_deps.code_deps("vrnn train data/manifest.csv data/features -o models")
     # stages/train.py imports pipeline.training inside its command; training imports
-    # `from pipeline import heads, metrics`; dataset imports video at module level.
+    # `from pipeline import heads, metrics`; manifest imports splits at module level.
     for module in ("stages/train.py", "pipeline/training.py", "pipeline/heads.py",
-                   "pipeline/metrics.py", "pipeline/video.py", "stages/cli.py",
+                   "pipeline/metrics.py", "pipeline/splits.py", "stages/cli.py",
                    "pipeline/__init__.py"):  # fmt: skip
         assert module in train
     assert dvc_deps.command_module("TF_NUM_INTRAOP_THREADS=1 vrnn sample-data x") == (
@@ -35,7 +35,7 @@ def test_closure_follows_lazy_and_transitive_imports():
     )
     assert "stages/quiet_tf.py" in train  # a helper of the entry point is followed
     # The entry point registers every command; their own code is not train's.
-    assert "stages/extract.py" not in train and "pipeline/extract_job.py" not in train
+    assert "stages/extract.py" not in train and "pipeline/extract.py" not in train
 
 
 @pytest.fixture

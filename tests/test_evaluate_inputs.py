@@ -16,10 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.contracts import VideoRecord
-from pipeline.dataset import write_manifest
-from pipeline.sample_data import write_video
+from pipeline.encode import write_video
+from pipeline.manifest import write_manifest
 from pipeline.store import backbone_sidecar, open_store
-from pipeline.training import TrainConfig, train
+from pipeline.train_config import TrainConfig
+from pipeline.training import train
 from stages.cli import app
 
 CONFIG = TrainConfig(seq_len=4, units=4, dense_units=4, epochs=1, batch_size=4, patience=1)
@@ -49,7 +50,7 @@ def setup(tmp_path_factory) -> dict:
     """Ten real clips (two classes × five splits), two stores from copies of one weights file,
     a model trained on the first store, and a manifest with one extra test video that was
     never extracted and one that does not exist."""
-    from pipeline.extract_job import ExtractOptions, run_extraction
+    from pipeline.extract import ExtractOptions, run_extraction
 
     root = tmp_path_factory.mktemp("evaluate_inputs")
     records = []
@@ -151,7 +152,7 @@ def test_train_refuses_test_copies_of_train_videos_and_warns_on_relabelled_copie
     setup, tmp_path, caplog
 ):
     """#19: the same content under two paths (different labels, or in train and test)."""
-    from pipeline.dataset import read_manifest
+    from pipeline.manifest import read_manifest
 
     records = read_manifest(setup["manifest"])
     first_train = next(r for r in records if r.split == "train")

@@ -18,9 +18,9 @@ from test_predict import CLASSES, CONFIG, FLOAT16_ATOL, TrainedDir, errors, invo
 
 from pipeline.export import head_without_mask, load_exported
 from pipeline.heads import FEATURES_INPUT, HEAD_NAMES, MASK_INPUT, build_head, predict_proba
+from pipeline.model_dir import load_model_dir
 from pipeline.predict import Predictor
 from pipeline.sequences import uniform_indices
-from pipeline.training import load_model_dir
 from pipeline.video import VideoReader
 
 SIGNATURE = "frames uint8 [B, 8, 32, 32, 3] → probabilities float32 [B, 3]"

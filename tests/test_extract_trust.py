@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import backbone, extract_job, training
+from pipeline import backbone, extract, training
+from pipeline.backbone import load_checked_backbone
 from pipeline.contracts import VideoRecord
+from pipeline.encode import write_video
 from pipeline.errors import StoreError, WeightsError
-from pipeline.export import load_backbone
-from pipeline.extract import CHANGED_REASON
-from pipeline.extract_job import ExtractOptions, run_extraction
+from pipeline.extract import ExtractOptions, run_extraction
+from pipeline.featurize import CHANGED_REASON
 from pipeline.identity import file_sha256, video_id_from_sha256
-from pipeline.sample_data import write_video
 from pipeline.store import backbone_sidecar, open_store
 from stages.cli import app
 
@@ -175,14 +175,14 @@ def test_file_changing_while_hashed_is_a_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clip = clip_file(tmp_path / "a.mkv", 8, 5)
-    real_hash = extract_job.file_sha256
+    real_hash = extract.file_sha256
 
     def hash_then_touch(path: Path) -> str:
         digest = real_hash(path)
         os.utime(path, ns=(0, path.stat().st_mtime_ns + 10**9))  # written to while read
         return digest
 
-    monkeypatch.setattr(extract_job, "file_sha256", hash_then_touch)
+    monkeypatch.setattr(extract, "file_sha256", hash_then_touch)
     report = run_extraction([clip], tmp_path / "features.h5", OPTIONS)
     assert (report.extracted, report.failed) == (0, 1)
     assert report.failures[0]["reason"] == CHANGED_REASON
@@ -252,7 +252,7 @@ def test_refused_weights_leave_the_store_and_its_sidecar_untouched(
     second = clip_file(tmp_path / "videos" / "b.mkv", 6, 10)
     assert run_extraction([first, second], store, OPTIONS).extracted == 1
     with open_store(store) as feature_store:
-        load_backbone(feature_store.config, sidecar)
+        load_checked_backbone(feature_store.config, sidecar)
 
 
 def test_stores_sharing_a_stem_keep_their_own_backbone_weights(tmp_path: Path) -> None:
@@ -264,7 +264,7 @@ def test_stores_sharing_a_stem_keep_their_own_backbone_weights(tmp_path: Path) -
     assert len({backbone_sidecar(store) for store in stores}) == 3
     for store in stores:
         with open_store(store) as feature_store:
-            load_backbone(feature_store.config, backbone_sidecar(store))  # sha256 checked
+            load_checked_backbone(feature_store.config, backbone_sidecar(store))  # sha256 checked
 
 
 def test_mixed_precision_is_part_of_the_extractor_config(tmp_path: Path) -> None:

@@ -19,15 +19,9 @@ import pytest
 from test_predict import trained_model
 from typer.testing import CliRunner
 
-from pipeline.dataset import (
-    find_videos,
-    index_csv,
-    index_folder,
-    read_manifest,
-    source_videos,
-    write_manifest,
-)
 from pipeline.errors import ManifestError
+from pipeline.index_sources import find_videos, index_csv, index_folder, source_videos
+from pipeline.manifest import read_manifest, write_manifest
 from pipeline.predict import collect_videos
 from stages.cli import app
 
@@ -185,7 +179,7 @@ def with_fifo(make_video, tmp_path) -> Iterator[Path]:
 
 def test_extract_records_a_fifo_as_not_a_regular_file(with_fifo, tmp_path):
     """#19: a FIFO named *.mp4 in a folder hung extract while hashing."""
-    from pipeline.extract_job import ExtractOptions, run_extraction
+    from pipeline.extract import ExtractOptions, run_extraction
 
     store = tmp_path / "features.h5"
     report = run_extraction(

@@ -25,17 +25,17 @@ import pytest
 from distributed import Client, WorkerPlugin
 from typer.testing import CliRunner
 
-from pipeline import extract, extract_job
+from pipeline import extract, featurize
 from pipeline.contracts import ExtractorConfig
+from pipeline.encode import write_video
 from pipeline.errors import ClusterError
-from pipeline.extract_job import ExtractOptions, TaskSpec, run_extraction
+from pipeline.extract import ExtractOptions, TaskSpec, run_extraction
 from pipeline.parallel import (
     KILLED_REASON,
     ClusterOptions,
     DaskRunner,
-    _extract_task,
 )
-from pipeline.sample_data import write_video
+from pipeline.parallel_tasks import extract_task
 from pipeline.store import open_store, parts_dir_for, shards_dir_for
 from stages.cli import app
 from stages.extract import report_path
@@ -180,9 +180,8 @@ class _CrashOnPoison(WorkerPlugin):
     """Makes opening any file named ``poison*`` kill its worker, like a decoder segfault."""
 
     def setup(self, worker: object) -> None:
-        from pipeline import extract
 
-        reader = extract.VideoReader
+        reader = featurize.VideoReader
 
         class CrashingReader(reader):
             def __init__(self, path: Path, *args: object, **kwargs: object):
@@ -190,7 +189,7 @@ class _CrashOnPoison(WorkerPlugin):
                     os.kill(os.getpid(), signal.SIGKILL)
                 super().__init__(path, *args, **kwargs)
 
-        extract.VideoReader = CrashingReader
+        featurize.VideoReader = CrashingReader
 
 
 def test_video_that_kills_workers_is_recorded_and_the_rest_extracted(
@@ -283,8 +282,8 @@ def test_workers_hash_new_files_and_write_the_shards_the_driver_only_indexes(
     def not_in_the_driver(*args: object, **kwargs: object) -> None:
         raise AssertionError("the driver hashed a video or wrote features")
 
-    monkeypatch.setattr(extract_job, "file_sha256", not_in_the_driver)
-    monkeypatch.setattr(extract, "write_part", not_in_the_driver)
+    monkeypatch.setattr(extract, "file_sha256", not_in_the_driver)
+    monkeypatch.setattr(featurize, "write_part", not_in_the_driver)
     store = tmp_path / "features.h5"
     args = ["extract", str(manifest), "-o", str(store), *CLI_OPTIONS]
     args += ["--scheduler", scheduler_address, "--videos-per-task", "3"]
@@ -401,11 +400,11 @@ def test_worker_without_the_shared_filesystem_is_a_clear_error(tmp_path: Path) -
         config, str(tmp_path / "f.h5.backbone.weights.h5"), str(tmp_path / "f.h5.parts"), 8
     )
     with pytest.raises(ClusterError, match=r"cannot see .*f\.h5\.parts.*shared filesystem"):
-        _extract_task(spec, [], None)
+        extract_task(spec, [], None)
 
 
 def test_in_process_extraction_never_imports_dask() -> None:
-    code = "import sys, stages.cli, pipeline.extract_job; print('distributed' in sys.modules)"
+    code = "import sys, stages.cli, pipeline.extract; print('distributed' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

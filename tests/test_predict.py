@@ -18,17 +18,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import extract, video
+from pipeline import backbone, featurize, video
 from pipeline.contracts import ExtractorConfig, VideoRecord
+from pipeline.model_dir import BACKBONE_FILE, EXTRACTOR_FILE, load_model_dir
 from pipeline.store import StoreBuilder, backbone_sidecar, open_store
-from pipeline.training import (
-    BACKBONE_FILE,
-    EXTRACTOR_FILE,
-    TrainConfig,
-    load_model_dir,
-    predict_videos,
-    train,
-)
+from pipeline.train_config import TrainConfig
+from pipeline.training import predict_videos, train
 from stages import predict as predict_stage
 from stages.cli import app
 
@@ -55,7 +50,7 @@ class TrainedDir:
 
 def trained_model(tmp_path_factory: pytest.TempPathFactory, sample_dataset) -> TrainedDir:
     """Extract 18 sample clips, train a tiny LSTM on them; built once per session (on disk)."""
-    from pipeline.extract_job import ExtractOptions, run_extraction
+    from pipeline.extract import ExtractOptions, run_extraction
 
     root = tmp_path_factory.getbasetemp() / "predict_model"
     by_class = {
@@ -245,7 +240,7 @@ def test_weights_that_are_not_the_models_are_a_sha_mismatch(model, tmp_path, mon
 
     other = tmp_path / "other.weights.h5"
     save_weights(build_backbone(parse_weights("random:1"), 32), other)
-    monkeypatch.setattr(extract, "_BACKBONES", {})  # no backbone built by earlier tests
+    monkeypatch.setattr(backbone, "_BACKBONES", {})  # no backbone built by earlier tests
     result = invoke("predict", model.model_dir, model.stored[0], "--weights", other)
     assert result.exit_code == 1
     (line,) = errors(result.output)
@@ -276,7 +271,7 @@ def test_an_older_model_dir_without_its_backbone_copy(model, predicted, tmp_path
 
         raise WeightsError("not cached") from OSError("network unreachable")
 
-    monkeypatch.setattr("pipeline.predict.imagenet_weights_file", offline)
+    monkeypatch.setattr("pipeline.model_dir.imagenet_weights_file", offline)
     result = invoke("predict", old, model.stored[0])
     assert result.exit_code == 1
     (line,) = errors(result.output)
@@ -299,7 +294,7 @@ def test_stop_from_another_thread_ends_predict_waiting_on_a_hung_decoder(model, 
     from pipeline.predict import Predictor
 
     hung, entered, release = model.unseen[0], threading.Event(), threading.Event()
-    original = extract.VideoReader.chunks
+    original = featurize.VideoReader.chunks
 
     def chunks(self, *args, **kwargs):  # simulated hang: a read that never returns a frame
         if self.path.name == hung.name:
@@ -307,7 +302,7 @@ def test_stop_from_another_thread_ends_predict_waiting_on_a_hung_decoder(model, 
             release.wait()
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(extract.VideoReader, "chunks", chunks)
+    monkeypatch.setattr(featurize.VideoReader, "chunks", chunks)
     stop, got = threading.Event(), []
     thread = threading.Thread(
         target=lambda: got.extend(Predictor(model.model_dir).predict([hung], stop=stop)),

@@ -33,7 +33,7 @@ def _anamorphic(path: Path) -> Path:
 
 
 def test_report_counts_and_stored_facts_match_their_docs(tmp_path):
-    from pipeline.extract_job import ExtractOptions, run_extraction
+    from pipeline.extract import ExtractOptions, run_extraction
 
     clip = _anamorphic(tmp_path / "wide.mp4")
     copy = tmp_path / "copy.mp4"

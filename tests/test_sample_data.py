@@ -9,16 +9,10 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.dataset import parse_group
+from pipeline.encode import FORMATS, write_video
 from pipeline.errors import ConfigError
-from pipeline.sample_data import (
-    CATALOGUE,
-    FORMATS,
-    clip_params,
-    generate,
-    render_clip,
-    write_video,
-)
+from pipeline.sample_data import CATALOGUE, clip_params, generate, render_clip
+from pipeline.splits import parse_group
 from pipeline.video import VideoReader
 
 ORDER_PAIRS = [(c.reverse_of, c.label) for c in CATALOGUE if c.reverse_of]

@@ -21,10 +21,11 @@ import pytest
 from test_train_evaluate import BACKBONE_SHA256, CONFIG, PER_SPLIT, build_store, make_videos
 from typer.testing import CliRunner
 
-from pipeline import frame_cache, streaming, training
+from pipeline import frame_cache, join, streaming, training
 from pipeline.contracts import ExtractorConfig, VideoRecord
-from pipeline.dataset import write_manifest
 from pipeline.errors import ConfigError
+from pipeline.manifest import write_manifest
+from pipeline.model_dir import load_model_dir
 from pipeline.store import backbone_sidecar, open_store, shards_dir_for
 from stages.cli import app
 
@@ -54,7 +55,7 @@ def data(tmp_path_factory) -> dict:
 
 
 def _weights(model_dir: Path) -> list[np.ndarray]:
-    return training.load_model_dir(model_dir).model.get_weights()
+    return load_model_dir(model_dir).model.get_weights()
 
 
 def test_parse_memory_budget_units_and_mistakes():
@@ -69,10 +70,10 @@ def test_parse_memory_budget_units_and_mistakes():
 
 def test_budget_switch_is_the_selected_splits_feature_bytes(data):
     with open_store(data["store"]) as store:
-        joined = training.join_manifest(data["records"], store)
+        joined = join.join_manifest(data["records"], store)
         fit = [v for v in joined.videos if v.record.split in ("train", "val")]
-        exact, _ = training.feature_reader(store, fit, data["fit_bytes"])
-        over, cache = training.feature_reader(store, fit, data["fit_bytes"] - 1)
+        exact, _ = join.feature_reader(store, fit, data["fit_bytes"])
+        over, cache = join.feature_reader(store, fit, data["fit_bytes"] - 1)
     assert exact.nbytes == data["fit_bytes"] and not exact.streaming
     assert over.streaming and "streaming" in over.describe()
     assert isinstance(cache.frames(fit[0].video_id), np.memmap)

@@ -19,10 +19,10 @@ from distributed import Client
 from distributed.security import Security
 from typer.testing import CliRunner
 
+from pipeline.encode import write_video
 from pipeline.errors import ClusterError, ConfigError
-from pipeline.extract_job import ExtractOptions, run_extraction
+from pipeline.extract import ExtractOptions, run_extraction
 from pipeline.parallel import ClusterOptions, DaskRunner
-from pipeline.sample_data import write_video
 from stages.cli import app
 from tests.conftest import moving_square
 from tests.reliability.helpers import assert_same_store, snapshot

@@ -22,12 +22,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import training
+from pipeline import fsio, join, training
+from pipeline import model_dir as model_files
 from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo, VideoRecord
-from pipeline.dataset import write_manifest
 from pipeline.errors import ConfigError, ModelError
 from pipeline.identity import file_sha256, video_id_from_sha256
+from pipeline.manifest import write_manifest
 from pipeline.store import StoreBuilder, backbone_sidecar, open_store, write_part
+from pipeline.train_config import TrainConfig
 from stages.cli import app
 
 DIM = 32
@@ -54,7 +56,7 @@ BACKBONE_WEIGHTS, BACKBONE_SHA256 = _seeded_backbone_weights()
 EXTRACTOR = ExtractorConfig(
     weights="random:seed=0", weights_sha256=BACKBONE_SHA256, input_size=32, feature_dim=DIM
 )
-CONFIG = training.TrainConfig(seq_len=8, epochs=8, batch_size=8, patience=3, seed=0)
+CONFIG = TrainConfig(seq_len=8, epochs=8, batch_size=8, patience=3, seed=0)
 
 
 def make_videos(folder: Path, counts: dict[str, int], seed: int = 0) -> list[tuple]:
@@ -118,7 +120,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_train_writes_a_complete_model_dir(data, trained):
     model_dir = trained.model_dir
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(
-        [*training.MODEL_FILES, training.HISTORY_FILE, training.BACKBONE_FILE]
+        [*model_files.MODEL_FILES, model_files.HISTORY_FILE, model_files.BACKBONE_FILE]
     )
     assert json.loads((model_dir / "labels.json").read_text()) == list(CLASSES)
     assert json.loads((model_dir / "extractor.json").read_text()) == EXTRACTOR.to_dict()
@@ -132,10 +134,10 @@ def test_train_writes_a_complete_model_dir(data, trained):
 
 
 def test_model_keeps_the_weights_of_the_best_val_epoch(data, trained):
-    loaded = training.load_model_dir(trained.model_dir)
+    loaded = model_files.load_model_dir(trained.model_dir)
     with open_store(data["store"]) as store:
-        joined = training.join_manifest(data["records"], store)
-        val = training.read_split(store, joined.videos, "val", loaded.labels)
+        joined = join.join_manifest(data["records"], store)
+        val = join.read_split(store, joined.videos, "val", loaded.labels)
     probs = training.predict_videos(loaded, val.features)
     val_loss = -np.mean(np.log(probs[np.arange(len(probs)), val.targets]))
     best = min(h["val_loss"] for h in trained.history)
@@ -171,7 +173,8 @@ RELOAD = """
 import sys
 import numpy as np
 from pipeline.store import open_store
-from pipeline.training import load_model_dir, predict_videos
+from pipeline.model_dir import load_model_dir
+from pipeline.training import predict_videos
 model_dir, store_path, out = sys.argv[1:]
 trained = load_model_dir(model_dir)
 with open_store(store_path) as store:
@@ -187,7 +190,7 @@ def test_model_dir_reloads_in_a_fresh_process_with_identical_predictions(data, t
         check=True,
         capture_output=True,
     )
-    loaded = training.load_model_dir(trained.model_dir)
+    loaded = model_files.load_model_dir(trained.model_dir)
     with open_store(data["store"]) as store:
         videos = [store.read(v).features for v in store.video_ids]
     np.testing.assert_array_equal(np.load(out), training.predict_videos(loaded, videos))
@@ -195,7 +198,7 @@ def test_model_dir_reloads_in_a_fresh_process_with_identical_predictions(data, t
 
 def test_without_a_val_split_training_runs_every_epoch(data, tmp_path, caplog):
     records = [r for r in data["records"] if r.split != "val"]
-    config = training.TrainConfig(seq_len=8, epochs=2, batch_size=16)
+    config = TrainConfig(seq_len=8, epochs=2, batch_size=16)
     with caplog.at_level(logging.WARNING, logger="pipeline.training"):
         result = training.train(records, data["store"], tmp_path / "m", config)
     assert "without early stopping" in caplog.text
@@ -206,7 +209,7 @@ def test_without_a_val_split_training_runs_every_epoch(data, tmp_path, caplog):
 def test_a_failed_write_leaves_the_previous_model_dir_loadable(trained, tmp_path, monkeypatch):
     target = shutil.copytree(trained.model_dir, tmp_path / "models")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
-    loaded = training.load_model_dir(target)
+    loaded = model_files.load_model_dir(target)
     args = (loaded.model, loaded.labels, loaded.extractor, loaded.train_config, [])
 
     def killed(*_args: object) -> None:
@@ -215,23 +218,23 @@ def test_a_failed_write_leaves_the_previous_model_dir_loadable(trained, tmp_path
     with monkeypatch.context() as patch:
         patch.setattr(training, "_write_history", killed)
         with pytest.raises(KeyboardInterrupt):
-            training.write_model_dir(target, *args)
+            model_files.write_model_dir(target, *args)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["models"]  # no temporary siblings left
-    training.write_model_dir(target, *args)  # a successful rewrite replaces it
+    model_files.write_model_dir(target, *args)  # a successful rewrite replaces it
     assert (target / "history.csv").read_text() == "epoch,loss,accuracy,val_loss,val_accuracy\n"
     assert [p.name for p in tmp_path.iterdir()] == ["models"]
-    training.load_model_dir(target)
+    model_files.load_model_dir(target)
 
 
 @pytest.mark.parametrize("atomic_swap", [True, False], ids=["renameat2", "two renames"])
 def test_rewriting_a_model_dir_swaps_it_whole(trained, tmp_path, monkeypatch, atomic_swap):
     target = shutil.copytree(trained.model_dir, tmp_path / "models")
-    loaded = training.load_model_dir(target)
+    loaded = model_files.load_model_dir(target)
     if not atomic_swap:
-        monkeypatch.setattr(training, "_exchange", lambda first, second: False)
+        monkeypatch.setattr(fsio, "_exchange", lambda first, second: False)
     history = [{"loss": 1.0, "accuracy": 0.5}]
-    training.write_model_dir(target, loaded.model, ["x", "y", "z"], EXTRACTOR, CONFIG, history)
+    model_files.write_model_dir(target, loaded.model, ["x", "y", "z"], EXTRACTOR, CONFIG, history)
     assert json.loads((target / "labels.json").read_text()) == ["x", "y", "z"]
     assert [p.name for p in tmp_path.iterdir()] == ["models"]
 
@@ -374,7 +377,7 @@ def test_stage_modules_do_not_import_tensorflow():
 # --------------------------------------------------------------------------- end to end
 
 
-def _pair_accuracy(trained: training.TrainedModel, split: training.SplitData, pair: tuple) -> float:
+def _pair_accuracy(trained: model_files.TrainedModel, split: join.SplitData, pair: tuple) -> float:
     """Accuracy on the videos of two classes, deciding between those two classes only."""
     probs = training.predict_videos(trained, split.features)
     first, second = (trained.labels.index(label) for label in pair)
@@ -391,8 +394,8 @@ def test_sample_dataset_end_to_end_lstm_sees_order_meanpool_does_not(sample_mani
     direction, so the check uses the brightening/darkening pair: its clips are each other's
     reverse, which the order-blind meanpool cannot tell apart.
     """
-    from pipeline.dataset import read_manifest
-    from pipeline.extract_job import ExtractOptions, run_extraction
+    from pipeline.extract import ExtractOptions, run_extraction
+    from pipeline.manifest import read_manifest
 
     records = read_manifest(sample_manifest)
     store = tmp_path / "features.h5"
@@ -402,15 +405,15 @@ def test_sample_dataset_end_to_end_lstm_sees_order_meanpool_does_not(sample_mani
     pair = ("brightening", "darkening")
     accuracy = {}
     for head in ("lstm", "meanpool"):
-        config = training.TrainConfig(head=head, epochs=25, batch_size=8, patience=5)
+        config = TrainConfig(head=head, epochs=25, batch_size=8, patience=5)
         training.train(records, store, tmp_path / head, config)
-        copied = (tmp_path / head / training.BACKBONE_FILE).read_bytes()
+        copied = (tmp_path / head / model_files.BACKBONE_FILE).read_bytes()
         assert copied == backbone_sidecar(store).read_bytes()  # predict rebuilds this extractor
         result = training.evaluate(tmp_path / head, records, store, tmp_path / f"{head}-metrics")
         assert result.summary.n == sum(r.split == "test" for r in records)
-        trained = training.load_model_dir(tmp_path / head)
+        trained = model_files.load_model_dir(tmp_path / head)
         with open_store(store) as features:
-            joined = training.join_manifest([r for r in records if r.split == "test"], features)
-            test = training.read_split(features, joined.videos, "test", trained.labels)
+            joined = join.join_manifest([r for r in records if r.split == "test"], features)
+            test = join.read_split(features, joined.videos, "test", trained.labels)
         accuracy[head] = _pair_accuracy(trained, test, pair)
     assert accuracy["lstm"] >= 0.8 and accuracy["lstm"] >= accuracy["meanpool"] + 0.3, accuracy

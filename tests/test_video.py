@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
+from pipeline.encode import write_video
 from pipeline.errors import DecodeError
-from pipeline.sample_data import write_video
 from pipeline.video import VideoReader
 
 

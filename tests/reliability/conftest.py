@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.sample_data import write_video
+from pipeline.encode import write_video
 from pipeline.store import backbone_sidecar, shards_dir_for
 
 from .helpers import Snapshot, extract_args, run_vrnn, snapshot, write_csv_manifest

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.contracts import VideoRecord
-from pipeline.dataset import write_manifest
+from pipeline.manifest import write_manifest
 from pipeline.store import open_store
 
 HERE = Path(__file__).parent

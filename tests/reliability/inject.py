@@ -90,18 +90,18 @@ def _on_model_swap(*, exchange: bool) -> None:
     With ``exchange``, before the atomic swap (``renameat2``, Linux); without, the platform
     fallback is forced (no atomic swap) and the kill lands between its two renames.
     """
-    from pipeline import training
+    from pipeline import fsio
 
-    real_exchange = training._exchange
+    real_exchange = fsio._exchange
 
     def swap(first, second):
         _kill()
         return real_exchange(first, second)
 
     if exchange:
-        training._exchange = swap
+        fsio._exchange = swap
         return
-    training._exchange = lambda first, second: False
+    fsio._exchange = lambda first, second: False
     real_rename = pathlib.Path.rename
 
     def rename(self, target):

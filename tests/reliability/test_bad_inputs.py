@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.sample_data import write_video
+from pipeline.encode import write_video
 from pipeline.store import open_store
 
 from .helpers import extract_args, messages, run_vrnn, write_csv_manifest

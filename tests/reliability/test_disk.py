@@ -18,9 +18,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import extract_job
+from pipeline import extract
 from pipeline.errors import StoreError
-from pipeline.extract_job import ExtractOptions, run_extraction
+from pipeline.extract import ExtractOptions, run_extraction
 from pipeline.store import open_store, parts_dir_for, shards_dir_for
 
 from .conftest import CleanStore, Clips, copy_store
@@ -153,7 +153,7 @@ def test_disk_full_in_process_without_mount(
     """Where tmpfs is refused: ENOSPC injected into fsync, same promises (no TensorFlow)."""
     store = copy_store(half_store, tmp_path)
     monkeypatch.setattr(
-        extract_job, "backbone_for", lambda *a, **k: lambda x: np.ones((len(x), 1280), "f4")
+        extract, "backbone_for", lambda *a, **k: lambda x: np.ones((len(x), 1280), "f4")
     )
     real_fsync = os.fsync
     full = [""]  # files whose name starts with this cannot be synced: the disk is "full"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dataset import read_manifest
-from pipeline.sample_data import write_video
+from pipeline.encode import write_video
+from pipeline.manifest import read_manifest
 from pipeline.store import open_store
 
 from .helpers import ENV, RUN_TIMEOUT_SEC, extract_args, messages, vrnn_command

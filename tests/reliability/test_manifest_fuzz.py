@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.contracts import SPLITS
-from pipeline.dataset import MANIFEST_COLUMNS, read_manifest
 from pipeline.errors import ManifestError
+from pipeline.manifest import MANIFEST_COLUMNS, read_manifest
 
 FUZZ = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -45,7 +45,7 @@ def previous_model(trained_model: Path, tmp_path: Path) -> Path:
 
 
 def _assert_still_the_previous_model(model: Path, digest: dict[str, str]) -> None:
-    from pipeline.training import load_model_dir
+    from pipeline.model_dir import load_model_dir
 
     trained = load_model_dir(model)  # restores a model a killed fallback swap moved aside
     assert trained.labels == ["a", "b"]

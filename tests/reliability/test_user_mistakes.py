@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from pipeline import training
 from pipeline.contracts import VideoRecord
-from pipeline.dataset import write_manifest
 from pipeline.errors import ConfigError
+from pipeline.manifest import write_manifest
 from pipeline.store import backbone_sidecar
 from stages import extract as extract_stage
 from stages.cli import app
@@ -179,11 +179,11 @@ def test_reports_are_named_after_their_store_and_markup_in_paths_prints_literall
 def test_ctrl_c_writes_an_interrupted_report_and_says_what_was_committed(
     make_video, tmp_path, monkeypatch, when
 ):
-    from pipeline import extract_job
+    from pipeline import extract
 
     for i in range(3):
         make_video(f"videos/clap/{i}.mp4", n_frames=4)
-    real_run_task = extract_job.run_task
+    real_run_task = extract.run_task
 
     def interrupted_run_task(spec, items, *, stop=None, on_video=None):
         if when == "before any video":
@@ -195,7 +195,7 @@ def test_ctrl_c_writes_an_interrupted_report_and_says_what_was_committed(
 
         return real_run_task(spec, items, stop=stop, on_video=then_ctrl_c)
 
-    monkeypatch.setattr(extract_job, "run_task", interrupted_run_task)
+    monkeypatch.setattr(extract, "run_task", interrupted_run_task)
     store = tmp_path / "features.h5"
     result = vrnn("extract", tmp_path / "videos", "-o", store, *FAST_EXTRACT)
     assert result.exit_code == 130, result.output
@@ -210,14 +210,14 @@ def test_ctrl_c_writes_an_interrupted_report_and_says_what_was_committed(
 
 
 def test_ctrl_c_while_planning_does_not_claim_a_commit(make_video, tmp_path, monkeypatch):
-    from pipeline import extract_job
+    from pipeline import extract
 
     make_video("videos/clap/a.mp4", n_frames=4)
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(extract_job, "plan_extraction", ctrl_c)
+    monkeypatch.setattr(extract, "plan_extraction", ctrl_c)
     store = tmp_path / "features.h5"
     result = vrnn("extract", tmp_path / "videos", "-o", store, *FAST_EXTRACT)
     assert result.exit_code == 130, result.output

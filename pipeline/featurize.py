@@ -1,0 +1,453 @@
+"""Stage 1 engine: decode → batched backbone → one part file per video.
+
+Decoder threads (each taking whole videos) fill one bounded queue with frame chunks; the
+calling thread cuts them into fixed-size batches *across video boundaries*, so the CNN (the
+real cost) never waits on a short video's tail, and memory stays bounded however long a
+video is. Each finished video is
+written as a part file (see :mod:`pipeline.store`); nothing here touches the final store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
+from pipeline.errors import ConfigError, DecodeError
+from pipeline.store import write_failure, write_part
+from pipeline.video import VideoReader
+
+log = logging.getLogger(__name__)
+
+QUEUE_CHUNKS = 8
+"""Decoded chunks buffered ahead of inference (each ≤ ``CHUNK_FRAMES`` frames), at least."""
+CHUNKS_PER_DECODER = 4
+"""Queue depth per decoder thread when there are more than two (see :func:`queue_depth`)."""
+CHUNK_FRAMES = 16
+DECODER_NICE = 10
+"""Nice increment of the decoder threads (see ``_lower_thread_priority``)."""
+MAX_AUTO_DECODERS = 8
+"""Most decoder threads ``--decoders auto`` starts (memory grows with the queue depth)."""
+DECODER_THREAD_TYPE = "AUTO"
+"""FFmpeg's threading inside each decoder (see docs/cluster.md, "Decoder threads")."""
+STALL_TIMEOUT_SEC = 300.0
+"""A decoder that gets no frame from its video for this long is abandoned (video failed)."""
+
+
+CHANGED_REASON = "changed during extraction (size or mtime differ from when it was hashed)"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One video to extract: its path and content identity (hashed by the planner).
+
+    ``size``/``mtime_ns`` are the file's as hashed (-1: not recorded); a file that no
+    longer has them after decoding is recorded as :data:`CHANGED_REASON`, never stored
+    under the old content's id.
+    """
+
+    path: str
+    video_id: str
+    content_sha256: str
+    size: int = -1
+    mtime_ns: int = -1
+
+    def changed(self) -> bool:
+        """True when the file's size or mtime differ from those recorded at hash time."""
+        if self.size < 0:
+            return False
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns)
+
+
+@dataclass(frozen=True)
+class VideoDone:
+    """Progress event: one video finished (``failure`` set when it failed)."""
+
+    item: WorkItem
+    frames: int
+    failure: ExtractionFailure | None = None
+
+
+@dataclass
+class TaskResult:
+    """What one call of :func:`extract_items` achieved."""
+
+    ok: list[str] = field(default_factory=list)
+    failed: list[ExtractionFailure] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- the engine
+
+POLL_SEC = 0.1
+"""How often a blocked decoder or consumer re-checks cancellation and the stall watchdog."""
+JOIN_SEC = 2.0
+"""How long the end of a run waits for each decoder to exit; one stuck inside its reader is
+left behind (a daemon thread that exits at its next chunk) rather than blocking the caller."""
+
+
+def auto_decoders(cores: int | None = None) -> int:
+    """Decoder threads for ``--decoders auto``: one per core, at most ``MAX_AUTO_DECODERS``.
+
+    PyAV releases the GIL while decoding, so threads scale with cores. Extra decoders cost
+    nothing when inference is the bottleneck (they run at a lower priority and block on the
+    full queue), and keep a fast backbone (a GPU, a small input) fed when it is not.
+    """
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_AUTO_DECODERS))
+
+
+def parse_decoders(text: str) -> int | None:
+    """``--decoders`` value: ``auto`` → None (see :func:`auto_decoders`), else an int ≥ 1."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"--decoders must be a whole number ≥ 1 or auto, got {text!r}")
+    return value
+
+
+def queue_depth(decoders: int) -> int:
+    """Chunks buffered ahead of inference for ``decoders`` decoder threads."""
+    return max(QUEUE_CHUNKS, CHUNKS_PER_DECODER * decoders)
+
+
+def _reason(error: Exception, path: str) -> str:
+    text = str(error)
+    return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
+
+
+def _lower_thread_priority() -> None:
+    """Give the calling (decoder) thread a lower CPU priority than inference, on Linux.
+
+    Called by a decoder the first time it finds the queue full, i.e. once the backbone is
+    the bottleneck: its intra-op threads wait on each other at every op, so a decoder
+    preempting one of them stalls all of them, while the decoder has a queue of chunks to
+    absorb delays. While decoding is the bottleneck (a GPU, a small input) decoders keep
+    their normal priority: on a shared machine a niced decoder would lose its share of the
+    CPU to every other process. One-way, because raising a priority again needs privileges.
+    """
+    if sys.platform == "linux":  # per-thread nice values are a Linux feature
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICE)
+
+
+class _Decoder(threading.Thread):
+    """One decoder thread: takes whole videos from ``work`` until none is left.
+
+    Sends ``(self, kind, index, payload)`` messages: ``frames`` (a chunk), then ``done``
+    (the video's info) or ``failed`` (a reason); ``exit`` when out of work, ``error`` for a
+    bug outside any one video. :attr:`busy` is ``(video index, since)`` while the thread
+    waits on the reader (not while it waits for queue space), for the stall watchdog.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[WorkItem],
+        work: queue.SimpleQueue,
+        config: ExtractorConfig,
+        out: queue.Queue,
+        stop: threading.Event,
+    ):
+        super().__init__(name="vrnn-decode", daemon=True)
+        self.items, self.work, self.config, self.out, self.stop = items, work, config, out, stop
+        self.abandoned = False  # set by the consumer when it gives up on this thread
+        self.busy: tuple[int, float] | None = None
+        self.yielding = False  # lowered its priority (once the queue was found full)
+
+    def put(self, kind: str, i: int, payload: object) -> bool:
+        """Queue one message; False once the run is stopped or this thread abandoned."""
+        self.busy = None
+        while not (self.stop.is_set() or self.abandoned):
+            try:
+                self.out.put((self, kind, i, payload), timeout=POLL_SEC)
+            except queue.Full:
+                if not self.yielding:  # inference is the bottleneck: stop competing with it
+                    self.yielding = True
+                    _lower_thread_priority()
+                continue
+            if i >= 0:
+                self.busy = (i, time.monotonic())
+            return True
+        return False
+
+    def run(self) -> None:
+        try:
+            while True:
+                try:
+                    i = self.work.get_nowait()
+                except queue.Empty:
+                    self.put("exit", -1, None)
+                    return
+                self.busy = (i, time.monotonic())
+                if not self.decode(i):
+                    return
+        except BaseException as e:  # a bug: hand it to the consumer, which re-raises it
+            self.put("error", -1, e)
+
+    def decode(self, i: int) -> bool:
+        """Send video ``i``'s chunks and its outcome; False when the run is over for us."""
+        item, config = self.items[i], self.config
+        reader = VideoReader(
+            Path(item.path),
+            size=config.input_size,
+            resize=config.resize,
+            fps=config.fps,
+            thread_type=DECODER_THREAD_TYPE,
+        )
+        try:
+            for chunk in reader.chunks(CHUNK_FRAMES):
+                if not self.put("frames", i, chunk):
+                    return False
+        except DecodeError as e:
+            return self.put("failed", i, _reason(e, item.path))
+        except MemoryError:
+            return self.put("failed", i, "out of memory while decoding")
+        except Exception as e:
+            # An unexpected error on one file (a decoder or library bug) must not stall
+            # a whole batch night after night: record it loudly and go on.
+            log.exception("unexpected error while decoding %s", item.path)
+            return self.put("failed", i, f"unexpected decoder error ({type(e).__name__}: {e})")
+        return self.put("done", i, reader.info)
+
+
+class _Assembler:
+    """Collects per-video feature rows as batches come back from the backbone."""
+
+    def __init__(self, items: Sequence[WorkItem], config: ExtractorConfig):
+        self.items = items
+        self.config = config
+        self.rows: dict[int, list[np.ndarray]] = {}
+        self.stamps: dict[int, list[np.ndarray]] = {}
+        self.pending: dict[int, int] = {}  # frames queued for inference, not yet back
+        self.finished: dict[int, VideoInfo] = {}
+
+    def add_frames(self, i: int, timestamps: np.ndarray) -> None:
+        self.stamps.setdefault(i, []).append(timestamps)
+        self.rows.setdefault(i, [])
+        self.pending[i] = self.pending.get(i, 0) + len(timestamps)
+
+    def add_features(self, i: int, features: np.ndarray) -> None:
+        self.rows[i].append(features.astype(self.config.dtype))
+        self.pending[i] -= len(features)
+
+    def drop(self, i: int) -> None:
+        for table in (self.rows, self.stamps, self.pending, self.finished):
+            table.pop(i, None)
+
+    def complete(self) -> list[tuple[int, VideoFeatures]]:
+        """Pop every finished video whose frames have all come back from the backbone."""
+        ready = sorted(i for i in self.finished if self.pending.get(i, 0) == 0)
+        videos = []
+        for i in ready:
+            item, info = self.items[i], self.finished[i]
+            features = np.concatenate(self.rows[i])
+            stamps = np.concatenate(self.stamps[i])
+            videos.append(
+                (i, VideoFeatures(item.video_id, item.content_sha256, features, stamps, info))
+            )
+            self.drop(i)
+        return videos
+
+
+def iter_features(
+    items: Sequence[WorkItem],
+    *,
+    config: ExtractorConfig,
+    infer: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 32,
+    stop: threading.Event | None = None,
+    decoders: int = 1,
+    stall_timeout_sec: float = STALL_TIMEOUT_SEC,
+) -> Iterator[tuple[int, VideoFeatures | ExtractionFailure]]:
+    """Decode and embed ``items``, yielding each video as soon as it is complete.
+
+    ``decoders`` background threads each take whole videos; inference runs in the caller's
+    thread. Batches of ``batch_size`` frames span video boundaries (and decoders), so the
+    backbone never waits on one video's tail; when no chunk arrives for ``POLL_SEC`` the
+    partial batch runs, so a slow or hung decoder never holds other videos back. With one
+    decoder, results arrive in item order except that a failed video is reported as soon as
+    its decoder gives up; with several, in the order videos complete (the store sorts by
+    id, so it is the same either way).
+
+    A video whose decoder gets no frame for ``stall_timeout_sec`` fails ("decoder hung") and
+    a fresh decoder takes over the remaining videos. Setting ``stop`` (from any thread) or
+    closing the generator ends the run after the current batch.
+
+    Args:
+        items: the videos, with ids already computed.
+        config: the extractor configuration (input size, resize, sampling, dtype).
+        infer: uint8 ``[B, S, S, 3]`` → float32 ``[B, 1280]`` (see
+            :func:`pipeline.backbone.backbone_for`).
+        batch_size: frames per backbone call.
+        stop: cooperative cancellation.
+        decoders: decoder threads (see :func:`auto_decoders`).
+        stall_timeout_sec: seconds without a frame before a decoder is declared hung.
+
+    Yields:
+        ``(index into items, VideoFeatures)`` or ``(index, ExtractionFailure)``.
+    """
+    if decoders < 1:
+        raise ValueError(f"decoders must be ≥ 1, got {decoders}")
+    stop = stop or threading.Event()
+    decoders = max(1, min(decoders, len(items)))
+    chunks: queue.Queue = queue.Queue(maxsize=queue_depth(decoders))
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    for i in range(len(items)):
+        work.put(i)
+    live: set[_Decoder] = set()
+
+    def start_decoder() -> None:
+        decoder = _Decoder(items, work, config, chunks, stop)
+        live.add(decoder)
+        decoder.start()
+
+    size = config.input_size
+    batch = np.empty((batch_size, size, size, 3), np.uint8)
+    owners: list[tuple[int, int]] = []  # (video index, frame count) slices of `batch`
+    filled = 0
+    videos = _Assembler(items, config)
+
+    def run_batch() -> None:
+        nonlocal filled
+        if filled:
+            features = infer(batch[:filled])
+            start = 0
+            for i, count in owners:
+                if i in videos.rows:  # a video that failed mid-way was dropped
+                    videos.add_features(i, features[start : start + count])
+                start += count
+        owners.clear()
+        filled = 0
+
+    def abandon_hung() -> Iterator[tuple[int, ExtractionFailure]]:
+        now = time.monotonic()
+        for decoder in list(live):
+            busy = decoder.busy
+            if busy is not None and now - busy[1] > stall_timeout_sec:
+                decoder.abandoned = True  # its late messages are ignored; it exits at its next
+                live.discard(decoder)
+                videos.drop(busy[0])
+                item = items[busy[0]]
+                log.error("decoder hung on %s; going on without it", item.path)
+                reason = f"decoder hung (no frame for {stall_timeout_sec:g} s)"
+                yield busy[0], ExtractionFailure(item.path, reason, item.video_id)
+                start_decoder()  # takes the remaining videos (exits at once if none)
+
+    for _ in range(decoders):
+        start_decoder()
+    try:
+        while live and not stop.is_set():
+            try:
+                decoder, kind, i, payload = chunks.get(timeout=POLL_SEC)
+            except queue.Empty:  # decoders are behind: the backbone would idle anyway
+                run_batch()  # so run a partial batch rather than hold videos back
+                yield from videos.complete()
+                yield from abandon_hung()
+                continue
+            if decoder.abandoned:
+                continue
+            if kind == "exit":
+                live.discard(decoder)
+            elif kind == "error":
+                raise payload
+            elif kind == "frames":
+                videos.add_frames(i, payload.timestamps_sec)
+                frames, offset = payload.frames, 0
+                while offset < len(frames):
+                    take = min(batch_size - filled, len(frames) - offset)
+                    batch[filled : filled + take] = frames[offset : offset + take]
+                    owners.append((i, take))
+                    filled += take
+                    offset += take
+                    if filled == batch_size:
+                        run_batch()
+                        yield from videos.complete()
+            elif kind == "done":
+                videos.finished[i] = payload
+                yield from videos.complete()  # now, if none of its frames await inference
+            else:  # failed
+                videos.drop(i)
+                yield i, ExtractionFailure(items[i].path, payload, items[i].video_id)
+            yield from abandon_hung()
+        if not stop.is_set():
+            run_batch()
+            yield from videos.complete()
+    finally:
+        stop.set()
+        for decoder in live:  # each notices `stop` at its next chunk; a hung one is left
+            decoder.join(timeout=JOIN_SEC)
+
+
+def extract_items(
+    items: Sequence[WorkItem],
+    *,
+    config: ExtractorConfig,
+    infer: Callable[[np.ndarray], np.ndarray],
+    parts_dir: Path,
+    batch_size: int = 32,
+    stop: threading.Event | None = None,
+    on_video: Callable[[VideoDone], None] | None = None,
+    decoders: int = 1,
+) -> TaskResult:
+    """Extract ``items`` into part files under ``parts_dir`` (see :func:`iter_features`).
+
+    A video that fails to decode is recorded as a failure part and the rest continue;
+    videos not yet written when ``stop`` is set are simply not there (a rerun does them).
+
+    Args:
+        items: the videos, with ids already computed.
+        config: the extractor configuration.
+        infer: the backbone's inference function.
+        parts_dir: the store's staging directory.
+        batch_size: frames per backbone call; batches span video boundaries.
+        stop: cooperative cancellation.
+        on_video: called after each video is written or recorded as failed.
+        decoders: decoder threads feeding the one backbone.
+
+    Returns:
+        ids written, failures, frames extracted and wall seconds.
+    """
+    started = time.perf_counter()
+    result = TaskResult()
+    for i, outcome in iter_features(
+        items, config=config, infer=infer, batch_size=batch_size, stop=stop, decoders=decoders
+    ):
+        if not isinstance(outcome, ExtractionFailure) and items[i].changed():
+            outcome = ExtractionFailure(items[i].path, CHANGED_REASON, items[i].video_id)
+        if isinstance(outcome, ExtractionFailure):
+            write_failure(parts_dir, outcome)
+            result.failed.append(outcome)
+            done = VideoDone(items[i], 0, outcome)
+        else:
+            stat = (items[i].size, items[i].mtime_ns) if items[i].size >= 0 else None
+            write_part(parts_dir, config, outcome, source_stat=stat)
+            result.ok.append(outcome.video_id)
+            result.frames += len(outcome.features)
+            done = VideoDone(items[i], len(outcome.features))
+        if on_video:
+            on_video(done)
+    result.seconds = time.perf_counter() - started
+    return result

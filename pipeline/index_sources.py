@@ -1,0 +1,287 @@
+"""Index sources that build a manifest: a class-per-folder tree, UCF101's lists, a user CSV.
+
+Where a source gives no split, :func:`pipeline.splits.assign_splits` assigns one. Pure Python:
+no TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.contracts import SPLITS, VideoRecord
+from pipeline.errors import ConfigError, ManifestError
+from pipeline.manifest import (
+    abspath,
+    normalise_label,
+    read_manifest,
+    read_rows,
+    records_from_rows,
+)
+from pipeline.splits import UNSPLIT, SplitFractions, assign_splits, parse_group
+from pipeline.video import is_video_path
+from pipeline.walk import walk
+
+log = logging.getLogger(__name__)
+
+UCF101_SPLIT_IDS = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """What an index source found.
+
+    Attributes:
+        records: one record per video, sorted by label then path, every split assigned.
+        skipped: files passed over because they are not videos (by extension).
+        outside: video files directly under a class-folder tree's root, in no class folder.
+    """
+
+    records: list[VideoRecord]
+    skipped: int = 0
+    outside: int = 0
+
+    def split_counts(self) -> dict[str, int]:
+        """Videos per split, in :data:`~pipeline.contracts.SPLITS` order."""
+        counts = Counter(r.split for r in self.records)
+        return {split: counts.get(split, 0) for split in SPLITS}
+
+    @property
+    def labels(self) -> list[str]:
+        """Distinct labels, sorted."""
+        return sorted({r.label for r in self.records})
+
+
+def _sorted(records: Iterable[VideoRecord]) -> list[VideoRecord]:
+    return sorted(records, key=lambda r: (r.label, r.path.as_posix()))
+
+
+def find_videos(root: Path) -> list[Path]:
+    """Every entry under ``root`` with a video extension, sorted, hidden entries skipped.
+
+    Walked by :func:`pipeline.walk.walk` (symlinked folders followed, each folder once).
+    Entries are returned as found (a directory, FIFO or broken link named ``x.mp4``
+    included), so that whoever reads them can report why they are not videos instead of
+    dropping them.
+    """
+    return [p for p in walk(root) if is_video_path(p)]
+
+
+def source_videos(source: Path) -> list[Path]:
+    """Video paths named by a manifest CSV, or found under a folder (duplicates removed).
+
+    Raises:
+        ManifestError: missing source, unreadable manifest, or a folder without videos.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = find_videos(source)
+        if not paths:
+            raise ManifestError(f"{source}: no video files in this folder")
+        return paths
+    if not source.exists():
+        raise ManifestError(f"{source}: no such manifest or folder")
+    return list(dict.fromkeys(record.path for record in read_manifest(source)))
+
+
+def index_folder(root: Path, fractions: SplitFractions = SplitFractions()) -> IndexResult:
+    """Index a class-per-folder tree ``root/<label>/**/<video files>``.
+
+    Class folders may be symlinks; the tree is walked by :func:`pipeline.walk.walk`. Hidden
+    entries are skipped; files whose extension is not a video's are skipped and counted
+    (``skipped``), as are videos directly under ``root`` (``outside``). Labels are the class
+    folders' names in Unicode NFC. Splits come from :func:`assign_splits`.
+
+    Args:
+        root: the dataset folder.
+        fractions: shares of groups per split.
+
+    Returns:
+        The records and the number of skipped files.
+
+    Raises:
+        ManifestError: ``root`` missing or without class folders, or a class folder without
+            videos.
+    """
+    root = abspath(Path(root))
+    if not root.is_dir():
+        reason = "is a file, not a folder" if root.exists() else "no such folder"
+        raise ManifestError(f"{root}: {reason}")
+    entries = walk(root)  # one walk: a link back into the tree is not walked again
+    label_dirs = [p for p in entries if p.parent == root and p.is_dir()]
+    loose = [p for p in entries if p.parent == root and not p.is_dir()]
+    outside = sum(1 for p in loose if is_video_path(p))
+    skipped = len(loose) - outside
+    if not label_dirs:
+        raise ManifestError(f"{root}: no class folders (expected {root}/<label>/<video files>)")
+    by_label: dict[Path, list[Path]] = defaultdict(list)
+    for p in entries:
+        if p.parent != root and not p.is_dir():
+            by_label[root / p.relative_to(root).parts[0]].append(p)
+    records = []
+    for label_dir in label_dirs:
+        files = by_label[label_dir]
+        videos = [p for p in files if is_video_path(p)]
+        if not videos:
+            raise ManifestError(
+                f"{label_dir}: class folder {label_dir.name!r} has no video files "
+                f"({len(files)} other files)"
+            )
+        skipped += len(files) - len(videos)
+        label = normalise_label(label_dir.name)
+        records += [VideoRecord(p, label, parse_group(p), UNSPLIT) for p in videos]
+    if skipped or outside:
+        log.info("%s: skipped %d non-video files, %d videos outside", root, skipped, outside)
+    return IndexResult(_sorted(assign_splits(records, fractions)), skipped, outside)
+
+
+def _read_list(path: Path) -> list[tuple[int, list[str]]]:
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such file")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    return [(n, line.split()) for n, line in enumerate(lines, start=1) if line.strip()]
+
+
+def _read_class_index(path: Path) -> dict[int, str]:
+    classes = {}
+    for n, fields in _read_list(path):
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise ManifestError(f"{path}, line {n}: expected '<index> <class>'")
+        classes[int(fields[0])] = normalise_label(fields[1])
+    return classes
+
+
+def index_ucf101(
+    root: Path,
+    lists_dir: Path,
+    split_id: int = 1,
+    fractions: SplitFractions = SplitFractions(),
+) -> IndexResult:
+    """Index UCF101 from its official lists (``classInd.txt``, ``trainlist0N/testlist0N.txt``).
+
+    The test list is the test split. The lists have no val: val is carved out of the train
+    list's groups by :func:`assign_splits` with shares ``train : val`` of ``fractions``.
+
+    Args:
+        root: folder holding the videos where the lists place them
+            (``<Class>/v_<Class>_g<NN>_c<MM>.avi``).
+        lists_dir: folder holding the list files.
+        split_id: official split, 1, 2 or 3.
+        fractions: only ``train`` and ``val`` are used.
+
+    Returns:
+        The records (``skipped`` is always 0).
+
+    Raises:
+        ConfigError: ``split_id`` not 1-3.
+        ManifestError: a list file missing or malformed, a class not in ``classInd.txt``, a
+            listed video missing, or a video in both lists.
+    """
+    if split_id not in UCF101_SPLIT_IDS:
+        raise ConfigError(f"UCF101 split id must be 1, 2 or 3, got {split_id}")
+    root, lists_dir = abspath(Path(root)), abspath(Path(lists_dir))
+    if not root.is_dir():
+        raise ManifestError(f"{root}: no such folder")
+    classes = _read_class_index(lists_dir / "classInd.txt")
+    by_name = {name.lower(): name for name in classes.values()}
+    records: dict[Path, VideoRecord] = {}
+    missing: list[Path] = []
+    for kind in ("train", "test"):
+        list_path = lists_dir / f"{kind}list0{split_id}.txt"
+        for n, fields in _read_list(list_path):
+            where = f"{list_path}, line {n}"
+            if len(fields) > 2 or "/" not in fields[0]:
+                raise ManifestError(f"{where}: expected '<Class>/<file> [<index>]'")
+            folder = fields[0].split("/", 1)[0]
+            # Compare case-insensitively: UCF101 spells HandstandPushups two ways.
+            label = by_name.get(normalise_label(folder).lower())
+            if label is None:
+                raise ManifestError(f"{where}: class {folder!r} is not in classInd.txt")
+            index = int(fields[1]) if len(fields) == 2 and fields[1].isdigit() else None
+            if len(fields) == 2 and classes.get(index) != label:
+                raise ManifestError(f"{where}: class index {fields[1]} is not {label!r}")
+            video = root / fields[0]
+            if video in records:
+                raise ManifestError(f"{where}: {fields[0]} is listed twice")
+            if not video.is_file():
+                missing.append(video)
+            split = "test" if kind == "test" else UNSPLIT
+            records[video] = VideoRecord(video, label, parse_group(video), split)
+    if not records:
+        raise ManifestError(f"{lists_dir}: the split {split_id} lists name no videos")
+    if missing:
+        raise ManifestError(
+            f"{root}: {len(missing)} listed videos are missing (first: {missing[0]})"
+        )
+    train_val = SplitFractions(
+        train=fractions.train / (fractions.train + fractions.val),
+        val=fractions.val / (fractions.train + fractions.val),
+        test=0.0,
+    )
+    return IndexResult(_sorted(assign_splits(list(records.values()), train_val)))
+
+
+def index_csv(path: Path, fractions: SplitFractions = SplitFractions()) -> IndexResult:
+    """Index a user CSV with columns ``path,label`` and optionally ``group`` and ``split``.
+
+    Relative paths are taken from the CSV's folder. Rows without a group get
+    :func:`parse_group`; rows without a split get one from :func:`assign_splits`.
+
+    Args:
+        path: the CSV file.
+        fractions: shares of groups per split, for rows without one.
+
+    Returns:
+        The records (``skipped`` is always 0).
+
+    Raises:
+        ManifestError: as :func:`read_manifest`, plus videos that do not exist and a group
+            given two different splits.
+    """
+    path = abspath(Path(path))
+    records = records_from_rows(path, read_rows(path, ("path", "label")), split_required=False)
+    missing = [r.path for r in records if not r.path.is_file()]
+    if missing:
+        raise ManifestError(f"{path}: {len(missing)} videos do not exist (first: {missing[0]})")
+    try:
+        records = assign_splits(records, fractions)
+    except ManifestError as e:
+        raise ManifestError(f"{path}: {e}") from e
+    return IndexResult(_sorted(records))
+
+
+def index_source(
+    source: Path,
+    *,
+    ucf101_lists: Path | None = None,
+    split_id: int | None = None,
+    fractions: SplitFractions = SplitFractions(),
+) -> IndexResult:
+    """Index whatever ``source`` is: a ``.csv`` file, a UCF101 video root, or a class tree.
+
+    Args:
+        source: a CSV file, or a folder.
+        ucf101_lists: folder of the UCF101 lists; when given, ``source`` is the video root.
+        split_id: UCF101 official split (1-3, default 1), only with ``ucf101_lists``.
+        fractions: shares of groups per split, where the source gives none.
+
+    Returns:
+        The records and the number of skipped files.
+
+    Raises:
+        ConfigError: ``split_id`` without ``ucf101_lists``.
+    """
+    source = Path(source)
+    if ucf101_lists is not None:
+        return index_ucf101(source, ucf101_lists, split_id or 1, fractions)
+    if split_id is not None:
+        raise ConfigError("--split-id needs --ucf101-lists (it picks an official UCF101 split)")
+    if source.suffix.lower() == ".csv" and not source.is_dir():
+        return index_csv(source, fractions)
+    return index_folder(source, fractions)

@@ -1,0 +1,84 @@
+"""The options of one training run (``train_config.json``), with their defaults and checks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from pipeline import heads
+from pipeline.errors import ConfigError
+from pipeline.sequences import MIN_CROP_FRACTION, check_seq_len
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of one training run (``train_config.json``).
+
+    Attributes:
+        head: builder name, one of :data:`pipeline.heads.HEAD_NAMES`.
+        seq_len: frames per sample.
+        units: recurrent units per layer.
+        layers: stacked recurrent layers.
+        dropout: dropout rate before the softmax layer.
+        dense_units: hidden dense width (0 = none).
+        epochs: maximum training epochs.
+        batch_size: sequences per gradient step.
+        learning_rate: Adam's learning rate.
+        patience: epochs without a val_loss improvement before early stopping.
+        seed: seeds weight init, shuffling and temporal crops.
+        min_crop_fraction: shortest random training crop, as a fraction of a video.
+        normalize: standardize features with train-split statistics inside the model.
+        projection: per-frame linear projection width before the temporal layers (0: none).
+        input_dropout: dropout on the per-frame inputs of the temporal layers.
+        weight_decay: AdamW's decoupled weight decay (0: plain Adam).
+    """
+
+    head: str = "lstm"
+    seq_len: int = 16
+    units: int = 64
+    layers: int = 1
+    dropout: float = 0.0
+    dense_units: int = 32
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 5
+    seed: int = 0
+    min_crop_fraction: float = MIN_CROP_FRACTION
+    normalize: bool = False
+    projection: int = 0
+    input_dropout: float = 0.0
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for an unknown head or an out-of-range option."""
+        if self.head not in heads.HEAD_NAMES:
+            raise ConfigError(
+                f"unknown head {self.head!r}; choose one of {', '.join(heads.HEAD_NAMES)}"
+            )
+        check_seq_len(self.seq_len)
+        for name in ("units", "layers", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.dense_units < 0 or self.patience < 0:
+            raise ConfigError("--dense-units and --patience must be >= 0")
+        for name in ("dropout", "input_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}"
+                )
+        if self.projection < 0 or self.weight_decay < 0:
+            raise ConfigError("--projection and --weight-decay must be >= 0")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.learning_rate}")
+        if not 0.0 < self.min_crop_fraction <= 1.0:
+            raise ConfigError(f"min_crop_fraction must be in (0, 1], got {self.min_crop_fraction}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
