@@ -112,7 +112,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
 def test_readme_demo_figure_matches_a_fresh_run(demo):
     _, _, metrics = demo
     lo, hi = demo_figures()["lstm"]
-    assert lo <= round(metrics["top1"], 2) <= hi, f"demo top-1 {metrics['top1']}, README says {lo}–{hi}"
+    assert lo <= round(metrics["top1"], 2) <= hi, (
+        f"demo top-1 {metrics['top1']}, README says {lo}–{hi}"
+    )
 
 
 def test_readme_dvc_block_runs_in_a_fresh_shell(demo):
