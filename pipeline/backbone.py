@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.choices import Backbone, choose
 from pipeline.contracts import FEATURE_DIM, ExtractorConfig
 from pipeline.errors import ConfigError, WeightsError
 
@@ -69,18 +70,18 @@ BACKBONES: dict[str, Family] = {
     family.name: family
     for family in (
         Family(
-            "mobilenet_v2", "MobileNetV2", 1 / 127.5, -1.0,
+            Backbone.MOBILENET_V2, "MobileNetV2", 1 / 127.5, -1.0,
             IMAGENET_BASE_URL + "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}"
             "_no_top.h5",
             None, 71.3,
         ),
         Family(
-            "efficientnet_b0", "EfficientNetB0", 1.0, 0.0,
+            Backbone.EFFICIENTNET_B0, "EfficientNetB0", 1.0, 0.0,
             "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
             "50bc09e76180e00e4465e1a485ddc09d", 77.1,
         ),
         Family(
-            "efficientnet_v2_b0", "EfficientNetV2B0", 1.0, 0.0,
+            Backbone.EFFICIENTNET_V2_B0, "EfficientNetV2B0", 1.0, 0.0,
             "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
             "efficientnetv2-b0_notop.h5",
             "893217f2bb855e2983157299931e43ff", 78.7,
@@ -92,12 +93,7 @@ BACKBONES: dict[str, Family] = {
 
 def family(name: str) -> Family:
     """The :class:`Family` called ``name``; one :class:`ConfigError` line listing the choices."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ConfigError(
-            f"--backbone {name!r} is not a known backbone; choose one of {', '.join(BACKBONES)}"
-        ) from None
+    return BACKBONES[choose(Backbone, name, "--backbone")]
 
 
 CALIBRATION_IMAGES = 32

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.choices import Split
+
 FEATURE_DIM = 1280
 """Width of MobileNetV2's global-average-pooled output."""
 
-SPLITS = ("train", "val", "test")
-RESIZE_POLICIES = ("crop", "squash")
-FEATURE_DTYPES = ("float16", "float32")
+SPLITS = tuple(Split)
+"""The splits in manifest order (train, val, test)."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import keras
 
 from pipeline import fsio
 from pipeline.backbone import load_checked_backbone
+from pipeline.choices import ExportFormat, choose
 from pipeline.errors import ConfigError, ModelError
 from pipeline.heads import (
     FEATURES_INPUT,
@@ -44,7 +45,6 @@ from pipeline.model_dir import TrainedModel, load_model_dir, model_weights_file
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 """``keras``: one ``.keras`` file; ``savedmodel``: a TF SavedModel directory (Keras
 ``ExportArchive``, endpoint ``serve``); ``tflite``: one ``.tflite`` file with batch size 1."""
 FRAMES_INPUT = "frames"
@@ -102,7 +102,7 @@ class ExportResult:
     Attributes:
         path: the exported model (file or SavedModel directory).
         labels_path: ``<name>.labels.json`` beside it (class names, in output order).
-        format: one of :data:`EXPORT_FORMATS`.
+        format: one of :class:`~pipeline.choices.ExportFormat`.
         batch: the fixed batch size (tflite), or None for any.
         seq_len: frames per input sequence (``T``).
         input_size: frame side in pixels (``S``).
@@ -218,8 +218,7 @@ def build_end_to_end(
 
 
 def _check_output(out: Path, fmt: str) -> None:
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"unknown --format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    choose(ExportFormat, fmt, "--format")
     suffix = {"keras": ".keras", "tflite": ".tflite"}.get(fmt)
     if suffix and out.suffix != suffix:
         raise ConfigError(f"-o {out}: a {fmt} export must end with {suffix}")
@@ -276,7 +275,7 @@ def export_model(
     Args:
         model_dir: a directory written by ``vrnn train``.
         out: ``.keras`` file, SavedModel directory or ``.tflite`` file (replaced).
-        fmt: one of :data:`EXPORT_FORMATS`.
+        fmt: one of :class:`~pipeline.choices.ExportFormat`.
         weights: backbone weights overriding the model directory's copy (sha256-checked).
 
     Raises:

@@ -19,9 +19,8 @@ from pathlib import Path
 
 from pipeline import fsio
 from pipeline.backbone import backbone_for, register_backbone
+from pipeline.choices import Backbone, FeatureDtype, Resize, choose
 from pipeline.contracts import (
-    FEATURE_DTYPES,
-    RESIZE_POLICIES,
     ExtractionFailure,
     ExtractorConfig,
 )
@@ -58,11 +57,11 @@ class ExtractOptions:
     """User-facing stage-1 settings (see ``vrnn extract --help``)."""
 
     weights: str = "imagenet"
-    backbone: str = "mobilenet_v2"
+    backbone: Backbone = Backbone.MOBILENET_V2
     input_size: int = 224
-    resize: str = "crop"
+    resize: Resize = Resize.CROP
     fps: float | None = None
-    dtype: str = "float16"
+    dtype: FeatureDtype = FeatureDtype.FLOAT16
     batch_size: int = 32
     mixed_precision: bool = False
     rehash: bool = False
@@ -75,10 +74,8 @@ class ExtractOptions:
 
         family(self.backbone)
         check_input_size(self.input_size)
-        if self.resize not in RESIZE_POLICIES:
-            raise ConfigError(f"--resize must be one of {', '.join(RESIZE_POLICIES)}")
-        if self.dtype not in FEATURE_DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(FEATURE_DTYPES)}")
+        choose(Resize, self.resize, "--resize")
+        choose(FeatureDtype, self.dtype, "--dtype")
         if self.fps is not None and not self.fps > 0:
             raise ConfigError(f"--fps must be > 0, got {self.fps}")
         if self.batch_size < 1:

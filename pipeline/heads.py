@@ -20,13 +20,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from pipeline.choices import Head, choose
 from pipeline.contracts import FEATURE_DIM
 from pipeline.errors import ConfigError, ModelError
 from pipeline.sequences import TrainingSampler
 
 log = logging.getLogger(__name__)
 
-HEAD_NAMES = ("lstm", "gru", "bigru", "meanpool", "trend")
+HEAD_NAMES = tuple(Head)
 """Builders known to :func:`build_head`; ``lstm`` is the default."""
 
 FEATURES_INPUT = "features"
@@ -121,8 +122,7 @@ def _check_options(
     projection: int,
     weight_decay: float,
 ) -> None:
-    if name not in HEAD_NAMES:
-        raise ConfigError(f"unknown head {name!r}; choose one of {', '.join(HEAD_NAMES)}")
+    choose(Head, name, "--head")
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     if seq_len < 1:

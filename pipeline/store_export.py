@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.choices import ArrayFormat, choose
 from pipeline.contracts import VideoFeatures
 from pipeline.errors import ConfigError
 from pipeline.store_layout import atomic_bytes
 from pipeline.store_read import FeatureStore, open_store
 
-FORMATS = ("npy", "npz")
 INDEX_NAME = "index.csv"
 INDEX_COLUMNS = (
     "path",
@@ -60,8 +60,7 @@ class ExportOptions:
     stride: int | None = None
 
     def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise ConfigError(f"--format {self.fmt}: choose one of {', '.join(FORMATS)}")
+        choose(ArrayFormat, self.fmt, "--format")
         if self.stride is not None and self.window is None:
             raise ConfigError("--stride needs --window")
         for name, value in (("--window", self.window), ("--stride", self.stride)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from pipeline import heads
+from pipeline.choices import Head, choose
 from pipeline.errors import ConfigError
 from pipeline.sequences import MIN_CROP_FRACTION, check_seq_len
 
@@ -14,7 +14,7 @@ class TrainConfig:
     """Options of one training run (``train_config.json``).
 
     Attributes:
-        head: builder name, one of :data:`pipeline.heads.HEAD_NAMES`.
+        head: builder name, one of :class:`~pipeline.choices.Head`.
         seq_len: frames per sample.
         units: recurrent units per layer.
         layers: stacked recurrent layers.
@@ -32,7 +32,7 @@ class TrainConfig:
         weight_decay: AdamW's decoupled weight decay (0: plain Adam).
     """
 
-    head: str = "lstm"
+    head: Head = Head.LSTM
     seq_len: int = 16
     units: int = 64
     layers: int = 1
@@ -51,10 +51,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for an unknown head or an out-of-range option."""
-        if self.head not in heads.HEAD_NAMES:
-            raise ConfigError(
-                f"unknown head {self.head!r}; choose one of {', '.join(heads.HEAD_NAMES)}"
-            )
+        choose(Head, self.head, "--head")
         check_seq_len(self.seq_len)
         for name in ("units", "layers", "epochs", "batch_size"):
             if getattr(self, name) < 1:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import heads, metrics
-from pipeline.contracts import SPLITS, ExtractorConfig, VideoRecord
+from pipeline.choices import Split, choose
+from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError, StoreError
 from pipeline.join import (
     SplitData,
@@ -370,8 +371,7 @@ def evaluate(
         ManifestError, StoreError: no videos of the split in the store, unreadable inputs.
     """
     split = split.lower()  # as manifests accept TEST
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    choose(Split, split, "--split")
     split_records = [r for r in records if r.split == split]
     if not split_records:
         raise ManifestError(f"the manifest has no videos in the {split} split")

@@ -18,7 +18,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from pipeline.contracts import RESIZE_POLICIES, VideoInfo
+from pipeline.choices import Resize, choose
+from pipeline.contracts import VideoInfo
 from pipeline.errors import DecodeError
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,7 @@ class VideoReader:
         fps: float | None = None,
         thread_type: str = "AUTO",
     ):
-        if resize not in RESIZE_POLICIES:
-            raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+        choose(Resize, resize, "--resize")
         self.path = Path(path)
         self.size = size
         self.resize = resize

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from pipeline.choices import Split
 from stages import console
 
 MAX_CLASS_ROWS = 30
@@ -18,7 +19,9 @@ def command(
     model_dir: Annotated[Path, typer.Argument(help="Model directory from vrnn train.")],
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV (path,label,group,split).")],
     features: Annotated[Path, typer.Argument(help="Feature store (.h5), same extractor.")],
-    split: Annotated[str, typer.Option(help="Split to score: train, val or test.")] = "test",
+    split: Annotated[
+        Split, typer.Option(case_sensitive=False, help="Split to score.")
+    ] = Split.TEST,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Directory for eval.json and the CSVs.")
     ] = Path("metrics"),

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pipeline.choices import ExportFormat
+
 
 def command(
     model_dir: Annotated[Path, typer.Argument(help="Model directory from vrnn train.")],
@@ -17,13 +19,13 @@ def command(
         ),
     ],
     export_format: Annotated[
-        str,
+        ExportFormat,
         typer.Option(
             "--format",
             help="keras (Keras built-in layers only: keras.saving.load_model loads it without "
             "this package), savedmodel (TF SavedModel, endpoint serve) or tflite (batch size 1).",
         ),
-    ] = "keras",
+    ] = ExportFormat.KERAS,
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -47,12 +49,11 @@ def command(
     mask: all T frames are real, so a video needs at least T sampled frames to get the
     same probabilities as `vrnn predict`.
     """
-    from pipeline.export import EXPORT_FORMATS, export_model
+    from pipeline.export import export_model
     from pipeline.outputs import EXPORT_FILES, LABELS_JSON, check_output
 
-    if export_format in EXPORT_FORMATS:  # export_model names the allowed formats otherwise
-        check_output(output, EXPORT_FILES[export_format], overwrite=overwrite)
-        check_output(output.parent / "labels.json", LABELS_JSON, overwrite=overwrite)
+    check_output(output, EXPORT_FILES[export_format], overwrite=overwrite)
+    check_output(output.parent / "labels.json", LABELS_JSON, overwrite=overwrite)
     result = export_model(model_dir, output, fmt=export_format, weights=weights)
     typer.echo(
         f"exported {result.format}: {result.signature()} → {result.path} "

@@ -17,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from pipeline.choices import Backbone, FeatureDtype, Resize
+from pipeline.extract import ExtractOptions
 from pipeline.index_sources import source_videos
 from pipeline.outputs import EXTRACT_REPORT, FEATURE_STORE, check_output
 from stages import console
@@ -25,20 +27,11 @@ from stages.options import MAX_BATCH, MAX_COUNT, MAX_FPS, MAX_SECONDS, bounded
 if TYPE_CHECKING:
     from pipeline.extract_report import ExtractReport
 
+DEFAULTS = ExtractOptions()
+"""The one source of ``vrnn extract``'s defaults."""
 SHOW_FAILURES = 20
 SCHEDULER_ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+")
 """``[PROTOCOL://]HOST:PORT``, as dask.distributed accepts it (tcp://, tls://, ucx://, …)."""
-
-
-def _known_backbone(name: str) -> str:
-    """Option callback: a ``--backbone`` name, else a usage error listing the choices."""
-    from pipeline.backbone import BACKBONES  # NumPy only: no TensorFlow
-
-    if name not in BACKBONES:
-        raise typer.BadParameter(
-            f"{name!r} is not a backbone; choose one of {', '.join(BACKBONES)}"
-        )
-    return name
 
 
 def _progress() -> Progress:
@@ -71,8 +64,18 @@ def _runner(
         )
     from pipeline.parallel import ClusterOptions, DaskRunner  # imports Dask only when used
 
-    tls_files = (str(path) if path else None for path in tls)
-    return DaskRunner(ClusterOptions(workers, scheduler, threads_per_worker, timeout, *tls_files))
+    ca_file, cert, key = (str(path) if path else None for path in tls)
+    return DaskRunner(
+        ClusterOptions(
+            workers=workers,
+            scheduler=scheduler,
+            threads_per_worker=threads_per_worker,
+            connect_timeout_sec=timeout,
+            tls_ca_file=ca_file,
+            tls_cert=cert,
+            tls_key=key,
+        )
+    )
 
 
 def command(
@@ -86,21 +89,17 @@ def command(
             help="imagenet (Keras download + cache), a local weights file, or random[:SEED] "
             "(seeded random backbone: offline smoke runs only)."
         ),
-    ] = "imagenet",
+    ] = DEFAULTS.weights,
     backbone: Annotated[
-        str,
-        typer.Option(
-            callback=_known_backbone,
-            help="mobilenet_v2, efficientnet_b0 or efficientnet_v2_b0 (all 1280-d features; "
-            "see the README's backbone table).",
-        ),
-    ] = "mobilenet_v2",
+        Backbone,
+        typer.Option(help="All give 1280-d features; see the README's backbone table."),
+    ] = DEFAULTS.backbone,
     input_size: Annotated[
         int, typer.Option(callback=bounded(32, 1024), help="Backbone input side, pixels.")
-    ] = 224,
+    ] = DEFAULTS.input_size,
     resize: Annotated[
-        str, typer.Option(help="crop (centre-crop, keep aspect) or squash.")
-    ] = "crop",
+        Resize, typer.Option(help="crop: centre-crop keeping aspect; squash: stretch.")
+    ] = DEFAULTS.resize,
     fps: Annotated[
         float,
         typer.Option(
@@ -108,22 +107,20 @@ def command(
             help="Sample this many frames/s of presentation time; 0: every frame.",
         ),
     ] = 0.0,
-    dtype: Annotated[
-        str, typer.Option(help="Stored feature dtype: float16 or float32.")
-    ] = "float16",
+    dtype: Annotated[FeatureDtype, typer.Option(help="Stored feature dtype.")] = DEFAULTS.dtype,
     batch_size: Annotated[
         int, typer.Option(callback=bounded(1, MAX_BATCH), help="Frames per backbone batch.")
-    ] = 32,
+    ] = DEFAULTS.batch_size,
     mixed_precision: Annotated[
         bool, typer.Option(help="float16 compute (for GPUs with tensor cores).")
-    ] = False,
+    ] = DEFAULTS.mixed_precision,
     rehash: Annotated[
         bool,
         typer.Option(
             help="Hash every listed file, even those whose path, size and mtime match the "
             "store (finds content replaced with the same size and mtime, e.g. cp -p)."
         ),
-    ] = False,
+    ] = DEFAULTS.rehash,
     decoders: Annotated[
         str,
         typer.Option(
@@ -186,7 +183,7 @@ def command(
     ] = None,
 ) -> None:
     """Decode every video, run the frozen backbone once per frame, cache features in HDF5."""
-    from pipeline.extract import ExtractOptions, run_extraction
+    from pipeline.extract import run_extraction
     from pipeline.extract_report import ExtractInterrupted
     from pipeline.featurize import parse_decoders
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline.choices import ArrayFormat
 from stages import console
 from stages.options import bounded
 
@@ -150,13 +150,6 @@ def verify(store: StorePath) -> None:
     typer.echo(f"{store}: all {report.videos} videos intact ({report.frames:,} frames read)")
 
 
-class ExportFormat(StrEnum):
-    """File format of ``vrnn store export``."""
-
-    npy = "npy"
-    npz = "npz"
-
-
 MAX_WINDOW = 1_000_000
 """Rows per window or stride (far above any video's frame count)."""
 
@@ -166,9 +159,9 @@ def export(
     store: StorePath,
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
     fmt: Annotated[
-        ExportFormat,
+        ArrayFormat,
         typer.Option("--format", help="npy: features + .timestamps.npy; npz: one file each."),
-    ] = ExportFormat.npy,
+    ] = ArrayFormat.NPY,
     keep_dtype: Annotated[
         bool, typer.Option("--keep-dtype", help="Keep the stored dtype (default: float32).")
     ] = False,
@@ -188,7 +181,7 @@ def export(
     from pipeline.outputs import STORE_EXPORT, check_output
     from pipeline.store_export import ExportOptions, export_store
 
-    options = ExportOptions(fmt.value, keep_dtype, window, stride)
+    options = ExportOptions(fmt=fmt, keep_dtype=keep_dtype, window=window, stride=stride)
     check_output(out_dir, STORE_EXPORT, overwrite=overwrite)
     with _progress("export") as on_video:
         done = export_store(store, out_dir, options, on_video)

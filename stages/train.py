@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from pipeline.choices import Head
+from pipeline.train_config import TrainConfig
 from stages import console
 from stages.options import (
     MAX_BATCH,
@@ -18,6 +20,9 @@ from stages.options import (
     MAX_UNITS,
     bounded,
 )
+
+DEFAULTS = TrainConfig()
+"""The one source of ``vrnn train``'s defaults."""
 
 
 def _epoch_line(epochs: int) -> Callable[[int, dict[str, float]], None]:
@@ -46,40 +51,40 @@ def command(
         ),
     ] = Path("models"),
     head: Annotated[
-        str, typer.Option(help="lstm, gru, bigru, meanpool or trend (linear baselines).")
-    ] = "lstm",
+        Head, typer.Option(help="Recurrent heads, or a linear baseline (meanpool, trend).")
+    ] = DEFAULTS.head,
     seq_len: Annotated[
         int, typer.Option(callback=bounded(1, MAX_SEQ_LEN), help="Frames per sample.")
-    ] = 16,
+    ] = DEFAULTS.seq_len,
     units: Annotated[
         int, typer.Option(callback=bounded(1, MAX_UNITS), help="Recurrent units per layer.")
-    ] = 64,
+    ] = DEFAULTS.units,
     layers: Annotated[
         int, typer.Option(callback=bounded(1, MAX_LAYERS), help="Stacked recurrent layers.")
-    ] = 1,
+    ] = DEFAULTS.layers,
     dropout: Annotated[
         float, typer.Option(callback=bounded(0, 0.99), help="Dropout before the softmax layer.")
-    ] = 0.0,
+    ] = DEFAULTS.dropout,
     dense_units: Annotated[
         int, typer.Option(callback=bounded(0, MAX_UNITS), help="Hidden dense width (0: none).")
-    ] = 32,
+    ] = DEFAULTS.dense_units,
     epochs: Annotated[
         int, typer.Option(callback=bounded(1, MAX_EPOCHS), help="Maximum epochs.")
-    ] = 30,
+    ] = DEFAULTS.epochs,
     batch_size: Annotated[
         int, typer.Option(callback=bounded(1, MAX_BATCH), help="Sequences per step.")
-    ] = 32,
+    ] = DEFAULTS.batch_size,
     lr: Annotated[
         float,
         typer.Option("--lr", callback=bounded(0, 10, low_open=True), help="Adam learning rate."),
-    ] = 1e-3,
+    ] = DEFAULTS.learning_rate,
     patience: Annotated[
         int,
         typer.Option(callback=bounded(0, MAX_EPOCHS), help="Early-stopping patience (epochs)."),
-    ] = 5,
+    ] = DEFAULTS.patience,
     seed: Annotated[
         int, typer.Option(callback=bounded(0, MAX_SEED), help="Seeds init, shuffling and crops.")
-    ] = 0,
+    ] = DEFAULTS.seed,
     memory_budget: Annotated[
         str,
         typer.Option(
@@ -89,27 +94,26 @@ def command(
     ] = "2GiB",
     normalize: Annotated[
         bool, typer.Option(help="Standardize features with train-split statistics (in the model).")
-    ] = False,
+    ] = DEFAULTS.normalize,
     projection: Annotated[
         int,
         typer.Option(
             callback=bounded(0, MAX_UNITS),
             help="Per-frame linear projection width before the RNN (0: none).",
         ),
-    ] = 0,
+    ] = DEFAULTS.projection,
     input_dropout: Annotated[
         float, typer.Option(callback=bounded(0, 0.99), help="Dropout on the RNN's inputs.")
-    ] = 0.0,
+    ] = DEFAULTS.input_dropout,
     weight_decay: Annotated[
         float, typer.Option(callback=bounded(0, 1), help="AdamW weight decay (0: Adam).")
-    ] = 0.0,
+    ] = DEFAULTS.weight_decay,
 ) -> None:
     """Train an RNN head on cached features (labels and splits from the manifest)."""
     from pipeline.join import describe_missing
     from pipeline.manifest import read_manifest
     from pipeline.outputs import MODEL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
-    from pipeline.train_config import TrainConfig
     from pipeline.training import train
 
     config = TrainConfig(

@@ -185,7 +185,7 @@ BAD_EXPORTS = {
     ),
     "unknown format": (
         ["-o", "{tmp}/m.onnx", "--format", "onnx"],
-        "unknown --format 'onnx'; choose one of keras, savedmodel, tflite",
+        "Invalid value for '--format': Value error, 'onnx' is not one of 'keras', 'savedmodel',",
     ),
     "not a savedmodel": (
         ["-o", "{tmp}", "--format", "savedmodel"],

@@ -110,7 +110,7 @@ def test_extra_padding_does_not_change_a_prediction(name):
 
 
 def test_bad_head_options_are_config_errors():
-    with pytest.raises(ConfigError, match="unknown head 'transformer'; choose one of lstm"):
+    with pytest.raises(ConfigError, match="--head 'transformer': choose one of lstm"):
         heads.build_head("transformer", num_classes=2, seq_len=4)
     with pytest.raises(ConfigError, match="--seq-len"):
         heads.build_head("lstm", num_classes=2, seq_len=0)
