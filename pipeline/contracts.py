@@ -61,6 +61,12 @@ class ExtractorConfig:
     feature_dim: int = FEATURE_DIM
     mixed_precision: bool = False
 
+    def __post_init__(self) -> None:
+        # options arrive as StrEnum members (pipeline.choices); the record, its JSON and the
+        # store's HDF5 attributes hold plain text
+        for name in ("weights", "resize", "dtype", "backbone"):
+            object.__setattr__(self, name, str(getattr(self, name)))
+
     def to_dict(self) -> dict:
         """Plain JSON-able dict (``fps`` None stays None)."""
         return asdict(self)

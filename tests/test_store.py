@@ -21,6 +21,7 @@ from pipeline.errors import StoreError
 from pipeline.store import StoreBuilder, open_store, shards_dir_for, write_failure, write_part
 from pipeline.store_commit import link_shards, read_staging
 from stages.cli import app
+from tests.reliability.helpers import flip_feature_chunk
 
 FORMAT_DOC = Path(__file__).parents[1] / "docs" / "FORMAT.md"
 
@@ -116,13 +117,7 @@ def test_corrupted_feature_bytes_are_detected_naming_the_video(tmp_path: Path) -
     with StoreBuilder(store_path, CONFIG) as builder:
         write_part(builder.parts_dir, CONFIG, vf)
         builder.commit()
-    with h5py.File(store_path, "r") as f:  # through the index's external link, to the shard
-        features = f["videos"][vf.video_id]["features"]
-        chunk, shard = features.id.get_chunk_info(0), Path(features.file.filename)
-    data = bytearray(shard.read_bytes())
-    middle = chunk.byte_offset + chunk.size // 2
-    data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
-    shard.write_bytes(bytes(data))
+    flip_feature_chunk(store_path, vf.video_id)
     with open_store(store_path) as store, pytest.raises(StoreError, match=vf.video_id):
         store.read(vf.video_id)
 

@@ -16,6 +16,7 @@ from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures
 from pipeline.store import StoreBuilder, open_store, shards_dir_for, write_failure, write_part
 from pipeline.store_export import file_names, pool_windows
 from stages.cli import app
+from tests.reliability.helpers import flip_feature_chunk
 
 CONFIG = ExtractorConfig(weights="random:seed=0", weights_sha256="cd" * 32, input_size=32)
 
@@ -63,17 +64,6 @@ def videos(tmp_path: Path) -> list[VideoFeatures]:
 
 def _invoke(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _flip_chunk(store: Path, video_id: str) -> None:
-    with h5py.File(store, "r") as f:  # the index links each video to its shard file
-        features = f["videos"][video_id]["features"]
-        chunk, shard = features.id.get_chunk_info(0), features.file.filename
-    with open(shard, "r+b") as f:  # flip 8 bytes in the middle of the compressed chunk
-        f.seek(chunk.byte_offset + chunk.size // 2)
-        data = f.read(8)
-        f.seek(chunk.byte_offset + chunk.size // 2)
-        f.write(bytes(255 - b for b in data))
 
 
 @pytest.mark.parametrize("window,stride", [(4, 4), (4, 2), (5, 3), (1, 1), (30, 7), (23, 1)])
@@ -131,7 +121,7 @@ def test_verify_passes_a_clean_store_and_names_a_flipped_chunk(tmp_path, videos)
     assert clean.exit_code == 0, clean.output
     assert "all 4 videos intact" in clean.output
     victim = videos[3]
-    _flip_chunk(store, victim.video_id)
+    flip_feature_chunk(store, victim.video_id)
     with open_store(store) as fs:  # the other videos still read
         fs.read(videos[0].video_id)
     result = _invoke("store", "verify", store)

@@ -15,7 +15,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from test_train_evaluate import BACKBONE_SHA256, CONFIG, PER_SPLIT, build_store, make_videos
@@ -28,6 +27,7 @@ from pipeline.manifest import write_manifest
 from pipeline.model_dir import load_model_dir
 from pipeline.store import backbone_sidecar, open_store, shards_dir_for
 from stages.cli import app
+from tests.reliability.helpers import flip_feature_chunk
 
 
 @pytest.fixture(autouse=True)
@@ -228,14 +228,7 @@ def test_a_corrupt_chunk_met_while_streaming_fails_like_in_memory(data, tmp_path
     victim = next(r for r in data["records"] if r.split == "train")
     with open_store(store) as opened:
         video_id = opened.video_id_for(victim.path)
-    with h5py.File(store, "r") as f:  # the index links each video to its shard file
-        features = f["videos"][video_id]["features"]
-        chunk, shard = features.id.get_chunk_info(0), features.file.filename
-    with open(shard, "r+b") as f:  # flip 8 bytes in the middle of the compressed chunk
-        f.seek(chunk.byte_offset + chunk.size // 2)
-        raw = f.read(8)
-        f.seek(chunk.byte_offset + chunk.size // 2)
-        f.write(bytes(255 - b for b in raw))
+    flip_feature_chunk(store, video_id)
     errors = []
     for budget in ("2GiB", "0"):
         result = CliRunner().invoke(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from pipeline.contracts import VideoRecord
@@ -209,3 +210,20 @@ def write_csv_manifest(
         for i, video in enumerate(videos)
     ]
     return write_manifest(records, path)
+
+
+def flip_feature_chunk(store: Path, video_id: str) -> Path:
+    """Invert 8 bytes in the middle of ``video_id``'s first compressed feature chunk.
+
+    Found through the index's link to the shard file, as any reader finds it; the chunk's
+    fletcher32 checksum no longer matches, so reading it must fail. Returns the shard's path.
+    """
+    with h5py.File(store, "r") as f:
+        features = f["videos"][video_id]["features"]
+        chunk, shard = features.id.get_chunk_info(0), Path(features.file.filename)
+    with open(shard, "r+b") as f:
+        f.seek(chunk.byte_offset + chunk.size // 2)
+        data = f.read(8)
+        f.seek(chunk.byte_offset + chunk.size // 2)
+        f.write(bytes(255 - b for b in data))
+    return shard

@@ -29,6 +29,7 @@ from .helpers import (
     assert_one_error_line,
     assert_same_store,
     extract_args,
+    flip_feature_chunk,
     leftovers,
     run_vrnn,
     snapshot,
@@ -184,15 +185,9 @@ def test_corrupted_feature_bytes_are_reported_by_train_naming_the_video(
 ) -> None:
     store = copy_store(reference, tmp_path)  # with its backbone weights: train needs them
     victim = reference.contents.ids[3]
-    with h5py.File(store, "r") as f:  # the index links each video to its shard file
-        features = f["videos"][victim]["features"]
-        chunk, shard = features.id.get_chunk_info(0), features.file.filename
+    with h5py.File(store, "r") as f:
         source = f["videos"][victim].attrs["source_path"]
-    with open(shard, "r+b") as f:  # flip 8 bytes in the middle of the compressed chunk
-        f.seek(chunk.byte_offset + chunk.size // 2)
-        data = f.read(8)
-        f.seek(chunk.byte_offset + chunk.size // 2)
-        f.write(bytes(255 - b for b in data))
+    flip_feature_chunk(store, victim)
     trained = run_vrnn(
         "train", clips.all_csv, store, "-o", tmp_path / "model",
         "--epochs", "1", "--units", "4", "--seq-len", "4", "--batch-size", "4",

@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.store_export import pool_windows
 
 from .conftest import CleanStore, Clips, copy_store
-from .helpers import assert_one_error_line, run_vrnn
+from .helpers import assert_one_error_line, flip_feature_chunk, run_vrnn
 
 
 def test_info_verify_export_on_an_extracted_store(
@@ -54,15 +54,9 @@ def test_verify_names_the_video_with_a_flipped_feature_chunk(
 ) -> None:
     store = copy_store(reference, tmp_path)
     victim = reference.contents.ids[6]
-    with h5py.File(store, "r") as f:  # the index links each video to its shard file
-        features = f["videos"][victim]["features"]
-        chunk, shard = features.id.get_chunk_info(0), features.file.filename
+    with h5py.File(store, "r") as f:
         source = f["videos"][victim].attrs["source_path"]
-    with open(shard, "r+b") as f:  # flip 8 bytes in the middle of the compressed chunk
-        f.seek(chunk.byte_offset + chunk.size // 2)
-        data = f.read(8)
-        f.seek(chunk.byte_offset + chunk.size // 2)
-        f.write(bytes(255 - b for b in data))
+    flip_feature_chunk(store, victim)
     verified = run_vrnn("store", "verify", store, cwd=tmp_path)
     assert verified.returncode == 1
     assert_one_error_line(verified.stderr, "1 of 16 videos missing or corrupt")
