@@ -2,8 +2,9 @@
 
 Writers never share a file: each finished video is a small part file renamed into
 ``<store>.parts/``, already laid out as a shard. :meth:`StoreBuilder.commit` hard-links the
-new parts into ``<store>.d/`` as immutable shards and atomically replaces the small index
-file (``<store>``) that references them; old shards are never touched. Readers therefore
+new parts into ``<store>.d/`` as immutable shards, adds a small delta index file beside them
+and atomically replaces the small root file (``<store>``) that names them
+(:mod:`pipeline.store_generations`); old shards and index files are never touched. Readers therefore
 only ever see a complete store, and a kill at any moment loses at most the videos in flight.
 Reading lives in :mod:`pipeline.store_read`, the index tables in :mod:`pipeline.store_index`.
 """
@@ -36,7 +37,7 @@ from pipeline.store_commit import (
     read_staging,
     remove_unreferenced,
 )
-from pipeline.store_index import StoreIndex, read_index, write_index
+from pipeline.store_generations import publish, read_generation, referenced_files
 from pipeline.store_layout import (
     CHUNK_ROWS,
     FEATURES,
@@ -45,13 +46,11 @@ from pipeline.store_layout import (
     atomic_bytes,
     atomic_json,
     discard,
-    fsync_dir,
     h5_text,
     os_reason,
     parts_dir_for,
     require_free_space,
     shards_dir_for,
-    temp_path_for,
     write_config_attrs,
     write_error,
 )
@@ -195,32 +194,6 @@ def write_alias(parts_dir: Path, source: Path, video_id: str) -> Path:
 # --------------------------------------------------------------------------- committing
 
 
-def read_committed(store_path: Path) -> StoreIndex:
-    """The tables of a committed store's index (empty when there is no store yet)."""
-    if not store_path.exists():
-        return StoreIndex()
-    with h5py.File(store_path, "r") as f:
-        return read_index(f)
-
-
-def replace_index(
-    store_path: Path, index: StoreIndex, config: ExtractorConfig, *, incremental: bool
-) -> None:
-    """Write ``index`` beside the store under a temporary name, fsync, rename it over the store.
-
-    With ``incremental``, the previous index file is the starting point (only changed links
-    are written). Raises :class:`OSError` on failure; the previous index is then unchanged.
-    """
-    tmp = temp_path_for(store_path)
-    base = store_path if incremental and store_path.exists() else None
-    try:
-        write_index(tmp, index, config, shards_dir_for(store_path).name, base=base)
-        os.replace(tmp, store_path)
-        fsync_dir(store_path.parent)
-    finally:
-        discard(tmp)
-
-
 class StoreBuilder:
     """Exclusive writer of one store: owns the lock, the staging directory and the commit.
 
@@ -275,12 +248,11 @@ class StoreBuilder:
         """
         for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
             discard(stale)
-        removed = remove_unreferenced(self.shards_dir, set(self._referenced_shards()))
+        root, index = read_generation(self.path)
+        referenced = referenced_files(self.shards_dir, root, index)
+        removed = remove_unreferenced(self.shards_dir, referenced)
         if removed:
-            log.info("removed %d shard file(s) no commit references", len(removed))
-
-    def _referenced_shards(self) -> list[str]:
-        return [entry.shard for entry in read_committed(self.path).videos.values()]
+            log.info("removed %d file(s) no commit references", len(removed))
 
     def _acquire_lock(self) -> None:
         lock_path = _lock_path_for(self.path)
@@ -326,31 +298,31 @@ class StoreBuilder:
         return staged_video_ids(self.parts_dir)
 
     def commit(self) -> CommitSummary:
-        """Add the staged videos to the store: link them in as shards, replace the index.
+        """Add the staged videos to the store: link them in as shards, publish a generation.
 
-        Steps: read staging → merge (pure) → write (shard links, then the index under a
-        temporary name) → replace (rename). Staged files are deleted only after the rename,
-        so a kill at any point leaves the old or the new store plus redoable parts; shards
-        linked by a killed commit are removed by the next writer.
+        Steps: read staging → merge (pure) → write (shard links, the delta index file, the
+        links file, the root under a temporary name) → replace (rename the root). Staged
+        files are deleted only after the rename, so a kill at any point leaves the old or the
+        new store plus redoable parts; files written by a killed commit are removed by the
+        next writer.
         """
         staging = read_staging(self.parts_dir)
-        committed = read_committed(self.path)
+        root, committed = read_generation(self.path)
         index, new, summary = merge(committed, staging)
         if self.path.exists() and changes_nothing(committed, staging):
             summary.videos = len(committed.videos)
             self._clear_staged(staging.files)
             return summary
-        index_bytes = self.path.stat().st_size if self.path.exists() else 0
-        require_free_space(
+        require_free_space(  # room for a fold into a new base: rare, but never half-done
             self.path.parent,
-            index_bytes * 2 + 256 * len(index.paths) + 2**20,
+            512 * (len(index.videos) + len(index.paths)) + 2**20,
             "the new store index",
             f"the previous {self.path.name} is unchanged and finished videos stay staged in "
             f"{self.parts_dir.name}/; free space and rerun to commit them",
         )
         try:
             link_shards(new, self.shards_dir)
-            replace_index(self.path, index, self.config, incremental=True)
+            publish(self.path, self.config, root, committed, index)
         except OSError as e:
             raise StoreError(
                 f"cannot write {self.path} ({os_reason(e)}); the previous store is unchanged "

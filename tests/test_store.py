@@ -137,7 +137,7 @@ def test_not_a_store(tmp_path: Path, content: bytes) -> None:
         open_store(tmp_path / "absent.h5")
 
 
-# --------------------------------------------------------------------------- format version 2
+# --------------------------------------------------------------------------- format version 3
 
 
 def _commit(store_path: Path, videos: list[VideoFeatures], config: ExtractorConfig = CONFIG):
