@@ -16,6 +16,7 @@ costs O(videos) and happens after the deltas have grown to about the base's size
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import dataclass
@@ -86,7 +87,10 @@ def load_index(shards_dir: Path, root: Root) -> StoreIndex:
     """The store's tables: the base, then each delta (``FileNotFoundError`` if one is gone)."""
     index = StoreIndex()
     for name in root.index_files:
-        apply(index, read_index_file(shards_dir / name))
+        try:
+            apply(index, read_index_file(shards_dir / name))
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "no index file", name) from None
     return index
 
 
@@ -176,6 +180,7 @@ def publish(
     Writes the commit's delta (or, for a new store or with ``rebuild``, a base and fresh
     links files), folds deltas, brings a links file up to date, then atomically replaces the
     root file. Only after that rename are the index and links files it superseded deleted.
+    A commit that changes nothing publishes nothing (the root is returned as it is).
     The caller holds the writer's lock and has already put any new shard in place. Raises
     :class:`OSError` on failure; the previous root and every file it names are then intact.
     """
@@ -190,6 +195,8 @@ def publish(
         keep_links, since = {links, _copy_links(shards_dir, links)}, generation
     else:
         delta = diff(old, new)
+        if not delta.rows:  # e.g. staged parts of videos a killed run already committed
+            return root
         files = [*zip(root.index_files, root.index_rows, strict=True)]
         files.append((_new_index_file(shards_dir, delta, DELTA, generation), delta.rows))
         files = _fold(shards_dir, files, new, generation)
