@@ -4,9 +4,10 @@ Run:  python benchmarks/bench_store.py [--sizes 2000 10000 20000] [--frames 180]
 
 Synthetic stores (no decoding), grown in place from the smallest size to the largest: filler
 videos in shards of 1,000 plus a rebuilt base index (``publish(rebuild=True)``, as after a
-compaction); then at each size:
-  * append        — write ``--append`` new videos' parts and commit them (best of
-                    ``--repeats``, each one growing the store; the most any of them wrote is
+compaction), copied aside at each size; then, side by side (``--repeats`` rounds, each
+appending once to every copy), at each size:
+  * append        — write ``--append`` new videos' parts and commit them (best of the
+                    rounds, each one growing the store; the most any of them wrote is
                     shown too: a commit that folds deltas writes more): wall seconds and
                     bytes this process wrote (``wchar`` of /proc/self/io), next to the new
                     shards' size plus the new index files' and root's size;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,15 +81,13 @@ def _wchar() -> int:
     raise RuntimeError("no wchar in /proc/self/io")
 
 
-def _add_filler(store: Path, start: int, count: int, frames: int) -> None:
-    """Add ``count`` filler videos as one shard, then write a new base index.
+def _add_filler(store: Path, index: StoreIndex, start: int, count: int, frames: int) -> None:
+    """Add ``count`` filler videos to ``index`` as one new shard of ``store``.
 
     Writing 20k part files one by one takes most of an hour on a loaded 2-core machine, so
     the filler goes straight into shards (the shard layout, written by the store's own
     ``_write_video``); the measured append goes through ``write_part`` + ``commit``.
     """
-    root, old = read_generation(store)
-    index = StoreIndex(dict(old.videos), dict(old.paths), dict(old.failures))
     shards = shards_dir_for(store)
     shards.mkdir(exist_ok=True)
     name = f"shard-filler{start:08d}.h5"
@@ -96,18 +96,37 @@ def _add_filler(store: Path, start: int, count: int, frames: int) -> None:
         write_config_attrs(f, CONFIG, shard=True)
         group = f.create_group("videos")
         for n in range(start, start + count):
-            vf = _video(store.parent, n, frames, False, rng)
+            vf = _video(store.parent.parent, n, frames, False, rng)
             _write_video(group, vf, CONFIG.dtype)
             index.videos[vf.video_id] = VideoEntry(name, frames)
             st = Path(vf.info.path).stat()
             index.paths[vf.info.path] = PathEntry(vf.video_id, st.st_size, st.st_mtime_ns)
+
+
+def _grow(store: Path, target: int, frames: int) -> None:
+    """Grow ``store`` to ``target`` videos, then publish one new base (as after a compaction)."""
+    root, old = read_generation(store)
+    index = StoreIndex(dict(old.videos), dict(old.paths), dict(old.failures))
+    for start in range(len(old.videos), target, 1000):
+        _add_filler(store, index, start, min(1000, target - start), frames)
     publish(store, CONFIG, root, old, index, rebuild=True)
+
+
+def _copy(store: Path, directory: Path) -> Path:
+    """A full copy of ``store`` (root and directory) in ``directory``: the path of the copy.
+
+    A real copy, not hard links: a commit updates the spare links file in place.
+    """
+    directory.mkdir()
+    shutil.copy2(store, directory / store.name)
+    shutil.copytree(shards_dir_for(store), shards_dir_for(directory / store.name))
+    return directory / store.name
 
 
 def _measure_append(store: Path, start: int, count: int, frames: int) -> dict:
     before_shards = set(shards_dir_for(store).iterdir())
     rng = np.random.default_rng(start)
-    videos = [_video(store.parent, start + i, frames, True, rng) for i in range(count)]
+    videos = [_video(store.parent.parent, start + i, frames, True, rng) for i in range(count)]
     written, t = _wchar(), time.perf_counter()
     with StoreBuilder(store, CONFIG) as builder:
         for vf in videos:
@@ -136,20 +155,26 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="where to build (default: tmp)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.root) as tmp:
-        store = Path(tmp) / "features.h5"
+        growing = Path(tmp) / "growing" / "features.h5"
+        growing.parent.mkdir()
         (Path(tmp) / "sources").mkdir()
-        rows, size, next_id = [], 0, 10**9
+        stores, rows = {}, {}
         for target in sorted(args.sizes):
             t = time.perf_counter()
-            for start in range(size, target, 1000):
-                _add_filler(store, start, min(1000, target - start), args.frames)
-            row = {"videos": target, "build_s": time.perf_counter() - t}
-            appends = []
-            for _ in range(args.repeats):  # best of N: the machine is shared and noisy
-                appends.append(_measure_append(store, next_id, args.append, args.frames))
+            _grow(growing, target, args.frames)
+            stores[target] = _copy(growing, Path(tmp) / f"store{target}")
+            rows[target] = {"videos": target, "build_s": time.perf_counter() - t}
+        # Side by side: each round appends once to every store, so load changes hit all sizes.
+        appends: dict[int, list[dict]] = {size: [] for size in stores}
+        next_id = 10**9
+        for _ in range(args.repeats):
+            for size, store in stores.items():
+                appends[size].append(_measure_append(store, next_id, args.append, args.frames))
                 next_id += args.append
-            row |= min(appends, key=lambda a: a["append_s"])
-            row["max_written_mb"] = max(a["written_mb"] for a in appends)
+        for size, store in stores.items():
+            row = rows[size]
+            row |= min(appends[size], key=lambda a: a["append_s"])
+            row["max_written_mb"] = max(a["written_mb"] for a in appends[size])
             probe = subprocess.run(
                 [sys.executable, "-c", PROBE, str(store), row.pop("lookup")],
                 capture_output=True, text=True, check=False,
@@ -157,9 +182,8 @@ def main() -> None:
             if probe.returncode:
                 raise SystemExit(probe.stderr)
             row |= json.loads(probe.stdout)
-            rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-            size = target + args.append * args.repeats
+        rows = [rows[size] for size in sorted(rows)]
     print(f"\nappend {args.append} videos × {args.frames} frames (float16) to a store of N videos")
     print(
         "| videos | append s | written MB (most of all appends) | new shards MB | new index MB "
