@@ -113,15 +113,17 @@ def advance_links(
     tmp = temp_path_for(shards_dir / name)
     try:
         f = _open_for_update(shards_dir / spare[0]) if spare else None
-        if f is not None:
-            since = spare[1]
-            os.replace(shards_dir / spare[0], tmp)  # hold it open: nobody else can lock it
+        recycled = spare if f is not None else None
+        if recycled:
+            since = recycled[1]
         else:
             since = links_generation(shards_dir / current)
             shutil.copyfile(shards_dir / current, tmp)
             f = h5py.File(tmp, "r+")
         with f:
-            _add_links(f, videos, since if since is not None else -1, generation)
+            if recycled:  # kept open meanwhile: nobody else can lock it
+                os.replace(shards_dir / recycled[0], tmp)
+            _add_links(f, videos, -1 if since is None else since, generation)
         os.replace(tmp, shards_dir / name)
     finally:
         discard(tmp)

@@ -33,7 +33,8 @@ def store_info(path: Path) -> dict:
 
     Keys: ``store``, ``videos``, ``frames``, ``bytes`` (``index``: root, index and links files;
     ``shards``; ``total``: what the store occupies on disk), ``shards`` (count, ``missing``
-    names), ``extractor`` (the recorded configuration), ``failures`` (``count``, ``first``: path and reason of the first few),
+    names), ``extractor`` (the recorded configuration), ``failures`` (``count``, ``first``:
+    path and reason of the first few),
     ``partial_decodes`` (``count``, ``first``: videos that lost frames to damage),
     ``timestamps_repaired`` (videos and rows whose timestamps were repaired).
 
