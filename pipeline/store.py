@@ -37,7 +37,8 @@ from pipeline.store_commit import (
     read_staging,
     remove_unreferenced,
 )
-from pipeline.store_generations import publish, read_generation, referenced_files
+from pipeline.store_generations import Root, publish, read_generation, referenced_files
+from pipeline.store_index import StoreIndex, stamped
 from pipeline.store_layout import (
     CHUNK_ROWS,
     FEATURES,
@@ -54,7 +55,13 @@ from pipeline.store_layout import (
     write_config_attrs,
     write_error,
 )
-from pipeline.store_read import FeatureStore, open_store, video_info_from_attrs
+from pipeline.store_read import (
+    FeatureStore,
+    open_store,
+    read_store_config,
+    require_same_features,
+    video_info_from_attrs,
+)
 
 __all__ = [
     "CommitSummary",
@@ -211,6 +218,8 @@ class StoreBuilder:
         self.parts_dir = parts_dir_for(self.path)
         self.shards_dir = shards_dir_for(self.path)
         self._lock_fd: int | None = None
+        self._committed: tuple[Root, StoreIndex] | None = None
+        """The committed generation, read once under the lock (only this writer changes it)."""
 
     def __enter__(self) -> StoreBuilder:
         if not self.path.parent.is_dir():
@@ -248,7 +257,7 @@ class StoreBuilder:
         """
         for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
             discard(stale)
-        root, index = read_generation(self.path)
+        root, index = self._generation()
         referenced = referenced_files(self.shards_dir, root, index)
         removed = remove_unreferenced(self.shards_dir, referenced)
         if removed:
@@ -278,11 +287,11 @@ class StoreBuilder:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+        self._committed = None
 
     def _check_existing(self) -> None:
-        if self.path.exists():
-            with open_store(self.path) as store:
-                store.require_config(self.config)
+        if self.path.exists():  # the root's attributes only: O(1) whatever the store's size
+            require_same_features(self.path, read_store_config(self.path), self.config)
         staged = self.parts_dir / "config.json"
         if staged.exists():
             other = ExtractorConfig.from_dict(json.loads(staged.read_text()))
@@ -307,7 +316,7 @@ class StoreBuilder:
         next writer.
         """
         staging = read_staging(self.parts_dir)
-        root, committed = read_generation(self.path)
+        root, committed = self._generation()
         index, new, summary = merge(committed, staging)
         if self.path.exists() and changes_nothing(committed, staging):
             summary.videos = len(committed.videos)
@@ -322,14 +331,20 @@ class StoreBuilder:
         )
         try:
             link_shards(new, self.shards_dir)
-            publish(self.path, self.config, root, committed, index)
+            published = publish(self.path, self.config, root, committed, index)
         except OSError as e:
             raise StoreError(
                 f"cannot write {self.path} ({os_reason(e)}); the previous store is unchanged "
                 f"and finished videos stay staged in {self.parts_dir} until a rerun commits them"
             ) from e
+        self._committed = (published, stamped(index, published.generation))
         self._clear_staged(staging.files)
         return summary
+
+    def _generation(self) -> tuple[Root, StoreIndex]:
+        if self._committed is None:
+            self._committed = read_generation(self.path)
+        return self._committed
 
     def _clear_staged(self, files: list[Path]) -> None:
         for staged in files:

@@ -128,29 +128,32 @@ def _strings(group: h5py.Group, name: str) -> list[str]:
     if f"{name}_bytes" not in group:  # a column version 2 did not have (``removed``)
         return []
     data = group[f"{name}_bytes"][()].tobytes()
-    offsets = group[f"{name}_offsets"][()].tolist()
-    return [os.fsdecode(data[a:b]) for a, b in itertools.pairwise(offsets)]
+    bounds = itertools.pairwise(group[f"{name}_offsets"][()].tolist())
+    if data.isascii():  # the usual case: decode once, slice (byte offsets = str offsets)
+        text = data.decode("ascii")
+        return [text[a:b] for a, b in bounds]
+    return [os.fsdecode(data[a:b]) for a, b in bounds]
 
 
 def _ids(dataset: h5py.Dataset) -> list[str]:
-    return [v.decode("ascii") for v in dataset[()].tolist()]
+    return dataset[()].astype(str).tolist()  # ASCII, NUL padding dropped
 
 
 def _read_catalog(f: h5py.File) -> dict[str, VideoEntry]:
     catalog, names = f[CATALOG], _ids(f[SHARDS]["names"])
-    shard, frames = catalog["shard"][()].tolist(), catalog["frames"][()].tolist()
+    shard = [names[s] for s in catalog["shard"][()].tolist()]
+    frames = catalog["frames"][()].tolist()
     # Version 2 had no generation column: its videos all predate the first generation.
     generation = catalog["generation"][()].tolist() if "generation" in catalog else [0] * len(shard)
-    rows = zip(_ids(catalog["video_ids"]), shard, frames, generation, strict=True)
-    return {vid: VideoEntry(names[s], n, g) for vid, s, n, g in rows}
+    entries = map(VideoEntry, shard, frames, generation)
+    return dict(zip(_ids(catalog["video_ids"]), entries, strict=True))
 
 
 def _read_paths(f: h5py.File) -> dict[str, PathEntry | None]:
     g = f[PATH_INDEX]
-    columns = (_ids(g["video_ids"]), g["sizes"][()].tolist(), g["mtimes_ns"][()].tolist())
     rows: dict[str, PathEntry | None] = dict.fromkeys(_strings(g, REMOVED))
-    for path, *entry in zip(_strings(g, "paths"), *columns, strict=True):
-        rows[path] = PathEntry(*entry)
+    columns = (_ids(g["video_ids"]), g["sizes"][()].tolist(), g["mtimes_ns"][()].tolist())
+    rows.update(zip(_strings(g, "paths"), map(PathEntry, *columns), strict=True))
     return rows
 
 

@@ -59,6 +59,22 @@ def _open_index(path: Path) -> h5py.File:
     return f
 
 
+def require_same_features(path: Path, have: ExtractorConfig, expected: ExtractorConfig) -> None:
+    """Raise :class:`StoreError` naming both configurations unless they compute the same
+    features (weights compared by sha256, not by name)."""
+    if not have.same_features(expected):
+        raise StoreError(
+            f"{path} was built by a different extractor: store has "
+            f"({have.describe()}), expected ({expected.describe()})"
+        )
+
+
+def read_store_config(path: Path) -> ExtractorConfig:
+    """A committed store's extractor configuration, from its root file alone (format checked)."""
+    with _open_index(path) as f:
+        return config_of(f)
+
+
 class FeatureStore:
     """Read-only view of a committed store. Prefer :func:`open_store`."""
 
@@ -128,11 +144,7 @@ class FeatureStore:
     def require_config(self, expected: ExtractorConfig) -> None:
         """Raise :class:`StoreError` naming both configurations unless they compute the same
         features (weights compared by sha256, not by name)."""
-        if not self.config.same_features(expected):
-            raise StoreError(
-                f"{self.path} was built by a different extractor: store has "
-                f"({self.config.describe()}), expected ({expected.describe()})"
-            )
+        require_same_features(self.path, self.config, expected)
 
     def video_id_for(self, source: Path) -> str | None:
         """The stored id for a video file, or None when its content is not in the store.

@@ -547,3 +547,19 @@ def test_a_version_2_store_is_refused_naming_migrate_then_migrates_keeping_its_s
     _commit(store_path, [_video(tmp_path, "new.mp4", 3, 42)])
     with h5py.File(store_path, "r") as f:
         assert len(f["videos"]) == 4
+
+
+def test_two_commits_of_one_writer_each_record_only_their_own_videos(tmp_path: Path) -> None:
+    store_path = tmp_path / "f.h5"
+    _commit(store_path, [_video(tmp_path, f"{i}.mp4", 3, i) for i in range(8)])
+    first, second = _video(tmp_path, "a.mp4", 3, 40), _video(tmp_path, "b.mp4", 3, 41)
+    with StoreBuilder(store_path, CONFIG) as builder:  # the generation read once, then kept
+        write_part(builder.parts_dir, CONFIG, first)
+        builder.commit()
+        write_part(builder.parts_dir, CONFIG, second)
+        builder.commit()
+    with open_store(store_path) as store:
+        generations = {vid: entry.generation for vid, entry in store.catalog.items()}
+    # Not re-stamped by the second commit (which would also re-add its link and row).
+    assert generations[second.video_id] == generations[first.video_id] + 1
+    assert set(generations.values()) == {1, 2, 3}
