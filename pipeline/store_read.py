@@ -122,7 +122,7 @@ class FeatureStore:
 
     @property
     def catalog(self) -> dict[str, VideoEntry]:
-        """``{video_id: VideoEntry(shard, frames)}`` of every stored video."""
+        """``{video_id: VideoEntry(shard, frames, generation)}`` of every stored video."""
         return self._catalog
 
     def __contains__(self, video_id: str) -> bool:
