@@ -1,13 +1,16 @@
-"""Feature store v2: does appending cost O(new data) whatever the store's size?
+"""Feature store v3: does appending cost O(new data) whatever the store's size?
 
 Run:  python benchmarks/bench_store.py [--sizes 2000 10000 20000] [--frames 180] [--append 20]
 
 Synthetic stores (no decoding), grown in place from the smallest size to the largest: filler
-videos in shards of 1,000 plus a full index (``replace_index``); then at each size:
-  * append        — write ``--append`` new videos' parts and commit them (best of
-                    ``--repeats``, each one growing the store): wall seconds and
+videos in shards of 1,000 plus a rebuilt base index (``publish(rebuild=True)``, as after a
+compaction), copied aside at each size; then, side by side (``--repeats`` rounds, each
+appending once to every copy), at each size:
+  * append        — write ``--append`` new videos' parts and commit them (best of the
+                    rounds, each one growing the store; the most any of them wrote is
+                    shown too: a commit that folds deltas writes more): wall seconds and
                     bytes this process wrote (``wchar`` of /proc/self/io), next to the new
-                    shards' size plus the new index's size;
+                    shards' size plus the new index files' and root's size;
   * open + lookup — a fresh process: ``open_store`` + ``video_id_for`` of one stored path
                     (size/mtime fast path), seconds;
   * RSS           — that process's peak RSS (VmHWM) after opening the store and reading 100
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,14 +35,8 @@ import h5py
 import numpy as np
 
 from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo
-from pipeline.store import (
-    StoreBuilder,
-    _write_video,
-    read_committed,
-    replace_index,
-    shards_dir_for,
-    write_part,
-)
+from pipeline.store import StoreBuilder, _write_video, shards_dir_for, write_part
+from pipeline.store_generations import publish, read_generation
 from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
 from pipeline.store_layout import write_config_attrs
 
@@ -84,7 +82,7 @@ def _wchar() -> int:
 
 
 def _add_filler(store: Path, index: StoreIndex, start: int, count: int, frames: int) -> None:
-    """Add ``count`` filler videos as one shard, then write the index from scratch.
+    """Add ``count`` filler videos to ``index`` as one new shard of ``store``.
 
     Writing 20k part files one by one takes most of an hour on a loaded 2-core machine, so
     the filler goes straight into shards (the shard layout, written by the store's own
@@ -98,18 +96,37 @@ def _add_filler(store: Path, index: StoreIndex, start: int, count: int, frames: 
         write_config_attrs(f, CONFIG, shard=True)
         group = f.create_group("videos")
         for n in range(start, start + count):
-            vf = _video(store.parent, n, frames, False, rng)
+            vf = _video(store.parent.parent, n, frames, False, rng)
             _write_video(group, vf, CONFIG.dtype)
             index.videos[vf.video_id] = VideoEntry(name, frames)
             st = Path(vf.info.path).stat()
             index.paths[vf.info.path] = PathEntry(vf.video_id, st.st_size, st.st_mtime_ns)
-    replace_index(store, index, CONFIG, incremental=False)
+
+
+def _grow(store: Path, target: int, frames: int) -> None:
+    """Grow ``store`` to ``target`` videos, then publish one new base (as after a compaction)."""
+    root, old = read_generation(store)
+    index = StoreIndex(dict(old.videos), dict(old.paths), dict(old.failures))
+    for start in range(len(old.videos), target, 1000):
+        _add_filler(store, index, start, min(1000, target - start), frames)
+    publish(store, CONFIG, root, old, index, rebuild=True)
+
+
+def _copy(store: Path, directory: Path) -> Path:
+    """A full copy of ``store`` (root and directory) in ``directory``: the path of the copy.
+
+    A real copy, not hard links: a commit updates the spare links file in place.
+    """
+    directory.mkdir()
+    shutil.copy2(store, directory / store.name)
+    shutil.copytree(shards_dir_for(store), shards_dir_for(directory / store.name))
+    return directory / store.name
 
 
 def _measure_append(store: Path, start: int, count: int, frames: int) -> dict:
     before_shards = set(shards_dir_for(store).iterdir())
     rng = np.random.default_rng(start)
-    videos = [_video(store.parent, start + i, frames, True, rng) for i in range(count)]
+    videos = [_video(store.parent.parent, start + i, frames, True, rng) for i in range(count)]
     written, t = _wchar(), time.perf_counter()
     with StoreBuilder(store, CONFIG) as builder:
         for vf in videos:
@@ -117,12 +134,14 @@ def _measure_append(store: Path, start: int, count: int, frames: int) -> dict:
         builder.commit()
         builder.discard_staging()
     seconds, written = time.perf_counter() - t, _wchar() - written
-    new_bytes = sum(p.stat().st_size for p in set(shards_dir_for(store).iterdir()) - before_shards)
+    new_files = set(shards_dir_for(store).iterdir()) - before_shards
+    new_shards = sum(p.stat().st_size for p in new_files if p.name.startswith("shard-"))
+    new_index = sum(p.stat().st_size for p in new_files if p.name.startswith("index-"))
     return {
         "append_s": seconds,
         "written_mb": written / 1e6,
-        "new_shards_mb": new_bytes / 1e6,
-        "index_mb": store.stat().st_size / 1e6,
+        "new_shards_mb": new_shards / 1e6,
+        "index_mb": (store.stat().st_size + new_index) / 1e6,
         "lookup": str(videos[0].info.path),
     }
 
@@ -136,20 +155,26 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="where to build (default: tmp)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.root) as tmp:
-        store = Path(tmp) / "features.h5"
+        growing = Path(tmp) / "growing" / "features.h5"
+        growing.parent.mkdir()
         (Path(tmp) / "sources").mkdir()
-        rows, size, next_id = [], 0, 10**9
+        stores, rows = {}, {}
         for target in sorted(args.sizes):
             t = time.perf_counter()
-            index = read_committed(store)
-            for start in range(size, target, 1000):
-                _add_filler(store, index, start, min(1000, target - start), args.frames)
-            row = {"videos": target, "build_s": time.perf_counter() - t}
-            appends = []
-            for _ in range(args.repeats):  # best of N: the machine is shared and noisy
-                appends.append(_measure_append(store, next_id, args.append, args.frames))
+            _grow(growing, target, args.frames)
+            stores[target] = _copy(growing, Path(tmp) / f"store{target}")
+            rows[target] = {"videos": target, "build_s": time.perf_counter() - t}
+        # Side by side: each round appends once to every store, so load changes hit all sizes.
+        appends: dict[int, list[dict]] = {size: [] for size in stores}
+        next_id = 10**9
+        for _ in range(args.repeats):
+            for size, store in stores.items():
+                appends[size].append(_measure_append(store, next_id, args.append, args.frames))
                 next_id += args.append
-            row |= min(appends, key=lambda a: a["append_s"])
+        for size, store in stores.items():
+            row = rows[size]
+            row |= min(appends[size], key=lambda a: a["append_s"])
+            row["max_written_mb"] = max(a["written_mb"] for a in appends[size])
             probe = subprocess.run(
                 [sys.executable, "-c", PROBE, str(store), row.pop("lookup")],
                 capture_output=True, text=True, check=False,
@@ -157,20 +182,20 @@ def main() -> None:
             if probe.returncode:
                 raise SystemExit(probe.stderr)
             row |= json.loads(probe.stdout)
-            rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-            size = target + args.append * args.repeats
+        rows = [rows[size] for size in sorted(rows)]
     print(f"\nappend {args.append} videos × {args.frames} frames (float16) to a store of N videos")
     print(
-        "| videos | append s | written MB | new shards MB | index MB | written ÷ (shards+index) "
-        "| open + lookup ms | peak RSS MB (before open) |"
+        "| videos | append s | written MB (most of all appends) | new shards MB | new index MB "
+        "| written ÷ (shards+index) | open + lookup ms | peak RSS MB (before open) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ratio = r["written_mb"] / (r["new_shards_mb"] + r["index_mb"])
         print(
-            f"| {r['videos']:,} | {r['append_s']:.2f} | {r['written_mb']:.1f} | "
-            f"{r['new_shards_mb']:.1f} | {r['index_mb']:.2f} | {ratio:.2f} | "
+            f"| {r['videos']:,} | {r['append_s']:.2f} | {r['written_mb']:.2f} "
+            f"({r['max_written_mb']:.2f}) | "
+            f"{r['new_shards_mb']:.2f} | {r['index_mb']:.3f} | {ratio:.2f} | "
             f"{r['open_lookup_s'] * 1e3:.0f} | {r['rss_mb']:.0f} ({r['rss_before_mb']:.0f}) |"
         )
     first, last = rows[0], rows[-1]

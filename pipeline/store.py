@@ -2,8 +2,9 @@
 
 Writers never share a file: each finished video is a small part file renamed into
 ``<store>.parts/``, already laid out as a shard. :meth:`StoreBuilder.commit` hard-links the
-new parts into ``<store>.d/`` as immutable shards and atomically replaces the small index
-file (``<store>``) that references them; old shards are never touched. Readers therefore
+new parts into ``<store>.d/`` as immutable shards, adds a small delta index file beside them
+and atomically replaces the small root file (``<store>``) that names them
+(:mod:`pipeline.store_generations`); old shards and index files are never touched. Readers therefore
 only ever see a complete store, and a kill at any moment loses at most the videos in flight.
 Reading lives in :mod:`pipeline.store_read`, the index tables in :mod:`pipeline.store_index`.
 """
@@ -36,7 +37,8 @@ from pipeline.store_commit import (
     read_staging,
     remove_unreferenced,
 )
-from pipeline.store_index import StoreIndex, read_index, write_index
+from pipeline.store_generations import Root, publish, read_generation, referenced_files
+from pipeline.store_index import StoreIndex, stamped
 from pipeline.store_layout import (
     CHUNK_ROWS,
     FEATURES,
@@ -52,7 +54,13 @@ from pipeline.store_layout import (
     write_config_attrs,
     write_error,
 )
-from pipeline.store_read import FeatureStore, open_store, video_info_from_attrs
+from pipeline.store_read import (
+    FeatureStore,
+    open_store,
+    read_store_config,
+    require_same_features,
+    video_info_from_attrs,
+)
 
 __all__ = [
     "CommitSummary",
@@ -194,27 +202,6 @@ def write_alias(parts_dir: Path, source: Path, video_id: str) -> Path:
 # --------------------------------------------------------------------------- committing
 
 
-def read_committed(store_path: Path) -> StoreIndex:
-    """The tables of a committed store's index (empty when there is no store yet)."""
-    if not store_path.exists():
-        return StoreIndex()
-    with h5py.File(store_path, "r") as f:
-        return read_index(f)
-
-
-def replace_index(
-    store_path: Path, index: StoreIndex, config: ExtractorConfig, *, incremental: bool
-) -> None:
-    """Write ``index`` beside the store under a temporary name, fsync, rename it over the store.
-
-    With ``incremental``, the previous index file is the starting point (only changed links
-    are written). Raises :class:`OSError` on failure; the previous index is then unchanged.
-    """
-    base = store_path if incremental and store_path.exists() else None
-    with fsio.replacing(store_path, durable=True) as tmp:
-        write_index(tmp, index, config, shards_dir_for(store_path).name, base=base)
-
-
 class StoreBuilder:
     """Exclusive writer of one store: owns the lock, the staging directory and the commit.
 
@@ -232,6 +219,8 @@ class StoreBuilder:
         self.parts_dir = parts_dir_for(self.path)
         self.shards_dir = shards_dir_for(self.path)
         self._lock_fd: int | None = None
+        self._committed: tuple[Root, StoreIndex] | None = None
+        """The committed generation, read once under the lock (only this writer changes it)."""
 
     def __enter__(self) -> StoreBuilder:
         if not self.path.parent.is_dir():
@@ -269,12 +258,11 @@ class StoreBuilder:
         """
         fsio.remove_leftovers(self.path)
         fsio.remove_leftovers(backbone_sidecar(self.path), suffix=WEIGHTS_SUFFIX)
-        removed = remove_unreferenced(self.shards_dir, set(self._referenced_shards()))
+        root, index = self._generation()
+        referenced = referenced_files(self.shards_dir, root, index)
+        removed = remove_unreferenced(self.shards_dir, referenced)
         if removed:
-            log.info("removed %d shard file(s) no commit references", len(removed))
-
-    def _referenced_shards(self) -> list[str]:
-        return [entry.shard for entry in read_committed(self.path).videos.values()]
+            log.info("removed %d file(s) no commit references", len(removed))
 
     def _acquire_lock(self) -> None:
         lock_path = _lock_path_for(self.path)
@@ -300,11 +288,11 @@ class StoreBuilder:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+        self._committed = None
 
     def _check_existing(self) -> None:
-        if self.path.exists():
-            with open_store(self.path) as store:
-                store.require_config(self.config)
+        if self.path.exists():  # the root's attributes only: O(1) whatever the store's size
+            require_same_features(self.path, read_store_config(self.path), self.config)
         staged = self.parts_dir / "config.json"
         if staged.exists():
             other = ExtractorConfig.from_dict(json.loads(staged.read_text()))
@@ -320,38 +308,44 @@ class StoreBuilder:
         return staged_video_ids(self.parts_dir)
 
     def commit(self) -> CommitSummary:
-        """Add the staged videos to the store: link them in as shards, replace the index.
+        """Add the staged videos to the store: link them in as shards, publish a generation.
 
-        Steps: read staging → merge (pure) → write (shard links, then the index under a
-        temporary name) → replace (rename). Staged files are deleted only after the rename,
-        so a kill at any point leaves the old or the new store plus redoable parts; shards
-        linked by a killed commit are removed by the next writer.
+        Steps: read staging → merge (pure) → write (shard links, the delta index file, the
+        links file, the root under a temporary name) → replace (rename the root). Staged
+        files are deleted only after the rename, so a kill at any point leaves the old or the
+        new store plus redoable parts; files written by a killed commit are removed by the
+        next writer.
         """
         staging = read_staging(self.parts_dir)
-        committed = read_committed(self.path)
+        root, committed = self._generation()
         index, new, summary = merge(committed, staging)
         if self.path.exists() and changes_nothing(committed, staging):
             summary.videos = len(committed.videos)
             self._clear_staged(staging.files)
             return summary
-        index_bytes = self.path.stat().st_size if self.path.exists() else 0
-        require_free_space(
+        require_free_space(  # room for a fold into a new base: rare, but never half-done
             self.path.parent,
-            index_bytes * 2 + 256 * len(index.paths) + 2**20,
+            512 * (len(index.videos) + len(index.paths)) + 2**20,
             "the new store index",
             f"the previous {self.path.name} is unchanged and finished videos stay staged in "
             f"{self.parts_dir.name}/; free space and rerun to commit them",
         )
         try:
             link_shards(new, self.shards_dir)
-            replace_index(self.path, index, self.config, incremental=True)
+            published = publish(self.path, self.config, root, committed, index)
         except OSError as e:
             raise StoreError(
                 f"cannot write {self.path} ({os_reason(e)}); the previous store is unchanged "
                 f"and finished videos stay staged in {self.parts_dir} until a rerun commits them"
             ) from e
+        self._committed = (published, stamped(index, published.generation))
         self._clear_staged(staging.files)
         return summary
+
+    def _generation(self) -> tuple[Root, StoreIndex]:
+        if self._committed is None:
+            self._committed = read_generation(self.path)
+        return self._committed
 
     def _clear_staged(self, files: list[Path]) -> None:
         for staged in files:

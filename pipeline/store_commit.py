@@ -2,9 +2,10 @@
 
 Staged part files already have the shard layout, so "writing" a new video's shard is a hard
 link into the shard directory (a copy where the file system has no hard links): no feature
-byte is read or rewritten by the committing process. The index is then written under a
-temporary name and renamed over the store. Until that rename the new shards are unreferenced;
-:func:`remove_unreferenced` (run by the next writer, under the lock) deletes such leftovers.
+byte is read or rewritten by the committing process. A new generation of the index is then
+published (:mod:`pipeline.store_generations`). Until its root is renamed into place the new
+shards, index and links files are unreferenced; :func:`remove_unreferenced` (run by the next
+writer, under the lock) deletes such leftovers.
 """
 
 from __future__ import annotations
@@ -155,14 +156,19 @@ def _copy_durably(source: Path, target: Path) -> None:
             os.fsync(f.fileno())
 
 
+STORE_FILES = ("shard-*.h5", "index-*.h5", "links-*.h5")
+
+
 def remove_unreferenced(shards_dir: Path, referenced: set[str]) -> list[Path]:
-    """Delete shard files (and temp files) no committed index references; the ones removed.
+    """Delete shard, index and links files (and temp files) not in ``referenced``; the ones
+    removed.
 
     Only a writer holding the store's lock may call this: a reader never deletes anything.
     """
     if not shards_dir.is_dir():
         return []
-    stale = [p for p in shards_dir.glob("shard-*.h5") if p.name not in referenced]
+    found = (p for pattern in STORE_FILES for p in shards_dir.glob(pattern))
+    stale = [p for p in found if p.name not in referenced]
     stale += list(shards_dir.glob(".*.tmp"))
     for path in stale:
         fsio.remove(path)

@@ -1,16 +1,17 @@
-"""The index file of a version-2 store: catalog, path index, failures and per-video links.
+"""Index files of a version-3 store: the tables of a base index or of one commit's delta.
 
-All tables are plain columnar datasets (fixed-width ASCII ids, int64 numbers, strings as one
-UTF-8 byte column plus offsets), so any HDF5 reader can load them; see docs/FORMAT.md. A
-commit copies the previous index file, appends the new ``videos/<id>`` external links and
-rewrites the columns in place: its cost grows with the number of videos, never their frames.
+An index file holds rows of the catalog (video → shard), the path index and the failures, as
+plain columnar datasets (fixed-width ASCII ids, int64 numbers, strings as one UTF-8 byte
+column plus offsets), so any HDF5 reader can load them; see docs/FORMAT.md. A *base* holds
+every row; a *delta* holds only the rows one or more commits added or changed, plus the
+paths they removed. Reading the base and then each delta in order gives the store's tables.
+Index files are written once under a temporary name and never modified afterwards.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,18 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
-from pipeline.contracts import ExtractionFailure, ExtractorConfig
+from pipeline import __version__, fsio
+from pipeline.contracts import ExtractionFailure
+from pipeline.errors import StoreError
 from pipeline.identity import VIDEO_ID_HEX
-from pipeline.store_layout import FAILURES, SHARDS_ATTR, VIDEOS, write_config_attrs
+from pipeline.store_layout import FAILURES, FORMAT_VERSION
 
+INDEX_FORMAT_NAME = "video-rnn-index"
 CATALOG = "catalog"
 SHARDS = "shards"
 PATH_INDEX = "path_index"
+REMOVED = "removed"
+BASE, DELTA = "base", "delta"
 ID_DTYPE = f"S{VIDEO_ID_HEX + 1}"
 ROWS_PER_CHUNK = 1024
 BYTES_PER_CHUNK = 1 << 16
@@ -40,80 +46,147 @@ class PathEntry(NamedTuple):
 
 
 class VideoEntry(NamedTuple):
-    """Where one stored video lives: its shard file name and its number of feature rows."""
+    """Where one stored video lives, its feature rows, and the commit that stored it."""
 
     shard: str
     frames: int
+    generation: int = 0
 
 
 @dataclass
 class StoreIndex:
-    """Everything an index file holds besides its provenance attributes."""
+    """The store's tables: what the base and every delta add up to."""
 
     videos: dict[str, VideoEntry] = field(default_factory=dict)
     paths: dict[str, PathEntry] = field(default_factory=dict)
     failures: dict[str, ExtractionFailure] = field(default_factory=dict)
 
 
+@dataclass
+class IndexDelta:
+    """The rows of one index file; ``None`` marks a path removed from that table."""
+
+    videos: dict[str, VideoEntry] = field(default_factory=dict)
+    paths: dict[str, PathEntry | None] = field(default_factory=dict)
+    failures: dict[str, ExtractionFailure | None] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """Rows over all tables (the size that decides when deltas are folded)."""
+        return len(self.videos) + len(self.paths) + len(self.failures)
+
+
+def _changed(old: dict, new: dict) -> dict:
+    changed = {key: value for key, value in new.items() if old.get(key) != value}
+    return changed | {key: None for key in old.keys() - new.keys()}
+
+
+def diff(old: StoreIndex, new: StoreIndex) -> IndexDelta:
+    """The delta that turns ``old`` into ``new`` (rows added, changed or removed)."""
+    videos = _changed(old.videos, new.videos)
+    if None in videos.values():
+        raise ValueError("a commit never removes a stored video")
+    return IndexDelta(videos, _changed(old.paths, new.paths), _changed(old.failures, new.failures))
+
+
+def stamped(index: StoreIndex, generation: int) -> StoreIndex:
+    """``index`` with every video that has no generation yet (a new one) given ``generation``."""
+    videos = {
+        vid: entry if entry.generation else entry._replace(generation=generation)
+        for vid, entry in index.videos.items()
+    }
+    return StoreIndex(videos, index.paths, index.failures)
+
+
+def apply(index: StoreIndex, delta: IndexDelta) -> None:
+    """Apply ``delta`` to ``index`` in place (a later index file wins)."""
+    index.videos.update(delta.videos)
+    for table, rows in ((index.paths, delta.paths), (index.failures, delta.failures)):
+        for key, value in rows.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
+
+def combine(first: IndexDelta, then: IndexDelta) -> IndexDelta:
+    """One delta with the effect of ``first`` followed by ``then``."""
+    return IndexDelta(
+        first.videos | then.videos, first.paths | then.paths, first.failures | then.failures
+    )
+
+
+def as_base(index: StoreIndex) -> IndexDelta:
+    """The rows of a base index file holding ``index`` (no removals)."""
+    return IndexDelta(dict(index.videos), dict(index.paths), dict(index.failures))
+
+
 # --------------------------------------------------------------------------- reading
 
 
 def _strings(group: h5py.Group, name: str) -> list[str]:
+    if f"{name}_bytes" not in group:  # a column version 2 did not have (``removed``)
+        return []
     data = group[f"{name}_bytes"][()].tobytes()
-    offsets = group[f"{name}_offsets"][()].tolist()
-    return [os.fsdecode(data[a:b]) for a, b in itertools.pairwise(offsets)]
+    bounds = itertools.pairwise(group[f"{name}_offsets"][()].tolist())
+    if data.isascii():  # the usual case: decode once, slice (byte offsets = str offsets)
+        text = data.decode("ascii")
+        return [text[a:b] for a, b in bounds]
+    return [os.fsdecode(data[a:b]) for a, b in bounds]
 
 
 def _ids(dataset: h5py.Dataset) -> list[str]:
-    return [v.decode("ascii") for v in dataset[()].tolist()]
+    return dataset[()].astype(str).tolist()  # ASCII, NUL padding dropped
 
 
-def read_catalog(f: h5py.File) -> dict[str, VideoEntry]:
-    """``{video_id: VideoEntry}`` of every stored video."""
+def _read_catalog(f: h5py.File) -> dict[str, VideoEntry]:
     catalog, names = f[CATALOG], _ids(f[SHARDS]["names"])
-    shard, frames = catalog["shard"][()].tolist(), catalog["frames"][()].tolist()
-    return {
-        vid: VideoEntry(names[s], n)
-        for vid, s, n in zip(_ids(catalog["video_ids"]), shard, frames, strict=True)
-    }
+    shard = [names[s] for s in catalog["shard"][()].tolist()]
+    frames = catalog["frames"][()].tolist()
+    # Version 2 had no generation column: its videos all predate the first generation.
+    generation = catalog["generation"][()].tolist() if "generation" in catalog else [0] * len(shard)
+    entries = map(VideoEntry, shard, frames, generation)
+    return dict(zip(_ids(catalog["video_ids"]), entries, strict=True))
 
 
-def read_paths(f: h5py.File) -> dict[str, PathEntry]:
-    """``{source path: PathEntry}``: the path index."""
+def _read_paths(f: h5py.File) -> dict[str, PathEntry | None]:
     g = f[PATH_INDEX]
+    rows: dict[str, PathEntry | None] = dict.fromkeys(_strings(g, REMOVED))
     columns = (_ids(g["video_ids"]), g["sizes"][()].tolist(), g["mtimes_ns"][()].tolist())
-    return {
-        path: PathEntry(*entry) for path, *entry in zip(_strings(g, "paths"), *columns, strict=True)
-    }
+    rows.update(zip(_strings(g, "paths"), map(PathEntry, *columns), strict=True))
+    return rows
 
 
-def read_failures(f: h5py.File) -> dict[str, ExtractionFailure]:
-    """``{path: ExtractionFailure}``: videos whose last extraction failed."""
+def _read_failures(f: h5py.File) -> dict[str, ExtractionFailure | None]:
     g = f[FAILURES]
     ids = [v or None for v in _ids(g["video_ids"])]
-    rows = zip(_strings(g, "paths"), _strings(g, "reasons"), ids, strict=True)
-    return {path: ExtractionFailure(path, reason, vid) for path, reason, vid in rows}
+    rows: dict[str, ExtractionFailure | None] = dict.fromkeys(_strings(g, REMOVED))
+    for path, reason, vid in zip(_strings(g, "paths"), _strings(g, "reasons"), ids, strict=True):
+        rows[path] = ExtractionFailure(path, reason, vid)
+    return rows
 
 
-def read_index(f: h5py.File) -> StoreIndex:
-    """All tables of an open index file."""
-    return StoreIndex(read_catalog(f), read_paths(f), read_failures(f))
+def read_tables(f: h5py.File) -> IndexDelta:
+    """The rows of an open index file (or of a version-2 index, which had the same tables)."""
+    return IndexDelta(_read_catalog(f), _read_paths(f), _read_failures(f))
+
+
+def read_index_file(path: Path) -> IndexDelta:
+    """The rows of one index file (``FileNotFoundError`` when it is not there)."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != INDEX_FORMAT_NAME:
+            raise StoreError(f"{path}: not a video-rnn index file")
+        return read_tables(f)
 
 
 # --------------------------------------------------------------------------- writing
 
 
 def _put(group: h5py.Group, name: str, data: np.ndarray, chunk: int = ROWS_PER_CHUNK) -> None:
-    """Write a 1-D column, resizing it in place when it exists (no space is leaked)."""
-    if name in group:
-        dataset = group[name]
-        dataset.resize(data.shape)
+    if len(data) > chunk:
+        group.create_dataset(name, data=data, chunks=(chunk,))
     else:
-        dataset = group.create_dataset(
-            name, shape=data.shape, dtype=data.dtype, maxshape=(None,), chunks=(chunk,)
-        )
-    if len(data):
-        dataset[...] = data
+        group.create_dataset(name, data=data)
 
 
 def _put_strings(group: h5py.Group, name: str, values: Iterable[str]) -> None:
@@ -128,65 +201,51 @@ def _put_ids(group: h5py.Group, name: str, ids: Iterable[str | None]) -> None:
     _put(group, name, np.array([(v or "").encode("ascii") for v in ids], dtype=ID_DTYPE))
 
 
-def _write_tables(f: h5py.File, index: StoreIndex) -> None:
-    videos = sorted(index.videos.items())
+def _split(rows: dict) -> tuple[list, list[str]]:
+    kept = sorted((key, value) for key, value in rows.items() if value is not None)
+    return kept, sorted(key for key, value in rows.items() if value is None)
+
+
+def _write_tables(f: h5py.File, delta: IndexDelta) -> None:
+    videos = sorted(delta.videos.items())
     shard_names = sorted({entry.shard for _, entry in videos})
     row = {name: i for i, name in enumerate(shard_names)}
-    _put(f.require_group(SHARDS), "names", np.array(shard_names, dtype="S64"))
-    catalog = f.require_group(CATALOG)
+    _put(f.create_group(SHARDS), "names", np.array(shard_names, dtype="S64"))
+    catalog = f.create_group(CATALOG)
     _put_ids(catalog, "video_ids", (vid for vid, _ in videos))
     _put(catalog, "shard", np.array([row[e.shard] for _, e in videos], np.int32))
     _put(catalog, "frames", np.array([e.frames for _, e in videos], np.int64))
-    paths = sorted(index.paths.items())
-    g = f.require_group(PATH_INDEX)
+    _put(catalog, "generation", np.array([e.generation for _, e in videos], np.int64))
+    paths, removed = _split(delta.paths)
+    g = f.create_group(PATH_INDEX)
     _put_strings(g, "paths", (p for p, _ in paths))
     _put_ids(g, "video_ids", (e.video_id for _, e in paths))
     _put(g, "sizes", np.array([e.size for _, e in paths], np.int64))
     _put(g, "mtimes_ns", np.array([e.mtime_ns for _, e in paths], np.int64))
-    failures = sorted(index.failures.values(), key=lambda x: x.path)
-    g = f.require_group(FAILURES)
-    _put_strings(g, "paths", (x.path for x in failures))
-    _put_strings(g, "reasons", (x.reason for x in failures))
-    _put_ids(g, "video_ids", (x.video_id for x in failures))
+    _put_strings(g, REMOVED, removed)
+    failures, removed = _split(delta.failures)
+    g = f.create_group(FAILURES)
+    _put_strings(g, "paths", (p for p, _ in failures))
+    _put_strings(g, "reasons", (x.reason for _, x in failures))
+    _put_ids(g, "video_ids", (x.video_id for _, x in failures))
+    _put_strings(g, REMOVED, removed)
 
 
-def _update_links(
-    group: h5py.Group, shards: str, old: dict[str, VideoEntry], new: dict[str, VideoEntry]
-) -> None:
-    for vid, entry in old.items():
-        if new.get(vid, VideoEntry("", 0)).shard != entry.shard:
-            del group[vid]
-    for vid, entry in new.items():
-        if old.get(vid, VideoEntry("", 0)).shard != entry.shard:
-            group[vid] = h5py.ExternalLink(f"{shards}/{entry.shard}", f"/{VIDEOS}/{vid}")
-
-
-def write_index(
-    target: Path,
-    index: StoreIndex,
-    config: ExtractorConfig,
-    shards: str,
-    base: Path | None = None,
-) -> None:
-    """Write a complete index file at ``target`` (a temporary name: the caller renames it).
+def write_index_file(target: Path, delta: IndexDelta, *, kind: str, generation: int) -> None:
+    """Write an index file at ``target``: under a temporary name, fsynced, then renamed.
 
     Args:
-        target: the file to create.
-        index: the tables to store.
-        config: the extractor configuration (root attributes).
-        shards: the shard directory, relative to the index file's directory.
-        base: a previous index file of the same store to start from: it is copied and only
-            the links that changed are touched, so a commit does O(new videos) link work.
+        target: the final path (``<shards>/index-<hex>.h5``).
+        delta: its rows (a base has no removals).
+        kind: ``"base"`` or ``"delta"``.
+        generation: the last commit whose changes it holds.
     """
-    old: dict[str, VideoEntry] = {}
-    if base is not None:
-        shutil.copyfile(base, target)
-        with h5py.File(target, "r") as f:
-            old = read_catalog(f)
-    with h5py.File(target, "r+" if base is not None else "w") as f:
-        write_config_attrs(f, config)
-        f.attrs[SHARDS_ATTR] = shards
-        _update_links(f.require_group(VIDEOS), shards, old, index.videos)
-        _write_tables(f, index)
+    with fsio.replacing(target) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = INDEX_FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["tool_version"] = __version__
+        f.attrs["kind"] = kind
+        f.attrs["generation"] = generation
+        _write_tables(f, delta)
         f.flush()
         os.fsync(f.id.get_vfd_handle())

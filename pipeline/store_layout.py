@@ -1,9 +1,11 @@
 """Where a feature store's files live, their format markers, and its write errors.
 
-A version-2 store is an index file (``features.h5``) plus a directory of immutable shard
-files (``features.h5.d/shard-<hex>.h5``); see docs/FORMAT.md. Everything here is shared by
-the writer (:mod:`pipeline.store`), the index (:mod:`pipeline.store_index`), the reader
-(:mod:`pipeline.store_read`) and maintenance (:mod:`pipeline.store_maintenance`).
+A version-3 store is a small root file (``features.h5``) plus a directory
+(``features.h5.d/``) of immutable shard files (``shard-<hex>.h5``), immutable index files
+(``index-<hex>.h5``: a base and per-commit deltas) and links files (``links-<hex>.h5``); see
+docs/FORMAT.md. Everything here is shared by the writer (:mod:`pipeline.store`), the
+generations (:mod:`pipeline.store_generations`), the reader (:mod:`pipeline.store_read`) and
+maintenance (:mod:`pipeline.store_maintenance`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from pipeline.errors import StoreError
 
 FORMAT_NAME = "video-rnn-features"
 SHARD_FORMAT_NAME = "video-rnn-shard"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""Version of the root file's layout (index files and links files carry the same number)."""
+SHARD_FORMAT_VERSION = 2
+"""Version of the shard layout (unchanged since store format 2)."""
 VIDEOS = "videos"
 FEATURES = "features"
 TIMESTAMPS = "timestamps"
 FAILURES = "failures"
+MIGRATABLE_VERSIONS = (1, 2)
+"""Older store versions ``vrnn store migrate`` converts."""
 SHARDS_ATTR = "shards"
 """Root attribute of the index: the shard directory, relative to the index file's directory."""
 CHUNK_ROWS = 256
@@ -125,7 +132,7 @@ def atomic_json(path: Path, payload: dict) -> None:
 def write_config_attrs(f: h5py.File, config: ExtractorConfig, *, shard: bool = False) -> None:
     """Root provenance attributes of an index (or, with ``shard``, a shard) file."""
     f.attrs["format"] = SHARD_FORMAT_NAME if shard else FORMAT_NAME
-    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["format_version"] = SHARD_FORMAT_VERSION if shard else FORMAT_VERSION
     f.attrs["tool_version"] = __version__
     f.attrs["extractor"] = json.dumps(config.to_dict(), sort_keys=True)
     for key, value in config.to_dict().items():  # readable with h5dump / HDFView
@@ -135,16 +142,16 @@ def write_config_attrs(f: h5py.File, config: ExtractorConfig, *, shard: bool = F
 def check_format(path: Path, f: h5py.File, name: str = FORMAT_NAME) -> None:
     """Raise :class:`StoreError` unless ``f`` is a version-2 file of kind ``name``.
 
-    A version-1 store is refused with one line naming ``vrnn store migrate``.
+    A store of an older version (1 or 2) is refused with one line naming ``vrnn store migrate``.
     """
     if f.attrs.get("format") != name:
         raise StoreError(
             f"{path}: not a video-rnn {'shard' if name != FORMAT_NAME else 'feature store'}"
         )
     version = int(f.attrs.get("format_version", -1))
-    if version == 1 and name == FORMAT_NAME:
+    if version in MIGRATABLE_VERSIONS and name == FORMAT_NAME:
         raise StoreError(
-            f"{path} is a version 1 feature store; convert it once with "
+            f"{path} is a version {version} feature store; convert it once with "
             f"`vrnn store migrate {path}` (this vrnn reads version {FORMAT_VERSION})"
         )
     if version != FORMAT_VERSION:

@@ -1,9 +1,10 @@
-"""Store maintenance under the writer's lock: compact small shards, migrate version-1 stores.
+"""Store maintenance under the writer's lock: compact small shards, migrate older stores.
 
-Both build new shard files under temporary names, rename them into the shard directory,
-then atomically replace the index; superseded shards (or the version-1 file's contents) are
-deleted only after that. A kill at any point leaves the previous store readable; the next
-writer removes the unreferenced shards it left.
+Compaction and version-1 migration build new shard files under temporary names and rename
+them into the shard directory; then (also for a version-2 store, whose shards are kept as
+they are) a new base index and links files are written and the root atomically replaces the
+old file. Superseded shards, index and links files are deleted only after that. A kill at any
+point leaves the previous store readable; the next writer removes the files it left.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import h5py
 from pipeline import fsio
 from pipeline.contracts import ExtractionFailure, ExtractorConfig
 from pipeline.errors import StoreError
-from pipeline.store import StoreBuilder, read_committed, replace_index
+from pipeline.store import StoreBuilder
 from pipeline.store_commit import remove_unreferenced
-from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
+from pipeline.store_generations import Root, publish, read_generation, referenced_files
+from pipeline.store_index import PathEntry, StoreIndex, VideoEntry, read_tables
 from pipeline.store_layout import (
     FEATURES,
     FORMAT_NAME,
+    MIGRATABLE_VERSIONS,
     VIDEOS,
     config_of,
     new_shard_name,
@@ -104,16 +107,18 @@ def compact(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummar
     """Merge the store's shards smaller than ``max_bytes / 2`` into shards of ~``max_bytes``.
 
     Holds the writer's lock (an extraction appending to the same store is refused meanwhile).
-    Readers that opened the old index reload it when they meet a removed shard.
+    Readers that opened the old index reload it when they meet a removed shard. Also folds
+    every delta index file into a new base.
     """
     with open_store(store_path) as store:
         config = store.config
     with StoreBuilder(store_path, config) as builder:
-        index = read_committed(store_path)
+        root, index = read_generation(store_path)
         shards_dir = shards_dir_for(store_path)
         sizes = {e.shard: (shards_dir / e.shard).stat().st_size for e in index.videos.values()}
         small = sorted(s for s, n in sizes.items() if n < max_bytes // 2)
         summary = MaintenanceSummary(len(index.videos), len(sizes), len(sizes))
+        moved: dict[str, VideoEntry] = {}
         if len(small) > 1:
             require_free_space(
                 shards_dir, sum(sizes[s] for s in small) + 2**20, "compacted shards",
@@ -132,11 +137,14 @@ def compact(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummar
             finally:
                 for f in files.values():
                     f.close()
-            new = StoreIndex({**index.videos, **moved}, index.paths, index.failures)
-            replace_index(store_path, new, config, incremental=False)
-            remove_unreferenced(shards_dir, {e.shard for e in new.videos.values()})
-            summary.shards_after = len({e.shard for e in new.videos.values()})
-            summary.shards_written = len({e.shard for e in moved.values()})
+        new = StoreIndex({**index.videos, **moved}, index.paths, index.failures)
+        try:
+            published = publish(store_path, config, root, index, new, rebuild=True)
+        except OSError as e:
+            raise StoreError(f"cannot compact {store_path}: {os_reason(e)}") from e
+        remove_unreferenced(shards_dir, referenced_files(shards_dir, published, new))
+        summary.shards_after = len({e.shard for e in new.videos.values()})
+        summary.shards_written = len({e.shard for e in moved.values()})
         builder.discard_staging()
     return summary
 
@@ -150,35 +158,48 @@ def _read_v1(f: h5py.File) -> tuple[dict[str, PathEntry], dict[str, ExtractionFa
     )
 
 
-def migrate(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummary:
-    """Convert a version-1 store (one HDF5 file) into a version-2 store in place.
+def _read_v2(f: h5py.File) -> StoreIndex:
+    tables = read_tables(f)  # version 2 kept whole tables (no removals) in the index file
+    paths = {path: entry for path, entry in tables.paths.items() if entry is not None}
+    failures = {path: x for path, x in tables.failures.items() if x is not None}
+    return StoreIndex(tables.videos, paths, failures)
 
-    The videos are copied into new shards (raw chunks, no recompression), then the index
-    replaces the version-1 file atomically: until that rename the old store is intact.
+
+def migrate(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummary:
+    """Convert a version-1 or version-2 store into a version-3 store in place.
+
+    Version 1 (one HDF5 file): the videos are copied into new shards (raw chunks, no
+    recompression). Version 2: its shards are kept as they are. Then a base index, links files
+    and a root are written, and the root replaces the old file atomically: until that rename
+    the old store is intact.
     """
     with open_store_file(store_path) as f:
-        version = f.attrs.get("format_version")
-        if f.attrs.get("format") != FORMAT_NAME or int(version) != 1:
+        version = int(f.attrs.get("format_version", -1))
+        if f.attrs.get("format") != FORMAT_NAME or version not in MIGRATABLE_VERSIONS:
             raise StoreError(
-                f"{store_path}: not a version 1 feature store (format version {version}); "
-                "nothing to migrate"
+                f"{store_path}: not a version 1 or 2 feature store (format version "
+                f"{f.attrs.get('format_version')}); nothing to migrate"
             )
         config = config_of(f)
         shards_dir = shards_dir_for(store_path)
         with StoreBuilder(store_path, config).lock_only():
+            size = store_path.stat().st_size if version == 1 else 0
             require_free_space(
-                store_path.parent, store_path.stat().st_size + 2**20, "the migrated shards",
-                _remedy(store_path),
-            )  # fmt: skip
-            remove_unreferenced(shards_dir, set())  # a killed migration's shards
+                store_path.parent, size + 2**20, "the migrated store", _remedy(store_path)
+            )
             try:
-                shards_dir.mkdir(exist_ok=True)
-                groups = ((vid, f[VIDEOS][vid]) for vid in sorted(f[VIDEOS]))
-                videos = _pack(shards_dir, config, groups, max_bytes)
-                paths, failures = _read_v1(f)
-                index = StoreIndex(videos, paths, failures)
-                replace_index(store_path, index, config, incremental=False)
+                if version == 1:
+                    remove_unreferenced(shards_dir, set())  # a killed migration's files
+                    shards_dir.mkdir(exist_ok=True)
+                    groups = ((vid, f[VIDEOS][vid]) for vid in sorted(f[VIDEOS]))
+                    index = StoreIndex(_pack(shards_dir, config, groups, max_bytes), *_read_v1(f))
+                else:
+                    index = _read_v2(f)
+                    remove_unreferenced(shards_dir, {e.shard for e in index.videos.values()})
+                publish(store_path, config, Root(), StoreIndex(), index, rebuild=True)
             except OSError as e:
                 raise StoreError(f"cannot migrate {store_path}: {os_reason(e)}") from e
-    shards = len({e.shard for e in videos.values()})
-    return MaintenanceSummary(len(videos), 1, shards, shards)
+    shards = len({e.shard for e in index.videos.values()})
+    if version == 1:
+        return MaintenanceSummary(len(index.videos), 1, shards, shards)
+    return MaintenanceSummary(len(index.videos), shards, shards, 0)

@@ -1,10 +1,13 @@
-"""Reading a committed version-2 store: the index once, then videos straight from their shards.
+"""Reading a committed version-3 store: the index once, then videos straight from their shards.
 
-The reader does not follow the index's external links (those are for plain h5py users): it
-looks a video up in the catalog and reads it from its shard, keeping a few shard files open.
+The reader loads the root file and its index files (base, then deltas) once. It does not
+follow the external links (those are for plain h5py users): it looks a video up in the
+catalog and reads it from its shard, keeping a few shard files open.
 A shard the index references but the directory lacks is one error naming the missing
 shard(s) and the videos they held. When the index was replaced since it was opened (a
-compaction moved videos to new shards), the reader reloads it once before giving up.
+compaction moved videos to new shards), the reader reloads it once before giving up; an
+index file deleted while it was being loaded (a commit folded it away) means a newer root:
+the load starts over from it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
 from pipeline.identity import file_sha256, video_id_from_sha256
-from pipeline.store_index import PathEntry, VideoEntry, read_catalog, read_failures, read_paths
+from pipeline.store_generations import load_index, read_root
+from pipeline.store_index import PathEntry, VideoEntry
 from pipeline.store_layout import (
     FEATURES,
     SHARDS_ATTR,
@@ -33,6 +37,8 @@ from pipeline.store_layout import (
     open_store_file,
 )
 
+RELOADS = 20
+"""Times a reader starts its load over when commits keep folding index files away meanwhile."""
 OPEN_SHARDS = 16
 """Shard files a reader keeps open (least recently used ones are closed)."""
 NAMED_VIDEOS = 5
@@ -72,6 +78,22 @@ def _open_index(path: Path) -> h5py.File:
     return f
 
 
+def require_same_features(path: Path, have: ExtractorConfig, expected: ExtractorConfig) -> None:
+    """Raise :class:`StoreError` naming both configurations unless they compute the same
+    features (weights compared by sha256, not by name)."""
+    if not have.same_features(expected):
+        raise StoreError(
+            f"{path} was built by a different extractor: store has "
+            f"({have.describe()}), expected ({expected.describe()})"
+        )
+
+
+def read_store_config(path: Path) -> ExtractorConfig:
+    """A committed store's extractor configuration, from its root file alone (format checked)."""
+    with _open_index(path) as f:
+        return config_of(f)
+
+
 class FeatureStore:
     """Read-only view of a committed store. Prefer :func:`open_store`."""
 
@@ -81,13 +103,24 @@ class FeatureStore:
         self._load()
 
     def _load(self) -> None:
-        with _open_index(self.path) as f:
-            self._identity = _file_stat(self.path)
-            self.config: ExtractorConfig = config_of(f)
-            self.shards_dir = self.path.parent / str(f.attrs[SHARDS_ATTR])
-            self._catalog = read_catalog(f)
-            self._paths = read_paths(f)
-            self._failures = read_failures(f)
+        for _ in range(RELOADS):
+            with _open_index(self.path) as f:
+                self._identity = _file_stat(self.path)
+                self.config: ExtractorConfig = config_of(f)
+                self.shards_dir = self.path.parent / str(f.attrs[SHARDS_ATTR])
+                root = read_root(f)
+            try:
+                index = load_index(self.shards_dir, root)
+                break
+            except FileNotFoundError as e:
+                if _file_stat(self.path) == self._identity:  # not a newer root: really gone
+                    raise StoreError(
+                        f"{self.path}: index file {e.filename} is missing; restore the "
+                        f"{self.shards_dir.name} directory or re-extract"
+                    ) from None
+        else:
+            raise StoreError(f"{self.path} kept changing while it was opened; try again")
+        self._catalog, self._paths, self._failures = index.videos, index.paths, index.failures
         self.__dict__.pop("video_ids", None)
 
     def __enter__(self) -> FeatureStore:
@@ -108,7 +141,7 @@ class FeatureStore:
 
     @property
     def catalog(self) -> dict[str, VideoEntry]:
-        """``{video_id: VideoEntry(shard, frames)}`` of every stored video."""
+        """``{video_id: VideoEntry(shard, frames, generation)}`` of every stored video."""
         return self._catalog
 
     def __contains__(self, video_id: str) -> bool:
@@ -130,11 +163,7 @@ class FeatureStore:
     def require_config(self, expected: ExtractorConfig) -> None:
         """Raise :class:`StoreError` naming both configurations unless they compute the same
         features (weights compared by sha256, not by name)."""
-        if not self.config.same_features(expected):
-            raise StoreError(
-                f"{self.path} was built by a different extractor: store has "
-                f"({self.config.describe()}), expected ({expected.describe()})"
-            )
+        require_same_features(self.path, self.config, expected)
 
     def video_id_for(self, source: Path) -> str | None:
         """The stored id for a video file, or None when its content is not in the store.

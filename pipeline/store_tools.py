@@ -31,14 +31,15 @@ def _size(path: Path) -> int:
 def store_info(path: Path) -> dict:
     """A JSON-able summary of a committed store.
 
-    Keys: ``store``, ``videos``, ``frames``, ``bytes`` (``index``, ``shards``, ``total``: what the
-    store occupies on disk), ``shards`` (count, ``missing`` names), ``extractor`` (the recorded
-    configuration), ``failures`` (``count``, ``first``: path and reason of the first few),
+    Keys: ``store``, ``videos``, ``frames``, ``bytes`` (``index``: root, index and links files;
+    ``shards``; ``total``: what the store occupies on disk), ``shards`` (count, ``missing``
+    names), ``extractor`` (the recorded configuration), ``failures`` (``count``, ``first``:
+    path and reason of the first few),
     ``partial_decodes`` (``count``, ``first``: videos that lost frames to damage),
     ``timestamps_repaired`` (videos and rows whose timestamps were repaired).
 
     Raises:
-        StoreError: ``path`` is not a readable version-2 store.
+        StoreError: ``path`` is not a readable version-3 store.
     """
     with open_store(path) as store:
         shards = sorted({entry.shard for entry in store.catalog.values()})
@@ -62,7 +63,8 @@ def store_info(path: Path) -> dict:
             repaired_videos += info.timestamps_repaired > 0
             repaired_rows += info.timestamps_repaired
         failures = store.failures
-        index_bytes = _size(store.path)
+        index_files = (*store.shards_dir.glob("index-*.h5"), *store.shards_dir.glob("links-*.h5"))
+        index_bytes = _size(store.path) + sum(_size(p) for p in index_files)
         return {
             "store": str(store.path),
             "videos": len(store),
@@ -153,7 +155,7 @@ def verify_store(path: Path, on_video: Callable[[int, int], None] | None = None)
         a :class:`VerifyReport` listing every missing or corrupt video (never raises for them).
 
     Raises:
-        StoreError: ``path`` is not a readable version-2 store.
+        StoreError: ``path`` is not a readable version-3 store.
     """
     with open_store(path) as store:
         report = VerifyReport(str(store.path), videos=len(store))

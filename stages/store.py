@@ -45,12 +45,12 @@ def compact(
 
 @app.command("migrate")
 def migrate(store: StorePath) -> None:
-    """Convert a version-1 store (one HDF5 file) into version 2 (index + shards), in place."""
+    """Convert a version-1 (one HDF5 file) or version-2 store into version 3, in place."""
     from pipeline.store_maintenance import migrate as run
 
     done = run(store)
     typer.echo(
-        f"migrated {store} to format version 2: {done.videos} videos in {done.shards_after} shards"
+        f"migrated {store} to format version 3: {done.videos} videos in {done.shards_after} shards"
     )
 
 

@@ -8,6 +8,9 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures
 from pipeline.errors import StoreError
 from pipeline.store import StoreBuilder, open_store, shards_dir_for, write_failure, write_part
 from pipeline.store_commit import link_shards, read_staging
+from pipeline.store_generations import Root, publish
+from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
 from stages.cli import app
 from tests.reliability.helpers import flip_feature_chunk
 
@@ -132,7 +137,7 @@ def test_not_a_store(tmp_path: Path, content: bytes) -> None:
         open_store(tmp_path / "absent.h5")
 
 
-# --------------------------------------------------------------------------- format version 2
+# --------------------------------------------------------------------------- format version 3
 
 
 def _commit(store_path: Path, videos: list[VideoFeatures], config: ExtractorConfig = CONFIG):
@@ -302,3 +307,254 @@ def test_a_version_1_store_is_refused_naming_migrate_then_migrates(tmp_path: Pat
     _commit(store_path, [_video(tmp_path, "new.mp4", 3, 42)])  # and it takes appends
     with open_store(store_path) as store:
         assert len(store) == 5
+
+
+# --------------------------------------------------------------------------- generations
+
+
+def _root(store_path: Path) -> dict:
+    with h5py.File(store_path, "r") as f:
+        files = [name.decode() for name in f["index_files"][()]]
+        return {"index_files": files, "links_file": str(f.attrs["links_file"])}
+
+
+def _files(store_path: Path) -> dict[str, tuple[int, int, int]]:
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+        for p in shards_dir_for(store_path).iterdir()
+    }
+
+
+def test_an_append_adds_a_delta_and_never_rewrites_the_base_or_the_current_links(
+    tmp_path: Path,
+) -> None:
+    store_path = tmp_path / "f.h5"
+    _commit(store_path, [_video(tmp_path, f"{i}.mp4", 4, i) for i in range(12)])
+    before, files = _root(store_path), _files(store_path)
+    assert len(before["index_files"]) == 1  # a new store: one base
+    newcomer = _video(tmp_path, "new.mp4", 6, 99)
+    _commit(store_path, [newcomer])
+    after = _root(store_path)
+    assert after["index_files"][0] == before["index_files"][0] and len(after["index_files"]) == 2
+    kept = [before["index_files"][0], before["links_file"]]
+    assert {name: _files(store_path)[name] for name in kept} == {n: files[n] for n in kept}
+    assert after["links_file"] not in files  # the spare, updated under a new name
+    delta = shards_dir_for(store_path) / after["index_files"][1]
+    assert delta.stat().st_size < files[before["index_files"][0]][2]
+    with h5py.File(store_path, "r") as f:  # plain h5py: the new video through the new links
+        assert len(f["videos"]) == 13
+        np.testing.assert_allclose(
+            f["videos"][newcomer.video_id]["features"][()], newcomer.features, atol=1e-3
+        )
+
+
+def _wchar() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    pytest.skip("no /proc/self/io")
+
+
+def _bytes_written_by_a_commit(directory: Path, stored: int) -> tuple[int, int]:
+    """(bytes one commit of one small video writes, bytes of the index and links files)
+    for a store already holding ``stored`` videos (made straight through ``publish``)."""
+    directory.mkdir()
+    store_path = directory / "f.h5"
+    videos = {f"v{i:020x}": VideoEntry("shard-0000000000000000.h5", 10) for i in range(stored)}
+    paths = {
+        f"/data/some/class/clip{i:06d}.mp4": PathEntry(f"v{i:020x}", 1000 + i, 10**18 + i)
+        for i in range(stored)
+    }
+    publish(store_path, CONFIG, Root(), StoreIndex(), StoreIndex(videos, paths), rebuild=True)
+    index_bytes = sum(v[2] for n, v in _files(store_path).items() if not n.startswith("shard"))
+    with StoreBuilder(store_path, CONFIG) as builder:
+        write_part(builder.parts_dir, CONFIG, _video(directory, "new.mp4", 5, 10**6))
+        written = _wchar()
+        builder.commit()
+        written = _wchar() - written
+    return written, index_bytes
+
+
+def test_a_commit_writes_the_same_few_bytes_whatever_the_store_size(tmp_path: Path) -> None:
+    small, _ = _bytes_written_by_a_commit(tmp_path / "small", 40)
+    large, index_bytes = _bytes_written_by_a_commit(tmp_path / "large", 4000)
+    # The links file's heap blocks grow to at most 64 KiB; everything else is a constant.
+    assert large < small + 128 * 1024, (small, large)
+    assert large < index_bytes / 4, (large, index_bytes)  # version 2 rewrote all of it
+
+
+def test_deltas_fold_into_few_files_and_every_change_survives(tmp_path: Path) -> None:
+    store_path = tmp_path / "f.h5"
+    clip = _video(tmp_path, "clip.mp4", 3, 500)
+    broken = ExtractionFailure(clip.info.path, "broken")
+    expected_paths = {}
+    for i in range(24):
+        vf = _video(tmp_path, f"{i}.mp4", 3, i)
+        _commit(store_path, [vf])
+        expected_paths[vf.info.path] = vf.video_id
+        with open_store(store_path) as store:
+            assert {p: e.video_id for p, e in store.path_index.items()} == expected_paths
+        assert len(_root(store_path)["index_files"]) <= 1 + (i + 1).bit_length()
+        if i == 5:  # a stored path fails later: removed from the path index by a delta
+            _commit(store_path, [clip])
+            with StoreBuilder(store_path, CONFIG) as builder:
+                write_failure(builder.parts_dir, broken)
+                builder.commit()
+        if i == 9:  # and extracts again: the failure is removed by a delta
+            _commit(store_path, [clip])
+            expected_paths[clip.info.path] = clip.video_id
+    with open_store(store_path) as store:
+        tables = (store.path_index, store.failures, store.catalog)
+        assert store.failures == [] and len(store) == 25
+    assert len(_root(store_path)["index_files"]) > 1  # some deltas remain unfolded
+    result = CliRunner().invoke(app, ["store", "compact", str(store_path)])
+    assert result.exit_code == 0, result.output
+    assert len(_root(store_path)["index_files"]) == 1  # compaction folds everything
+    with open_store(store_path) as store:
+        assert (store.path_index, store.failures) == tables[:2]
+        assert {vid: e.frames for vid, e in store.catalog.items()} == {
+            vid: e.frames for vid, e in tables[2].items()
+        }
+
+
+def test_a_failure_recorded_by_a_delta_reads_back(tmp_path: Path) -> None:
+    store_path = tmp_path / "f.h5"
+    _commit(store_path, [_video(tmp_path, f"{i}.mp4", 3, i) for i in range(8)])
+    failure = ExtractionFailure(str(tmp_path / "bad.mp4"), "broken")
+    with StoreBuilder(store_path, CONFIG) as builder:
+        write_failure(builder.parts_dir, failure)
+        builder.commit()
+    assert len(_root(store_path)["index_files"]) == 2
+    with open_store(store_path) as store:
+        assert store.failures == [failure] and len(store) == 8
+
+
+def test_a_missing_index_file_is_one_error_naming_it(tmp_path: Path) -> None:
+    store_path = tmp_path / "f.h5"
+    _commit(store_path, [_video(tmp_path, f"{i}.mp4", 3, i) for i in range(8)])
+    _commit(store_path, [_video(tmp_path, "late.mp4", 3, 50)])
+    delta = _root(store_path)["index_files"][1]
+    (shards_dir_for(store_path) / delta).unlink()
+    with pytest.raises(StoreError, match=f"index file .*{delta} is missing") as caught:
+        open_store(store_path)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(StoreError, match=f"{delta} is missing"), StoreBuilder(store_path, CONFIG):
+        pass
+
+
+HOLDER = r"""
+import sys, time, h5py
+from pathlib import Path
+store, ready, stop = sys.argv[1:4]
+with h5py.File(store, "r") as f:
+    videos = f["videos"]  # holds the current links file open (HDF5 locks it)
+    names = sorted(videos)
+    Path(ready).write_text(str(len(names)))
+    while not Path(stop).exists():
+        time.sleep(0.01)
+    assert sorted(videos) == names  # still the links file it opened, whole
+    print(len(names), videos[names[0]]["features"].shape[0])
+"""
+
+
+def test_a_links_file_a_plain_h5py_reader_holds_is_never_updated(tmp_path: Path) -> None:
+    store_path = tmp_path / "f.h5"
+    _commit(store_path, [_video(tmp_path, f"{i}.mp4", 3, i) for i in range(8)])
+    held = _root(store_path)["links_file"]
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(store_path), str(ready), str(stop)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert reader.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        held_stat = _files(store_path)[held]
+        _commit(store_path, [_video(tmp_path, "a.mp4", 3, 40)])
+        assert _files(store_path)[held] == held_stat  # the previous root's: the spare now
+        _commit(store_path, [_video(tmp_path, "b.mp4", 3, 41)])  # would recycle it: locked
+        inodes = {stat[0] for stat in _files(store_path).values()}
+        assert held_stat[0] not in inodes  # copied from the current one instead, then dropped
+    finally:
+        stop.touch()
+        out, _ = reader.communicate(timeout=120)
+    assert reader.returncode == 0 and out.split() == ["8", "3"]
+    with h5py.File(store_path, "r") as f:
+        assert len(f["videos"]) == 10
+
+
+def _write_v2_store(store_path: Path, videos: list[VideoFeatures]) -> None:
+    """A version-2 store as the previous vrnn wrote it: shards plus one index file."""
+    shards = shards_dir_for(store_path)
+    shards.mkdir()
+    with h5py.File(store_path, "w") as f:
+        f.attrs["format"] = "video-rnn-features"
+        f.attrs["format_version"] = 2
+        f.attrs["shards"] = shards.name
+        f.attrs["extractor"] = json.dumps(CONFIG.to_dict(), sort_keys=True)
+        names = []
+        for i, vf in enumerate(videos):
+            write_part(tmp := store_path.parent, CONFIG, vf)
+            names.append(f"shard-{i:016x}.h5")
+            os.replace(tmp / f"{vf.video_id}.h5", shards / names[-1])
+            f[f"videos/{vf.video_id}"] = h5py.ExternalLink(
+                f"{shards.name}/{names[-1]}", f"/videos/{vf.video_id}"
+            )
+        ids = np.array([vf.video_id.encode() for vf in videos], dtype="S21")
+        f["shards/names"] = np.array(names, dtype="S64")
+        f["catalog/video_ids"], f["catalog/shard"] = ids, np.arange(len(videos), dtype=np.int32)
+        f["catalog/frames"] = np.array([vf.features.shape[0] for vf in videos], np.int64)
+        paths = [vf.info.path.encode() for vf in videos]
+        f["path_index/paths_bytes"] = np.frombuffer(b"".join(paths), np.uint8)
+        f["path_index/paths_offsets"] = np.cumsum([0] + [len(p) for p in paths])
+        f["path_index/video_ids"] = ids
+        stats = [Path(vf.info.path).stat() for vf in videos]
+        f["path_index/sizes"] = np.array([st.st_size for st in stats], np.int64)
+        f["path_index/mtimes_ns"] = np.array([st.st_mtime_ns for st in stats], np.int64)
+        for name in ("paths", "reasons"):
+            f[f"failures/{name}_bytes"] = np.frombuffer(b"x", np.uint8)
+            f[f"failures/{name}_offsets"] = np.array([0, 1], np.int64)
+        f["failures/video_ids"] = np.array([b""], dtype="S21")
+
+
+def test_a_version_2_store_is_refused_naming_migrate_then_migrates_keeping_its_shards(
+    tmp_path: Path,
+) -> None:
+    store_path = tmp_path / "v2.h5"
+    videos = [_video(tmp_path, f"{i}.mp4", 9 + i, i) for i in range(3)]
+    _write_v2_store(store_path, videos)
+    shards = _shard_files(store_path)
+    with pytest.raises(StoreError, match=r"version 2 .*`vrnn store migrate .*v2\.h5`"):
+        open_store(store_path)
+    with pytest.raises(StoreError, match="vrnn store migrate"), StoreBuilder(store_path, CONFIG):
+        pass
+    result = CliRunner().invoke(app, ["store", "migrate", str(store_path)])
+    assert result.exit_code == 0, result.output
+    assert "to format version 3: 3 videos in 3 shards" in result.output
+    assert _shard_files(store_path) == shards  # not copied, not touched
+    with open_store(store_path, expected=CONFIG) as store:
+        assert [(f.path, f.reason) for f in store.failures] == [("x", "x")]
+        for vf in videos:
+            assert store.video_id_for(Path(vf.info.path)) == vf.video_id
+            np.testing.assert_allclose(store.read(vf.video_id).features, vf.features, atol=1e-3)
+    _commit(store_path, [_video(tmp_path, "new.mp4", 3, 42)])
+    with h5py.File(store_path, "r") as f:
+        assert len(f["videos"]) == 4
+
+
+def test_two_commits_of_one_writer_each_record_only_their_own_videos(tmp_path: Path) -> None:
+    store_path = tmp_path / "f.h5"
+    _commit(store_path, [_video(tmp_path, f"{i}.mp4", 3, i) for i in range(8)])
+    first, second = _video(tmp_path, "a.mp4", 3, 40), _video(tmp_path, "b.mp4", 3, 41)
+    with StoreBuilder(store_path, CONFIG) as builder:  # the generation read once, then kept
+        write_part(builder.parts_dir, CONFIG, first)
+        builder.commit()
+        write_part(builder.parts_dir, CONFIG, second)
+        builder.commit()
+    with open_store(store_path) as store:
+        generations = {vid: entry.generation for vid, entry in store.catalog.items()}
+    # Not re-stamped by the second commit (which would also re-add its link and row).
+    assert generations[second.video_id] == generations[first.video_id] + 1
+    assert set(generations.values()) == {1, 2, 3}

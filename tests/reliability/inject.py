@@ -69,19 +69,29 @@ def _on_shard_link(nth: int, action=_kill) -> None:
     os.link = link
 
 
-def _on_index_copied(action=_kill) -> None:
-    """Act once the previous index has been copied to the new index's temporary name."""
-    import shutil
+def _is_index_file(src: pathlib.Path, dst: pathlib.Path) -> bool:
+    return dst.parent.name.endswith(".d") and dst.name.startswith("index-")
 
-    real = shutil.copyfile
 
-    def copyfile(src, dst, *args, **kwargs):
-        result = real(src, dst, *args, **kwargs)
-        if _is_store(pathlib.Path(dst), pathlib.Path(src)):
+def _is_links_file(src: pathlib.Path, dst: pathlib.Path) -> bool:
+    return dst.parent.name.endswith(".d") and dst.name.startswith("links-")
+
+
+def _on_link_added(nth: int, action=_kill) -> None:
+    """Act once the ``nth`` link has been added to the links file a commit is updating (the
+    spare, already under its temporary name)."""
+    from pipeline import store_links
+
+    real = store_links._link
+    calls = [0]
+
+    def link(*args, **kwargs):
+        real(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == nth:
             action()
-        return result
 
-    shutil.copyfile = copyfile
+    store_links._link = link
 
 
 def _on_model_swap(*, exchange: bool) -> None:
@@ -118,12 +128,14 @@ POINTS: dict[str, Callable[[], None]] = {
     "sidecar-before-rename": lambda: _on_os_replace(_is_sidecar),
     "part-before-rename": lambda: _on_os_replace(_is_part),
     "commit-half-written": lambda: _on_shard_link(2),  # 2 of the new shards linked
-    "index-half-written": _on_index_copied,  # new index copied from the old, not yet updated
+    "index-file-before-rename": lambda: _on_os_replace(_is_index_file),  # delta (or base)
+    "links-half-written": lambda: _on_link_added(2),  # spare links file taken, 2 links added
+    "links-before-rename": lambda: _on_os_replace(_is_links_file),  # updated, temp name
     "store-before-rename": lambda: _on_os_replace(_is_store),
     "store-after-rename": lambda: _on_os_replace(_is_store, after=True),
     "interrupt-after-first-part": lambda: _on_os_replace(_is_part, after=True, action=_interrupt),
     "interrupt-in-commit": lambda: _on_shard_link(1, action=_interrupt),
-    # store compact (store-before/after-rename also apply: the index replace)
+    # store compact (store-before/after-rename and index-file-before-rename also apply)
     "compact-shard-before-rename": lambda: _on_os_replace(_is_shard),
     # train
     "model-before-swap": lambda: _on_model_swap(exchange=True),

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -124,12 +125,14 @@ def test_kill_9_while_saving_the_backbone_weights(
     assert leftovers(tmp_path) == []
 
 
-# Four crashes in a row, each at an exact moment of the write path, then one plain rerun.
+# Crashes in a row, each at an exact moment of the write path, then one plain rerun.
 GAUNTLET = [
     # (point, videos in the store right after the kill, staged parts right after the kill)
     ("part-before-rename", 8, 0),  # the first finished video dies with the process
     ("commit-half-written", 8, 8),  # all 8 new videos staged, 2 linked as unreferenced shards
-    ("index-half-written", 8, 8),  # the new index copied from the old one, not yet updated
+    ("index-file-before-rename", 8, 8),  # the commit's delta index under its temp name
+    ("links-half-written", 8, 8),  # the spare links file taken and half updated
+    ("links-before-rename", 8, 8),  # the updated links file under its temp name
     ("store-before-rename", 8, 8),  # new store complete under its temp name
     ("store-after-rename", 16, 8),  # new store in place, staged parts not yet deleted
 ]
@@ -149,10 +152,24 @@ def test_kill_9_at_each_exact_point_of_the_write_path(
     assert out.startswith("extracted 0, skipped 16 (already stored), failed 0 of 16 videos")
     assert leftovers(tmp_path) == []
     assert _shard_files(store) == _referenced_shards(store)  # killed commits' shards removed
+    assert _other_files(store) == _referenced_other_files(store)  # and their index/links files
 
 
 def _shard_files(store: Path) -> set[str]:
-    return {p.name for p in shards_dir_for(store).iterdir()}
+    return {p.name for p in shards_dir_for(store).glob("shard-*")}
+
+
+def _other_files(store: Path) -> set[str]:
+    return {p.name for p in shards_dir_for(store).iterdir()} - _shard_files(store)
+
+
+def _referenced_other_files(store: Path) -> set[str]:
+    """The root's index files, its links file and one spare links file (the previous root's)."""
+    with h5py.File(store, "r") as f:
+        named = {name.decode() for name in f["index_files"][()]} | {f.attrs["links_file"]}
+    links = {p.name for p in shards_dir_for(store).glob("links-*.h5")}
+    assert len(links) == 2 and named & links, links  # the current one and the spare
+    return named | links
 
 
 def _referenced_shards(store: Path) -> set[str]:
@@ -163,6 +180,7 @@ def _referenced_shards(store: Path) -> set[str]:
 # `vrnn store compact` killed at each of its steps: the store always reads whole.
 COMPACT_GAUNTLET = [
     "compact-shard-before-rename",  # the merged shard complete under its temp name
+    "index-file-before-rename",  # the new base index complete under its temp name
     "store-before-rename",  # the new index complete under its temp name
     "store-after-rename",  # the new index in place, the superseded shards not yet deleted
 ]
@@ -180,6 +198,7 @@ def test_kill_9_at_each_step_of_a_compaction(tmp_path: Path, reference: CleanSto
     done = run_vrnn("store", "compact", store, cwd=tmp_path)  # the next writer cleans up
     assert done.returncode == 0, done.stderr[-3000:]
     assert _shard_files(store) == _referenced_shards(store)
+    assert _other_files(store) == _referenced_other_files(store)
     assert_same_store(snapshot(store), reference.contents)
     assert leftovers(tmp_path) == []
 
