@@ -34,13 +34,23 @@ BATCH = 32
 POOL = 64
 
 
-def _config():
+WEIGHTS = "random:seed=0"
+
+
+def _backbone():
+    """The stores' stand-in extractor: MobileNetV2 at 224 with seeded random weights (real, so
+    ``vrnn train`` finds and checks the backbone weights file every store must have)."""
+    from pipeline.backbone import build_backbone, parse_weights
+
+    return build_backbone(parse_weights(WEIGHTS), 224)
+
+
+def _config(backbone):
+    from pipeline.backbone import fingerprint
     from pipeline.contracts import ExtractorConfig
 
-    return ExtractorConfig(weights="random:seed=0", weights_sha256="ab" * 32, input_size=224)
+    return ExtractorConfig(weights=WEIGHTS, weights_sha256=fingerprint(backbone), input_size=224)
 
-
-CONFIG = _config()
 
 BARE_LOOP = f"""
 import os, time, numpy as np
@@ -74,13 +84,13 @@ def _records(root: Path, videos: int) -> list:
     return records
 
 
-def _write_parts(job: tuple[Path, Path, list, int, int]) -> None:
+def _write_parts(job: tuple[Path, object, list, int, int]) -> None:
     """Worker: write every ``step``-th video from ``first`` as a part file (store API)."""
     from pipeline.contracts import VideoFeatures, VideoInfo
     from pipeline.identity import file_sha256, video_id_from_sha256
     from pipeline.store import write_part
 
-    parts_dir, _, records, first, step = job
+    parts_dir, config, records, first, step = job
     rng = np.random.default_rng(0)
     centres = rng.gamma(1.0, 0.6, (CLASSES, DIM)).astype(np.float16)
     pool = [rng.gamma(0.8, 0.5, (FRAMES, DIM)).astype(np.float16) for _ in range(POOL)]
@@ -93,15 +103,17 @@ def _write_parts(job: tuple[Path, Path, list, int, int]) -> None:
         features = np.roll(pool[i % POOL] + centres[i % CLASSES], i % FRAMES, axis=0)
         info = VideoInfo(str(record.path), 25.0, 320, 240, FRAMES, FRAMES, FRAMES / 25, "h264")
         vf = VideoFeatures(video_id_from_sha256(sha), sha, features, np.arange(FRAMES) / 25.0, info)
-        write_part(parts_dir, CONFIG, vf)
+        write_part(parts_dir, config, vf)
 
 
-def build_store(root: Path, videos: int, workers: int = 4) -> tuple[Path, list]:
+def build_store(root: Path, videos: int, workers: int = 2) -> tuple[Path, list]:
     """A store of ``videos`` × 180 frames (parts written by ``workers`` processes, then one
-    commit, as extraction does) and the manifest records (80 % train, 20 % val)."""
+    commit, as extraction does; plus its backbone weights file) and the manifest records
+    (80 % train, 20 % val)."""
     import multiprocessing
 
-    from pipeline.store import StoreBuilder
+    from pipeline.backbone import save_weights
+    from pipeline.store import StoreBuilder, backbone_sidecar
 
     store = root / "features.h5"
     records = _records(root, videos)
@@ -109,8 +121,11 @@ def build_store(root: Path, videos: int, workers: int = 4) -> tuple[Path, list]:
         return store, records
     (root / "videos").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with StoreBuilder(store, CONFIG) as builder:
-        jobs = [(builder.parts_dir, root, records, k, workers) for k in range(workers)]
+    backbone = _backbone()
+    config = _config(backbone)
+    with StoreBuilder(store, config) as builder:
+        save_weights(backbone, backbone_sidecar(store))
+        jobs = [(builder.parts_dir, config, records, k, workers) for k in range(workers)]
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             pool.map(_write_parts, jobs)
         builder.commit()
@@ -278,6 +293,14 @@ class Fixed(keras.utils.PyDataset):
         f, m, y = fixed[i]
         return {{"features": f, "mask": m}}, y
 
+class Sampled(keras.utils.PyDataset):  # how vrnn train fed Keras fit before fit_head's loop
+    num_batches = sampler.num_batches
+    def __getitem__(self, i):
+        f, m, y = sampler.batch(i)
+        return {{"features": f, "mask": m}}, y
+    def on_epoch_end(self):
+        sampler.next_epoch()
+
 def clock():
     return np.array([time.perf_counter(), time.process_time()])
 
@@ -294,6 +317,12 @@ def fit(source):
     model.fit(source, epochs=3, verbose=0, shuffle=False, callbacks=[cb])
     return np.median([b - a for a, b in zip(stamps[2::2], stamps[3::2])], axis=0) / len(fixed)
 
+def fit_head():
+    stamps = [clock()]
+    heads.fit_head(model, sampler, None, epochs=3, patience=0,
+                   on_epoch=lambda e, logs: stamps.append(clock()))
+    return np.median(np.diff(stamps[1:], axis=0), axis=0) / sampler.num_batches
+
 def assemble():
     start = clock()
     for i in range(sampler.num_batches):
@@ -306,12 +335,18 @@ for rep in range(2):
     for name, run in [("bare train_on_batch, float16 inputs", lambda: bare(np.float16)),
                       ("bare train_on_batch, float32 inputs", lambda: bare(np.float32)),
                       ("fit on a PyDataset of ready batches", lambda: fit(Fixed())),
-                      ("fit on the TrainingSampler", lambda: fit(heads._SamplerDataset(sampler))),
+                      ("Keras fit on the TrainingSampler (until #13)", lambda: fit(Sampled())),
+                      ("heads.fit_head on it (what vrnn train runs)", fit_head),
                       ("batch assembly alone (TrainingSampler.batch)", assemble)]:
         rows.setdefault(name, []).append(run())
 for name, values in rows.items():
     wall, cpu = np.min(values, axis=0) * 1e3
     print(f"  {{name:<46}} {{wall:8.1f}} ms wall {{cpu:8.1f}} ms CPU")
+base = np.min(rows["bare train_on_batch, float16 inputs"], axis=0)
+for name in ["Keras fit on the TrainingSampler (until #13)",
+             "heads.fit_head on it (what vrnn train runs)"]:
+    wall, cpu = np.min(rows[name], axis=0) / base
+    print(f"  {{name}} / bare float16: {{wall:.2f}}× wall, {{cpu:.2f}}× CPU (target ≤ 1.25)")
 """
 
 

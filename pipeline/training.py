@@ -39,6 +39,7 @@ from pipeline.streaming import (
     DEFAULT_MEMORY_BUDGET,
     EVAL_CHUNK,
     InputPlan,
+    all_finite,
     plan_input,
     prefetched,
     validation_batches,
@@ -340,7 +341,7 @@ def read_split(
     for v in chosen:
         if v.video_id not in cache:
             cache[v.video_id] = read(v.video_id)
-            if not np.isfinite(cache[v.video_id]).all():
+            if not all_finite(cache[v.video_id]):
                 raise StoreError(
                     f"{v.record.path}: its stored features contain NaN or inf (a corrupt "
                     f"store entry, video id {v.video_id}); re-extract it into a new store"

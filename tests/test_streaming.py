@@ -247,3 +247,23 @@ def test_a_corrupt_chunk_met_while_streaming_fails_like_in_memory(data, tmp_path
     assert errors[0] == errors[1] and len(errors[0]) == 1
     assert video_id in errors[0][0] and str(victim.path) in errors[0][0]
     assert "corrupt on disk" in errors[0][0]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_all_finite_finds_every_nan_and_inf_and_nothing_else(dtype):
+    rng = np.random.default_rng(0)
+    features = rng.normal(0.0, 1.0, (30, 64)).astype(dtype)
+    info = np.finfo(dtype)
+    features[0, :4] = [info.max, -info.max, info.tiny, info.smallest_subnormal]
+    features[1, :2] = [0.0, -0.0]
+    assert streaming.all_finite(features)
+    assert streaming.all_finite(features[::2, 1:])  # a strided view, as memory maps give
+    for bad in [np.nan, np.inf, -np.inf]:
+        for row, col in [(0, 0), (29, 63), (17, 5)]:
+            broken = features.copy()
+            broken[row, col] = bad
+            assert not streaming.all_finite(broken), (bad, row, col)
+    nan_bits = features.copy()
+    payload = {np.float16: np.uint16(0xFE01), np.float32: np.uint32(0xFFC00001)}[dtype]
+    nan_bits.reshape(-1)[100] = payload.view(dtype)
+    assert not streaming.all_finite(nan_bits)  # a NaN with a non-default payload
