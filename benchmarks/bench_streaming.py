@@ -244,9 +244,10 @@ def main(
         train_only = write_manifest(train, work / f"ucf{n}" / "train_only.csv")
         fits = n * FRAMES * DIM * 2 < 2**31
         for path in ["in memory", "streaming"] if fits else ["streaming"]:
-            bare = bare_step_seconds()
+            before = bare_step_seconds()
             budget = "2GiB" if path == "in memory" else "0"
             r = run_train(train_only, store, work / f"model{n}", budget, epochs)
+            bare = (before + bare_step_seconds()) / 2  # the load drifts: bracket the run
             rate = -(-len(train) // BATCH) / r["epoch"]
             print(
                 f"{n:>7} {path:<10} {r['peak'] / 2**20:>9.0f} MiB {r['startup']:>10.1f} "
@@ -266,10 +267,16 @@ def main(
     val = [r for r in records if r.split == "val"][:2000]
     manifest = write_manifest([*train, *val], work / "recipe.csv")
     result = run_train(manifest, store, work / "recipe_model", "2GiB", 30)
+    bare = bare_step_seconds()
+    steps = -(-len(train) // BATCH)
     print(
         f"\ndefault recipe on {len(train)} train + {len(val)} val videos: "
         f"{result['wall']:.0f} s wall ({result['epochs']} epochs, startup "
-        f"{result['startup']:.0f} s); {result['summary']}"
+        f"{result['startup']:.0f} s); {result['summary']}\n"
+        f"  per epoch {result['epoch']:.1f} s = {steps} training steps + validation, i.e. "
+        f"{result['epoch'] / steps * 1e3:.0f} ms per training step; bare train_on_batch now "
+        f"{bare * 1e3:.0f} ms, so {result['epochs']} epochs × {steps} steps of bare compute "
+        f"alone = {result['epochs'] * steps * bare:.0f} s"
     )
 
 

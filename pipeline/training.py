@@ -336,7 +336,7 @@ def read_split(
     """
     chosen, targets = split_targets(videos, split, labels)
     if read is None:
-        read = lambda video_id: store.read(video_id).features  # noqa: E731
+        read = store.read_features
     cache: dict[str, np.ndarray] = {}
     for v in chosen:
         if v.video_id not in cache:
