@@ -333,7 +333,8 @@ def fit_head(
     The same steps, history and early stopping as ``model.fit`` with
     ``EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)``, in
     a leaner loop: each step is the model's compiled ``train_step`` called on the sampler's
-    NumPy batch, and the next batch is assembled in a background thread meanwhile. The best
+    NumPy batch (assembling one costs ~1 ms against a ~35 ms step; assembling the next in a
+    background thread measured slower, its GIL hand-offs costing more than it hid). The best
     epoch's weights (lowest validation loss) are restored at the end. Without validation
     data the model trains for all ``epochs``.
 
@@ -351,8 +352,6 @@ def fit_head(
         One dict per epoch run: ``loss``, ``accuracy`` and, with validation,
         ``val_loss``, ``val_accuracy``.
     """
-    from pipeline.streaming import prefetched
-
     steps = _CompiledSteps(model)
     history: list[dict[str, float]] = []
     best, best_weights, wait = np.inf, None, 0
@@ -362,8 +361,8 @@ def fit_head(
     sampler.next_epoch()
     for epoch in range(epochs):
         model.reset_metrics()
-        for batch in prefetched(range(sampler.num_batches), sampler.batch):
-            steps.train(batch)
+        for index in range(sampler.num_batches):
+            steps.train(sampler.batch(index))
         logs = steps.results()
         sampler.next_epoch()
         stop = False
