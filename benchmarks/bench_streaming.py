@@ -7,11 +7,13 @@ classes (stand-in source files; features are a per-class centre plus noise drawn
 so gzip sees realistic-ish data), then per store and input path runs ``vrnn train`` as a child
 process on a train-only manifest (no validation pass: an epoch is training steps only) and
 records: peak **RssAnon** (sampled from ``/proc/<pid>/status`` every 20 ms; memory-mapped
-pages are file-backed, so they do not count), startup seconds (process start to the first
-epoch: imports, join, reading or building the frame cache), steady epoch seconds (median of
-epochs after the first, which traces) and steps/s next to a bare ``model.train_on_batch``
-loop on in-memory float16 tensors of the same shape (batch 32, seq_len 16, default head),
-measured in its own process right before each run. A final run trains the default recipe
+pages are file-backed, so they do not count), startup seconds (process start to the end
+of the first epoch: imports, join, reading or building the frame cache, tracing, epoch 1),
+steady epoch seconds (median of epochs after the second) and steps/s next to a bare
+``model.train_on_batch`` loop on in-memory float16 tensors of the same shape (batch 32,
+seq_len 16, default head), measured in its own process right before and after each run. The
+stores get a real seeded-random backbone and its weights file (``vrnn train`` checks it);
+they are built with 2 writer processes. A final run trains the default recipe
 (early stopping on val) on up to 9.5k train + 2k val videos of the largest store.
 """
 
@@ -338,8 +340,8 @@ def assemble():
 
 bare(np.float16)
 rows = {{}}
-# The rows the target compares are interleaved, three times each, before any Keras fit: fit
-# may leave tf.data machinery behind that slows later steps (the last two rows show it).
+# The rows the target compares are interleaved, three times each, before any Keras fit (in
+# case fit leaves tf.data machinery behind); the last two rows repeat them after it.
 ours = [("bare train_on_batch, float16 inputs", lambda: bare(np.float16)),
         ("heads.fit_head on it (what vrnn train runs)", fit_head),
         ("bare train_on_batch, float32 inputs", lambda: bare(np.float32)),
