@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from pipeline import frame_cache, streaming, training
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.dataset import write_manifest
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StoreError
 from pipeline.store import backbone_sidecar, open_store, shards_dir_for
 from stages.cli import app
 
@@ -247,6 +247,19 @@ def test_a_corrupt_chunk_met_while_streaming_fails_like_in_memory(data, tmp_path
     assert errors[0] == errors[1] and len(errors[0]) == 1
     assert video_id in errors[0][0] and str(victim.path) in errors[0][0]
     assert "corrupt on disk" in errors[0][0]
+
+
+def test_read_features_returns_what_read_returns_as_features(data):
+    with open_store(data["store"]) as store:
+        ids = sorted(store.video_ids)
+        assert ids
+        for video_id in ids:
+            features = store.read_features(video_id)
+            expected = store.read(video_id).features
+            assert features.dtype == expected.dtype == np.float16
+            np.testing.assert_array_equal(features, expected)
+        with pytest.raises(StoreError, match="no video v_not_there"):
+            store.read_features("v_not_there")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
