@@ -7,11 +7,13 @@ classes (stand-in source files; features are a per-class centre plus noise drawn
 so gzip sees realistic-ish data), then per store and input path runs ``vrnn train`` as a child
 process on a train-only manifest (no validation pass: an epoch is training steps only) and
 records: peak **RssAnon** (sampled from ``/proc/<pid>/status`` every 20 ms; memory-mapped
-pages are file-backed, so they do not count), startup seconds (process start to the first
-epoch: imports, join, reading or building the frame cache), steady epoch seconds (median of
-epochs after the first, which traces) and steps/s next to a bare ``model.train_on_batch``
-loop on in-memory float16 tensors of the same shape (batch 32, seq_len 16, default head),
-measured in its own process right before each run. A final run trains the default recipe
+pages are file-backed, so they do not count), startup seconds (process start to the end
+of the first epoch: imports, join, reading or building the frame cache, tracing, epoch 1),
+steady epoch seconds (median of epochs after the second) and steps/s next to a bare
+``model.train_on_batch`` loop on in-memory float16 tensors of the same shape (batch 32,
+seq_len 16, default head), measured in its own process right before and after each run. The
+stores get a real seeded-random backbone and its weights file (``vrnn train`` checks it);
+they are built with 2 writer processes. A final run trains the default recipe
 (early stopping on val) on up to 9.5k train + 2k val videos of the largest store.
 """
 
@@ -34,13 +36,23 @@ BATCH = 32
 POOL = 64
 
 
-def _config():
+WEIGHTS = "random:seed=0"
+
+
+def _backbone():
+    """The stores' stand-in extractor: MobileNetV2 at 224 with seeded random weights (real, so
+    ``vrnn train`` finds and checks the backbone weights file every store must have)."""
+    from pipeline.backbone import build_backbone, parse_weights
+
+    return build_backbone(parse_weights(WEIGHTS), 224)
+
+
+def _config(backbone):
+    from pipeline.backbone import fingerprint
     from pipeline.contracts import ExtractorConfig
 
-    return ExtractorConfig(weights="random:seed=0", weights_sha256="ab" * 32, input_size=224)
+    return ExtractorConfig(weights=WEIGHTS, weights_sha256=fingerprint(backbone), input_size=224)
 
-
-CONFIG = _config()
 
 BARE_LOOP = f"""
 import os, time, numpy as np
@@ -74,13 +86,13 @@ def _records(root: Path, videos: int) -> list:
     return records
 
 
-def _write_parts(job: tuple[Path, Path, list, int, int]) -> None:
+def _write_parts(job: tuple[Path, object, list, int, int]) -> None:
     """Worker: write every ``step``-th video from ``first`` as a part file (store API)."""
     from pipeline.contracts import VideoFeatures, VideoInfo
     from pipeline.identity import file_sha256, video_id_from_sha256
     from pipeline.store import write_part
 
-    parts_dir, _, records, first, step = job
+    parts_dir, config, records, first, step = job
     rng = np.random.default_rng(0)
     centres = rng.gamma(1.0, 0.6, (CLASSES, DIM)).astype(np.float16)
     pool = [rng.gamma(0.8, 0.5, (FRAMES, DIM)).astype(np.float16) for _ in range(POOL)]
@@ -93,15 +105,17 @@ def _write_parts(job: tuple[Path, Path, list, int, int]) -> None:
         features = np.roll(pool[i % POOL] + centres[i % CLASSES], i % FRAMES, axis=0)
         info = VideoInfo(str(record.path), 25.0, 320, 240, FRAMES, FRAMES, FRAMES / 25, "h264")
         vf = VideoFeatures(video_id_from_sha256(sha), sha, features, np.arange(FRAMES) / 25.0, info)
-        write_part(parts_dir, CONFIG, vf)
+        write_part(parts_dir, config, vf)
 
 
-def build_store(root: Path, videos: int, workers: int = 4) -> tuple[Path, list]:
+def build_store(root: Path, videos: int, workers: int = 2) -> tuple[Path, list]:
     """A store of ``videos`` × 180 frames (parts written by ``workers`` processes, then one
-    commit, as extraction does) and the manifest records (80 % train, 20 % val)."""
+    commit, as extraction does; plus its backbone weights file) and the manifest records
+    (80 % train, 20 % val)."""
     import multiprocessing
 
-    from pipeline.store import StoreBuilder
+    from pipeline.backbone import save_weights
+    from pipeline.store import StoreBuilder, backbone_sidecar
 
     store = root / "features.h5"
     records = _records(root, videos)
@@ -109,8 +123,11 @@ def build_store(root: Path, videos: int, workers: int = 4) -> tuple[Path, list]:
         return store, records
     (root / "videos").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with StoreBuilder(store, CONFIG) as builder:
-        jobs = [(builder.parts_dir, root, records, k, workers) for k in range(workers)]
+    backbone = _backbone()
+    config = _config(backbone)
+    with StoreBuilder(store, config) as builder:
+        save_weights(backbone, backbone_sidecar(store))
+        jobs = [(builder.parts_dir, config, records, k, workers) for k in range(workers)]
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             pool.map(_write_parts, jobs)
         builder.commit()
@@ -229,9 +246,10 @@ def main(
         train_only = write_manifest(train, work / f"ucf{n}" / "train_only.csv")
         fits = n * FRAMES * DIM * 2 < 2**31
         for path in ["in memory", "streaming"] if fits else ["streaming"]:
-            bare = bare_step_seconds()
+            before = bare_step_seconds()
             budget = "2GiB" if path == "in memory" else "0"
             r = run_train(train_only, store, work / f"model{n}", budget, epochs)
+            bare = (before + bare_step_seconds()) / 2  # the load drifts: bracket the run
             rate = -(-len(train) // BATCH) / r["epoch"]
             print(
                 f"{n:>7} {path:<10} {r['peak'] / 2**20:>9.0f} MiB {r['startup']:>10.1f} "
@@ -251,10 +269,16 @@ def main(
     val = [r for r in records if r.split == "val"][:2000]
     manifest = write_manifest([*train, *val], work / "recipe.csv")
     result = run_train(manifest, store, work / "recipe_model", "2GiB", 30)
+    bare = bare_step_seconds()
+    steps = -(-len(train) // BATCH)
     print(
         f"\ndefault recipe on {len(train)} train + {len(val)} val videos: "
         f"{result['wall']:.0f} s wall ({result['epochs']} epochs, startup "
-        f"{result['startup']:.0f} s); {result['summary']}"
+        f"{result['startup']:.0f} s); {result['summary']}\n"
+        f"  per epoch {result['epoch']:.1f} s = {steps} training steps + validation, i.e. "
+        f"{result['epoch'] / steps * 1e3:.0f} ms per training step; bare train_on_batch now "
+        f"{bare * 1e3:.0f} ms, so {result['epochs']} epochs × {steps} steps of bare compute "
+        f"alone = {result['epochs'] * steps * bare:.0f} s"
     )
 
 
@@ -278,6 +302,14 @@ class Fixed(keras.utils.PyDataset):
         f, m, y = fixed[i]
         return {{"features": f, "mask": m}}, y
 
+class Sampled(keras.utils.PyDataset):  # how vrnn train fed Keras fit before fit_head's loop
+    num_batches = sampler.num_batches
+    def __getitem__(self, i):
+        f, m, y = sampler.batch(i)
+        return {{"features": f, "mask": m}}, y
+    def on_epoch_end(self):
+        sampler.next_epoch()
+
 def clock():
     return np.array([time.perf_counter(), time.process_time()])
 
@@ -294,6 +326,12 @@ def fit(source):
     model.fit(source, epochs=3, verbose=0, shuffle=False, callbacks=[cb])
     return np.median([b - a for a, b in zip(stamps[2::2], stamps[3::2])], axis=0) / len(fixed)
 
+def fit_head():
+    stamps = [clock()]
+    heads.fit_head(model, sampler, None, epochs=3, patience=0,
+                   on_epoch=lambda e, logs: stamps.append(clock()))
+    return np.median(np.diff(stamps[1:], axis=0), axis=0) / sampler.num_batches
+
 def assemble():
     start = clock()
     for i in range(sampler.num_batches):
@@ -302,22 +340,32 @@ def assemble():
 
 bare(np.float16)
 rows = {{}}
-for rep in range(2):
-    for name, run in [("bare train_on_batch, float16 inputs", lambda: bare(np.float16)),
-                      ("bare train_on_batch, float32 inputs", lambda: bare(np.float32)),
-                      ("fit on a PyDataset of ready batches", lambda: fit(Fixed())),
-                      ("fit on the TrainingSampler", lambda: fit(heads._SamplerDataset(sampler))),
-                      ("batch assembly alone (TrainingSampler.batch)", assemble)]:
-        rows.setdefault(name, []).append(run())
+# The rows the target compares are interleaved, three times each, before any Keras fit (in
+# case fit leaves tf.data machinery behind); the last two rows repeat them after it.
+ours = [("bare train_on_batch, float16 inputs", lambda: bare(np.float16)),
+        ("heads.fit_head on it (what vrnn train runs)", fit_head),
+        ("bare train_on_batch, float32 inputs", lambda: bare(np.float32)),
+        ("batch assembly alone (TrainingSampler.batch)", assemble)]
+keras_fit = [("fit on a PyDataset of ready batches", lambda: fit(Fixed())),
+             ("Keras fit on the TrainingSampler (until #13)", lambda: fit(Sampled()))]
+after = [("bare train_on_batch, after Keras fit", lambda: bare(np.float16)),
+         ("heads.fit_head, after Keras fit", fit_head)]
+for name, run in ours * 3 + keras_fit * 2 + after:
+    rows.setdefault(name, []).append(run())
 for name, values in rows.items():
     wall, cpu = np.min(values, axis=0) * 1e3
     print(f"  {{name:<46}} {{wall:8.1f}} ms wall {{cpu:8.1f}} ms CPU")
+base = np.min(rows["bare train_on_batch, float16 inputs"], axis=0)
+for name in ["Keras fit on the TrainingSampler (until #13)",
+             "heads.fit_head on it (what vrnn train runs)"]:
+    wall, cpu = np.min(rows[name], axis=0) / base
+    print(f"  {{name}} / bare float16: {{wall:.2f}}× wall, {{cpu:.2f}}× CPU (target ≤ 1.25)")
 """
 
 
 def overhead_breakdown() -> None:
     """Per-step time of each layer between a bare step and ``vrnn train``'s step (one process,
-    interleaved twice, best of two; CPU time counts all threads)."""
+    interleaved, best of three; CPU time counts all threads)."""
     print("\nper-step cost, batch 32 × seq_len 16 × 1280, default head:")
     out = subprocess.run(
         [sys.executable, "-c", BREAKDOWN], capture_output=True, text=True, check=True

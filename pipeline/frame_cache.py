@@ -13,8 +13,8 @@ changed store rebuilds it. Videos are added on demand: a later run needing more 
 appends a segment with only the new ones. The index is renamed into place last,
 so readers only ever see a complete cache, and a reader keeps its mapping of a segment even
 after a rebuild for a changed store removed it. Reads go through the store's public
-:meth:`~pipeline.store.FeatureStore.read`, so a corrupt chunk fails with the store's own
-one-line error naming the video, exactly as the in-memory path does.
+:meth:`~pipeline.store.FeatureStore.read_features`, so a corrupt chunk fails with the store's
+own one-line error naming the video, exactly as the in-memory path does.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def _extend(
     offset = 0
     with fsio.replacing(segment) as tmp, open(tmp, "wb") as out:
         for video_id in new:
-            features = store.read(video_id).features  # StoreError names a corrupt video
+            features = store.read_features(video_id)  # StoreError names a corrupt video
             if features.ndim != 2 or features.shape[1] != dim:
                 raise StoreError(
                     f"{store.path}: video {video_id} has features of shape "

@@ -16,10 +16,7 @@ from pipeline.contracts import VideoRecord
 from pipeline.errors import ManifestError, ModelError, StoreError
 from pipeline.frame_cache import FrameCache, open_frame_cache
 from pipeline.store import FeatureStore
-from pipeline.streaming import (
-    InputPlan,
-    plan_input,
-)
+from pipeline.streaming import InputPlan, all_finite, plan_input
 
 SHOW_MISSING = 5
 """How many missing video paths a message lists before summarising the rest."""
@@ -150,7 +147,7 @@ def read_split(
     """Read the features of one split once (a video listed twice is read once).
 
     Args:
-        read: ``video_id → [T, D]`` features; default :meth:`FeatureStore.read` into memory
+        read: ``video_id → [T, D]`` features; default :meth:`FeatureStore.read_features` into memory
             (a :class:`~pipeline.frame_cache.FrameCache` gives memory-mapped views instead).
 
     Raises:
@@ -158,12 +155,12 @@ def read_split(
     """
     chosen, targets = split_targets(videos, split, labels)
     if read is None:
-        read = lambda video_id: store.read(video_id).features  # noqa: E731
+        read = store.read_features
     cache: dict[str, np.ndarray] = {}
     for v in chosen:
         if v.video_id not in cache:
             cache[v.video_id] = read(v.video_id)
-            if not np.isfinite(cache[v.video_id]).all():
+            if not all_finite(cache[v.video_id]):
                 raise StoreError(
                     f"{v.record.path}: its stored features contain NaN or inf (a corrupt "
                     f"store entry, video id {v.video_id}); re-extract it into a new store"

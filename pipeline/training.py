@@ -168,7 +168,7 @@ def predict_split(
     """
     step = EVAL_CHUNK if streaming else max(len(video_ids), 1)
     chunks = [video_ids[i : i + step] for i in range(0, len(video_ids), step)]
-    read = lambda chunk: [store.read(video_id).features for video_id in chunk]  # noqa: E731
+    read = lambda chunk: [store.read_features(video_id) for video_id in chunk]  # noqa: E731
     probs = [predict_videos(trained, videos) for videos in prefetched(chunks, read)]
     if not probs:
         return np.zeros((0, len(trained.labels)), dtype=np.float32)

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from pipeline import frame_cache, join, streaming, training
 from pipeline.contracts import ExtractorConfig, VideoRecord
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StoreError
 from pipeline.manifest import write_manifest
 from pipeline.model_dir import load_model_dir
 from pipeline.store import backbone_sidecar, open_store, shards_dir_for
@@ -241,3 +241,36 @@ def test_a_corrupt_chunk_met_while_streaming_fails_like_in_memory(data, tmp_path
     assert errors[0] == errors[1] and len(errors[0]) == 1
     assert video_id in errors[0][0] and str(victim.path) in errors[0][0]
     assert "corrupt on disk" in errors[0][0]
+
+
+def test_read_features_returns_what_read_returns_as_features(data):
+    with open_store(data["store"]) as store:
+        ids = sorted(store.video_ids)
+        assert ids
+        for video_id in ids:
+            features = store.read_features(video_id)
+            expected = store.read(video_id).features
+            assert features.dtype == expected.dtype == np.float16
+            np.testing.assert_array_equal(features, expected)
+        with pytest.raises(StoreError, match="no video v_not_there"):
+            store.read_features("v_not_there")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_all_finite_finds_every_nan_and_inf_and_nothing_else(dtype):
+    rng = np.random.default_rng(0)
+    features = rng.normal(0.0, 1.0, (30, 64)).astype(dtype)
+    info = np.finfo(dtype)
+    features[0, :4] = [info.max, -info.max, info.tiny, info.smallest_subnormal]
+    features[1, :2] = [0.0, -0.0]
+    assert streaming.all_finite(features)
+    assert streaming.all_finite(features[::2, 1:])  # a strided view, as memory maps give
+    for bad in [np.nan, np.inf, -np.inf]:
+        for row, col in [(0, 0), (29, 63), (17, 5)]:
+            broken = features.copy()
+            broken[row, col] = bad
+            assert not streaming.all_finite(broken), (bad, row, col)
+    nan_bits = features.copy()
+    payload = {np.float16: np.uint16(0xFE01), np.float32: np.uint32(0xFFC00001)}[dtype]
+    nan_bits.reshape(-1)[100] = payload.view(dtype)
+    assert not streaming.all_finite(nan_bits)  # a NaN with a non-default payload
