@@ -46,8 +46,12 @@ def command(
         ),
     ] = Path("models"),
     head: Annotated[
-        str, typer.Option(help="lstm, gru, bigru, meanpool or trend (linear baselines).")
-    ] = "lstm",
+        str,
+        typer.Option(
+            help="delta (linear on [mean, trend, mean |frame-to-frame change|], the default), "
+            "lstm, gru, bigru, meanpool or trend (baselines)."
+        ),
+    ] = "delta",
     seq_len: Annotated[
         int, typer.Option(callback=bounded(1, MAX_SEQ_LEN), help="Frames per sample.")
     ] = 16,

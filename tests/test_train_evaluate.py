@@ -326,7 +326,7 @@ BAD_INPUTS = {
     ),
     "unknown head": (
         lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--head", "transformer"],
-        "unknown head 'transformer'; choose one of lstm, gru, bigru, meanpool, trend",
+        "unknown head 'transformer'; choose one of lstm, gru, bigru, meanpool, trend, delta",
     ),
     "seq-len below 1": (
         lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--seq-len", "0"],
