@@ -92,7 +92,11 @@ def command(
         ),
     ] = "2GiB",
     normalize: Annotated[
-        bool, typer.Option(help="Standardize features with train-split statistics (in the model).")
+        bool,
+        typer.Option(
+            help="Standardize features with train-split statistics (in the model); "
+            "--head delta always does."
+        ),
     ] = False,
     projection: Annotated[
         int,
