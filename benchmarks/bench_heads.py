@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vrnn")
     parser.add_argument(
-        "--heads", default="old,lstm,gru,bigru,meanpool,trend",
+        "--heads", default="old,delta,lstm,gru,bigru,meanpool,trend",
         help="comma-separated runs: a head name (current defaults), 'old' (the pre-#18 "
         "default recipe) or label=head:key=value,... (TrainConfig overrides, ';'-separated)",
     )  # fmt: skip

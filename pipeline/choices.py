@@ -54,6 +54,7 @@ class Head(StrEnum):
     BIGRU = "bigru"
     MEANPOOL = "meanpool"
     TREND = "trend"
+    DELTA = "delta"
 
 
 class ExportFormat(StrEnum):

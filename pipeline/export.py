@@ -36,6 +36,7 @@ from pipeline.errors import ConfigError, ModelError
 from pipeline.heads import (
     FEATURES_INPUT,
     MASK_INPUT,
+    MaskedDelta,
     MaskedMean,
     MaskedTrend,
     ToFloat32,
@@ -134,6 +135,8 @@ def _builtin_equivalent(layer: keras.layers.Layer) -> Callable[..., keras.KerasT
         return keras.layers.GlobalAveragePooling1D(name=layer.name)
     if isinstance(layer, MaskedTrend):
         return functools.partial(_builtin_trend, name=layer.name)
+    if isinstance(layer, MaskedDelta):
+        return functools.partial(_builtin_delta, name=layer.name)
     return layer
 
 
@@ -155,6 +158,18 @@ def _builtin_trend(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
     return layers.Concatenate(name=name)([mean, trend])
 
 
+def _builtin_delta(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
+    """:class:`~pipeline.heads.MaskedDelta` on ``T >= 2`` real frames from built-in layers:
+    the mean over ``t`` of ``|x[t + 1] - x[t]| = relu(x[t + 1] - x[t]) + relu(x[t] - x[t + 1])``."""
+    layers = keras.layers
+    x = layers.Activation("linear", dtype="float32", name=f"{name}_float32")(x)
+    later = layers.Cropping1D((1, 0), name=f"{name}_later")(x)
+    earlier = layers.Cropping1D((0, 1), name=f"{name}_earlier")(x)
+    up = layers.ReLU(name=f"{name}_up")(layers.Subtract(name=f"{name}_rise")([later, earlier]))
+    down = layers.ReLU(name=f"{name}_down")(layers.Subtract(name=f"{name}_fall")([earlier, later]))
+    return layers.GlobalAveragePooling1D(name=name)(layers.Add(name=f"{name}_abs")([up, down]))
+
+
 def head_without_mask(head: keras.Model, features: keras.KerasTensor) -> keras.KerasTensor:
     """Re-apply a head's layers (sharing their weights) to ``features``, all frames real.
 
@@ -169,6 +184,8 @@ def head_without_mask(head: keras.Model, features: keras.KerasTensor) -> keras.K
     tensors = {id(head.get_layer(FEATURES_INPUT).output): features}
 
     def mapped(value: object) -> object:
+        if isinstance(value, list | tuple):  # a merge layer's inputs
+            return type(value)(mapped(v) for v in value)
         if isinstance(value, keras.KerasTensor):
             if id(value) not in tensors:
                 raise ModelError(f"head {head.name}: cannot export a graph that reads its mask")

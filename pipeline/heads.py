@@ -5,7 +5,9 @@ Every head reads ``features`` ``[B, T, D]`` (float16 is cast to float32 inside) 
 the recurrent layers, so padding never changes a prediction. ``meanpool`` averages the real
 frames and is blind to their order: the baseline an RNN must beat on order-dependent actions;
 ``trend`` is a linear softmax on the standardized [mean, late third − early third], the
-baseline a head must beat on few clips. With training sequences given, features are
+baseline a head must beat on few clips; ``delta`` (the default) adds the mean absolute
+frame-to-frame difference of L2-normalized frames, which tells *what kind* of change a clip
+holds whichever its direction. With training sequences given, features are
 standardized by a Keras ``Normalization`` layer fitted on the train split's real frames and
 saved in the model, so predict and export apply the same statistics. Custom layers are
 registered, so a saved ``.keras`` file loads with ``safe_mode=True``.
@@ -28,7 +30,12 @@ from pipeline.sequences import TrainingSampler
 log = logging.getLogger(__name__)
 
 HEAD_NAMES = tuple(Head)
-"""Builders known to :func:`build_head`; ``lstm`` is the default."""
+"""Builders known to :func:`build_head`; ``delta`` is the default."""
+LINEAR_HEADS = frozenset({Head.TREND, Head.DELTA})
+"""Linear softmax heads on clip statistics: no projection, input dropout or hidden layer."""
+ALWAYS_STANDARDIZED = frozenset({Head.DELTA})
+"""Heads whose features are always standardized with train-split statistics (``normalize``
+or not): their statistics are part of the head."""
 
 FEATURES_INPUT = "features"
 MASK_INPUT = "mask"
@@ -95,6 +102,32 @@ class MaskedTrend(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vrnn")
+class MaskedDelta(keras.layers.Layer):
+    """Mean absolute difference between consecutive real frames: ``[B, T, D]`` → ``[B, D]``.
+
+    How much each feature changes from frame to frame, whatever the direction: a fade, a
+    zoom and a focus pull change different features, forwards or backwards alike. Pairs
+    that touch padding do not count; a single real frame gives zeros.
+    """
+
+    def call(self, inputs: keras.KerasTensor, mask: keras.KerasTensor) -> keras.KerasTensor:
+        """Masked mean of ``|x[t + 1] - x[t]|``; ``mask`` True marks real frames."""
+        x = keras.ops.cast(inputs, "float32")
+        real = keras.ops.cast(mask, "float32")
+        pairs = (real[:, 1:] * real[:, :-1])[:, :, None]
+        total = keras.ops.sum(keras.ops.abs(x[:, 1:] - x[:, :-1]) * pairs, axis=1)
+        return total / keras.ops.maximum(keras.ops.sum(pairs, axis=1), 1.0)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """``(batch, features)``."""
+        return (input_shape[0], input_shape[2])
+
+    def compute_mask(self, inputs: object, mask: object = None) -> None:
+        """The time axis is gone, so is the mask."""
+        return None
+
+
+@keras.saving.register_keras_serializable(package="vrnn")
 class ToFloat32(keras.layers.Layer):
     """Casts stored features (float16) to float32 before any arithmetic."""
 
@@ -127,6 +160,8 @@ def _check_options(
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     if seq_len < 1:
         raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
+    if name == "delta" and seq_len < 2:
+        raise ConfigError(f"--head delta compares frames: --seq-len must be >= 2, got {seq_len}")
     if units < 1 or layers < 1:
         raise ConfigError(f"--units and --layers must be >= 1, got {units} and {layers}")
     if not all(0.0 <= rate < 1.0 for rate in dropouts):
@@ -173,7 +208,9 @@ def build_head(
     Then ``lstm``/``gru``: ``layers`` stacked recurrent layers of ``units``; ``bigru`` the
     same with bidirectional GRUs; ``meanpool`` a masked mean over time; ``trend`` the masked
     [mean, late third − early third] (:class:`MaskedTrend`), standardized: a linear
-    baseline (projection, input dropout and the hidden layer are left out). Then
+    baseline (projection, input dropout and the hidden layer are left out); ``delta`` the
+    same on L2-normalized frames (``UnitNormalization`` first) plus their mean absolute
+    frame-to-frame difference (:class:`MaskedDelta`), also linear. Then
     Dense(``dense_units``, relu) → Dropout(``dropout``) → softmax.
 
     Args:
@@ -208,17 +245,22 @@ def build_head(
     features = keras.Input((seq_len, feature_dim), dtype="float16", name=FEATURES_INPUT)
     mask = keras.Input((seq_len,), dtype="bool", name=MASK_INPUT)  # True = real frame
     x = ToFloat32(name="to_float32")(features)
+    if name == "delta":
+        x = keras.layers.UnitNormalization(axis=-1, name="frame_l2")(x)
     if normalize_on is not None:
         x = keras.layers.Normalization(axis=-1, name="frame_norm")(x)
-    linear = name == "trend"  # the baseline stays linear: no projection, no hidden layer
+    linear = name in LINEAR_HEADS  # no projection, no hidden layer
     if projection > 0 and not linear:
         x = keras.layers.Dense(projection, name="projection")(x)
     if input_dropout > 0 and not linear:
         x = keras.layers.Dropout(input_dropout, name="input_dropout")(x)
     if name == "meanpool":
         x = MaskedMean(name="masked_mean")(x, mask=mask)
-    elif name == "trend":
-        x = MaskedTrend(name="masked_trend")(x, mask=mask)
+    elif linear:
+        frames, x = x, MaskedTrend(name="masked_trend")(x, mask=mask)
+        if name == "delta":
+            delta = MaskedDelta(name="masked_delta")(frames, mask=mask)
+            x = keras.layers.Concatenate(name="clip_statistics")([x, delta])
         if normalize_on is not None:
             x = keras.layers.Normalization(axis=-1, name="trend_norm")(x)
     else:
@@ -232,7 +274,7 @@ def build_head(
     model = keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head")
     if normalize_on is not None:
         _adapt(model, "frame_norm", *normalize_on, frames=True)
-        if name == "trend":
+        if linear:
             _adapt(model, "trend_norm", *normalize_on, frames=False)
     optimizer = (
         keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)

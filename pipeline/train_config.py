@@ -26,13 +26,14 @@ class TrainConfig:
         patience: epochs without a val_loss improvement before early stopping.
         seed: seeds weight init, shuffling and temporal crops.
         min_crop_fraction: shortest random training crop, as a fraction of a video.
-        normalize: standardize features with train-split statistics inside the model.
+        normalize: standardize features with train-split statistics inside the model
+            (always on for :data:`pipeline.heads.ALWAYS_STANDARDIZED` heads).
         projection: per-frame linear projection width before the temporal layers (0: none).
         input_dropout: dropout on the per-frame inputs of the temporal layers.
         weight_decay: AdamW's decoupled weight decay (0: plain Adam).
     """
 
-    head: Head = Head.LSTM
+    head: Head = Head.DELTA
     seq_len: int = 16
     units: int = 64
     layers: int = 1

@@ -299,7 +299,7 @@ def fit_config(
     """
     heads.set_seed(config.seed)
     normalize_on = None
-    if config.normalize:
+    if config.normalize or config.head in heads.ALWAYS_STANDARDIZED:
         normalize_on = eval_sequences(train_data.features, config.seq_len)
     model = heads.build_head(
         config.head,

@@ -51,7 +51,11 @@ def command(
         ),
     ] = Path("models"),
     head: Annotated[
-        Head, typer.Option(help="Recurrent heads, or a linear baseline (meanpool, trend).")
+        Head,
+        typer.Option(
+            help="delta (the default): linear on [mean, trend, mean |frame-to-frame change|]; "
+            "lstm, gru, bigru; baselines meanpool and trend."
+        ),
     ] = DEFAULTS.head,
     seq_len: Annotated[
         int, typer.Option(callback=bounded(1, MAX_SEQ_LEN), help="Frames per sample.")
@@ -93,7 +97,11 @@ def command(
         ),
     ] = "2GiB",
     normalize: Annotated[
-        bool, typer.Option(help="Standardize features with train-split statistics (in the model).")
+        bool,
+        typer.Option(
+            help="Standardize features with train-split statistics (in the model); "
+            "--head delta always does."
+        ),
     ] = DEFAULTS.normalize,
     projection: Annotated[
         int,

@@ -194,3 +194,52 @@ def test_linear_trend_baseline_learns_appearance_and_order():
         trend, _ = fit("trend", train, val, epochs=40, patience=10, normalize=True)
         assert [layer.name for layer in trend.layers if "dense" in layer.name] == []  # linear
         assert accuracy(trend, *test) >= 0.9
+
+
+def test_delta_layer_is_mean_absolute_change_between_consecutive_real_frames():
+    rng = np.random.default_rng(6)
+    features = rng.normal(size=(3, SEQ_LEN, DIM)).astype(np.float32)
+    lengths = [SEQ_LEN, 4, 1]
+    mask = np.arange(SEQ_LEN)[None, :] < np.array(lengths)[:, None]
+    features[~mask] = 9.0  # padding must not count
+    got = np.asarray(heads.MaskedDelta()(features, mask=mask))
+    for i, n in enumerate(lengths):
+        real = features[i, :n].astype(np.float64)
+        expected = np.abs(np.diff(real, axis=0)).mean(0) if n > 1 else np.zeros(DIM)
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+
+
+def kind_of_change_videos(per_class: int, seed: int) -> tuple[list, np.ndarray]:
+    """Class = *which* features ramp over the clip (two disjoint sets); the direction of the
+    ramp is random, so each class's mean and its average late − early trend are the same."""
+    rng = np.random.default_rng(seed)
+    halves = np.arange(DIM) < DIM // 2
+    videos, labels = [], []
+    for label in np.repeat([0, 1], per_class):
+        frames = int(rng.integers(8, 25))
+        ramp = np.linspace(-1.0, 1.0, frames)[:, None] * rng.choice([-1.0, 1.0])
+        changing = halves if label == 0 else ~halves
+        video = rng.normal(0.0, 0.3, (frames, DIM)) + rng.normal(0.0, 0.5, DIM)
+        video[:, changing] += 1.5 * ramp
+        videos.append(video.astype(np.float16))
+        labels.append(label)
+    return videos, np.array(labels)
+
+
+def test_delta_head_learns_order_and_the_kind_of_change_the_trend_baseline_cannot():
+    pairs = order_videos(32, seed=1), order_videos(8, seed=2)
+    delta, _ = fit("delta", *pairs, epochs=40, patience=10, normalize=True)
+    assert [layer.name for layer in delta.layers if "dense" in layer.name] == []  # linear
+    assert accuracy(delta, *order_videos(20, seed=3)) >= 0.9
+
+    train, val = kind_of_change_videos(32, seed=1), kind_of_change_videos(8, seed=2)
+    test = kind_of_change_videos(30, seed=3)
+    delta, _ = fit("delta", train, val, epochs=40, patience=10, normalize=True)
+    trend, _ = fit("trend", train, val, epochs=40, patience=10, normalize=True)
+    delta_acc, trend_acc = accuracy(delta, *test), accuracy(trend, *test)
+    assert delta_acc >= 0.8 and delta_acc >= trend_acc + 0.2, (delta_acc, trend_acc)
+
+
+def test_delta_head_needs_two_frames():
+    with pytest.raises(ConfigError, match="--seq-len must be >= 2"):
+        heads.build_head("delta", num_classes=2, seq_len=1)

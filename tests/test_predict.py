@@ -49,7 +49,7 @@ class TrainedDir:
 
 
 def trained_model(tmp_path_factory: pytest.TempPathFactory, sample_dataset) -> TrainedDir:
-    """Extract 18 sample clips, train a tiny LSTM on them; built once per session (on disk)."""
+    """Extract 18 sample clips, train the default head on them; built once per session (on disk)."""
     from pipeline.extract import ExtractOptions, run_extraction
 
     root = tmp_path_factory.getbasetemp() / "predict_model"

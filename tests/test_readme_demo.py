@@ -41,16 +41,17 @@ def readme_block(section: str) -> list[str]:
 
 
 def demo_figures() -> dict[str, tuple[float, float]]:
-    """The README's demo top-1 figures as ranges: ``{"lstm": (lo, hi), "meanpool": (lo, hi)}``.
+    """The README's demo top-1 figures as ranges: ``{"default": (lo, hi), "meanpool": (lo, hi)}``.
 
     The README rounds to two decimals (``tools/demo_spread.py`` prints them so), so a run's
     top-1 is compared after the same rounding: 13 of 18 (0.7222) is inside "0.61–0.72".
     """
-    lstm = re.search(r"LSTM head reaches top-1 (\d\.\d+)[–-](\d\.\d+)", README)
+    default = re.search(r"default `\w+` head reaches top-1 (\d\.\d+)[–-](\d\.\d+)", README)
     meanpool = re.search(r"train\.head=meanpool`, reaches (\d\.\d+)[–-](\d\.\d+)", README)
-    assert lstm and meanpool, "README no longer states the demo's figures as ranges"
+    assert default and meanpool, "README no longer states the demo's figures as ranges"
     return {
-        name: (float(m[1]), float(m[2])) for name, m in (("lstm", lstm), ("meanpool", meanpool))
+        name: (float(m[1]), float(m[2]))
+        for name, m in (("default", default), ("meanpool", meanpool))
     }
 
 
@@ -111,10 +112,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
 
 def test_readme_demo_figure_matches_a_fresh_run(demo):
     _, _, metrics = demo
-    lo, hi = demo_figures()["lstm"]
-    assert lo <= round(metrics["top1"], 2) <= hi, (
-        f"demo top-1 {metrics['top1']}, README says {lo}–{hi}"
-    )
+    lo, hi = demo_figures()["default"]
+    top1 = round(metrics["top1"], 2)
+    assert lo <= top1 <= hi, f"demo top-1 {metrics['top1']}, README says {lo}–{hi}"
 
 
 def test_readme_dvc_block_runs_in_a_fresh_shell(demo):
