@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev,dvc
 STAMP  := $(VENV)/.installed
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench constraints
 
@@ -22,10 +23,10 @@ demo: setup  ## bundled sample data → index → extract → train → evaluate
 	@echo "The demo used extract.weights=random (offline). Real features: dvc exp run -S extract.weights=imagenet"
 	@echo "In a new shell, run 'source $(VENV)/bin/activate' first: the dvc stages call vrnn."
 
-test: setup  ## lint, then the whole test suite
+test: setup  ## lint, then the whole test suite (TEST_WORKERS processes, by test file)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup  ## benchmarks (minutes; prints tables)
 	$(BIN)/python benchmarks/bench_extract.py
