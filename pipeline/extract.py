@@ -57,11 +57,11 @@ class ExtractOptions:
     """User-facing stage-1 settings (see ``vrnn extract --help``)."""
 
     weights: str = "imagenet"
-    backbone: Backbone = Backbone.MOBILENET_V2
+    backbone: str = Backbone.MOBILENET_V2
     input_size: int = 224
-    resize: Resize = Resize.CROP
+    resize: str = Resize.CROP
     fps: float | None = None
-    dtype: FeatureDtype = FeatureDtype.FLOAT16
+    dtype: str = FeatureDtype.FLOAT16
     batch_size: int = 32
     mixed_precision: bool = False
     rehash: bool = False

@@ -33,7 +33,7 @@ class TrainConfig:
         weight_decay: AdamW's decoupled weight decay (0: plain Adam).
     """
 
-    head: Head = Head.DELTA
+    head: str = Head.DELTA
     seq_len: int = 16
     units: int = 64
     layers: int = 1
