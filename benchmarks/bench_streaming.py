@@ -57,8 +57,8 @@ def _config(backbone):
 BARE_LOOP = f"""
 import os, time, numpy as np
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-from pipeline import heads
-heads.set_seed(0)
+from pipeline import fit, heads
+fit.set_seed(0)
 model = heads.build_head("lstm", num_classes={CLASSES}, seq_len={SEQ_LEN})
 rng = np.random.default_rng(0)
 batches = [({{"features": rng.uniform(0, 6, ({BATCH}, {SEQ_LEN}, {DIM})).astype(np.float16),
@@ -285,7 +285,7 @@ def main(
 BREAKDOWN = f"""
 import os, time, numpy as np, keras
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-from pipeline import heads
+from pipeline import fit, heads
 from pipeline.sequences import TrainingSampler
 rng = np.random.default_rng(0)
 n = {BATCH} * 40
@@ -293,7 +293,7 @@ videos = [rng.uniform(0, 6, ({FRAMES}, {DIM})).astype(np.float16) for _ in range
 labels = rng.integers(0, {CLASSES}, n)
 sampler = TrainingSampler(videos, labels, seq_len={SEQ_LEN}, batch_size={BATCH}, seed=0)
 fixed = [sampler.batch(i) for i in range(sampler.num_batches)]
-heads.set_seed(0)
+fit.set_seed(0)
 model = heads.build_head("lstm", num_classes={CLASSES}, seq_len={SEQ_LEN})
 
 class Fixed(keras.utils.PyDataset):
@@ -328,7 +328,7 @@ def fit(source):
 
 def fit_head():
     stamps = [clock()]
-    heads.fit_head(model, sampler, None, epochs=3, patience=0,
+    fit.fit_head(model, sampler, None, epochs=3, patience=0,
                    on_epoch=lambda e, logs: stamps.append(clock()))
     return np.median(np.diff(stamps[1:], axis=0), axis=0) / sampler.num_batches
 
@@ -343,13 +343,13 @@ rows = {{}}
 # The rows the target compares are interleaved, three times each, before any Keras fit (in
 # case fit leaves tf.data machinery behind); the last two rows repeat them after it.
 ours = [("bare train_on_batch, float16 inputs", lambda: bare(np.float16)),
-        ("heads.fit_head on it (what vrnn train runs)", fit_head),
+        ("fit.fit_head on it (what vrnn train runs)", fit_head),
         ("bare train_on_batch, float32 inputs", lambda: bare(np.float32)),
         ("batch assembly alone (TrainingSampler.batch)", assemble)]
 keras_fit = [("fit on a PyDataset of ready batches", lambda: fit(Fixed())),
              ("Keras fit on the TrainingSampler (until #13)", lambda: fit(Sampled()))]
 after = [("bare train_on_batch, after Keras fit", lambda: bare(np.float16)),
-         ("heads.fit_head, after Keras fit", fit_head)]
+         ("fit.fit_head, after Keras fit", fit_head)]
 for name, run in ours * 3 + keras_fit * 2 + after:
     rows.setdefault(name, []).append(run())
 for name, values in rows.items():
@@ -357,7 +357,7 @@ for name, values in rows.items():
     print(f"  {{name:<46}} {{wall:8.1f}} ms wall {{cpu:8.1f}} ms CPU")
 base = np.min(rows["bare train_on_batch, float16 inputs"], axis=0)
 for name in ["Keras fit on the TrainingSampler (until #13)",
-             "heads.fit_head on it (what vrnn train runs)"]:
+             "fit.fit_head on it (what vrnn train runs)"]:
     wall, cpu = np.min(rows[name], axis=0) / base
     print(f"  {{name}} / bare float16: {{wall:.2f}}× wall, {{cpu:.2f}}× CPU (target ≤ 1.25)")
 """

@@ -84,17 +84,17 @@ def end_to_end_epochs(clips: int, batch_size: int, epochs: int, size: int) -> li
 
 def head_only_epochs(clips: int, batch_size: int, epochs: int) -> list[np.ndarray]:
     """``[wall, cpu]`` s per epoch of the default ``lstm`` head on random float16 features."""
-    from pipeline import heads
+    from pipeline import fit, heads
     from pipeline.sequences import TrainingSampler
 
     rng = np.random.default_rng(0)
     videos = [rng.uniform(0, 6, (FRAMES, 1280)).astype(np.float16) for _ in range(clips)]
     labels = rng.integers(0, CLASSES, clips)
-    heads.set_seed(0)
+    fit.set_seed(0)
     model = heads.build_head("lstm", num_classes=CLASSES, seq_len=FRAMES)
     sampler = TrainingSampler(videos, labels, seq_len=FRAMES, batch_size=batch_size, seed=0)
     stamps = [now()]  # the first epoch also includes tracing, as above
-    heads.fit_head(
+    fit.fit_head(
         model,
         sampler,
         None,

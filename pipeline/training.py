@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import heads, metrics
+from pipeline import fit, heads, metrics
 from pipeline.choices import Split, choose
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError, StoreError
@@ -109,8 +109,8 @@ class EvalResult:
 
 
 def _stop_on_non_finite_loss(
-    config: TrainConfig, on_epoch: heads.EpochCallback | None
-) -> heads.EpochCallback:
+    config: TrainConfig, on_epoch: fit.EpochCallback | None
+) -> fit.EpochCallback:
     """``on_epoch``, after refusing to go on once a loss is NaN or infinite."""
 
     def check(epoch: int, logs: dict[str, float]) -> None:
@@ -184,7 +184,7 @@ def train(
     model_dir: Path,
     config: TrainConfig,
     *,
-    on_epoch: heads.EpochCallback | None = None,
+    on_epoch: fit.EpochCallback | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> TrainResult:
     """Train a head on the manifest's train split, stopping early on its val split.
@@ -286,7 +286,7 @@ def fit_config(
     validation: keras.utils.PyDataset | None,
     num_classes: int,
     feature_dim: int,
-    on_epoch: heads.EpochCallback | None = None,
+    on_epoch: fit.EpochCallback | None = None,
     *,
     prefetch: Callable[[int, np.ndarray], None] | None = None,
 ) -> tuple[keras.Model, list[dict[str, float]]]:
@@ -297,7 +297,7 @@ def fit_config(
     Returns:
         The trained model (best val epoch restored) and its per-epoch history.
     """
-    heads.set_seed(config.seed)
+    fit.set_seed(config.seed)
     normalize_on = None
     if config.normalize or config.head in heads.ALWAYS_STANDARDIZED:
         normalize_on = eval_sequences(train_data.features, config.seq_len)
@@ -325,7 +325,7 @@ def fit_config(
         min_crop_fraction=config.min_crop_fraction,
         prefetch=prefetch,
     )
-    history = heads.fit_head(
+    history = fit.fit_head(
         model,
         sampler,
         validation,

@@ -1,4 +1,4 @@
-"""``heads.fit_head``'s own training loop against Keras's ``model.fit``, the loop it replaced.
+"""``fit_head``'s own training loop against Keras's ``model.fit``, the loop it replaced.
 
 Same seed, same sampler, same validation data: the history (values and key order) and the
 final weights must be bit-identical to ``model.fit`` with ``EarlyStopping(monitor="val_loss",
@@ -14,6 +14,7 @@ import pytest
 from test_heads import DIM, SEQ_LEN, appearance_videos
 
 from pipeline import heads
+from pipeline.fit import fit_head, set_seed
 from pipeline.sequences import TrainingSampler, eval_sequences
 from pipeline.streaming import validation_batches
 
@@ -52,7 +53,7 @@ def keras_fit(model, sampler, validation, *, epochs, patience):
 def train(fit, name, validation_kind, *, epochs, patience, learning_rate):
     train_videos = appearance_videos(13, 3, seed=1)  # 39 videos: the last batch is short
     val_videos, val_labels = appearance_videos(5, 3, seed=2)
-    heads.set_seed(0)
+    set_seed(0)
     model = heads.build_head(
         name, num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM, dropout=0.3,
         learning_rate=learning_rate,
@@ -63,7 +64,7 @@ def train(fit, name, validation_kind, *, epochs, patience, learning_rate):
     else:
         validation = validation_batches(val_videos, val_labels, SEQ_LEN, 8)
     epoch_logs = []
-    if fit is heads.fit_head:
+    if fit is fit_head:
         history = fit(
             model, sampler, validation, epochs=epochs, patience=patience,
             on_epoch=lambda epoch, logs: epoch_logs.append((epoch, logs)),
@@ -85,7 +86,7 @@ def test_fit_head_matches_keras_fit_bit_for_bit(
     name, validation_kind, epochs, patience, learning_rate
 ):
     options = {"epochs": epochs, "patience": patience, "learning_rate": learning_rate}
-    ours, our_weights = train(heads.fit_head, name, validation_kind, **options)
+    ours, our_weights = train(fit_head, name, validation_kind, **options)
     reference, reference_weights = train(keras_fit, name, validation_kind, **options)
     assert [list(logs) for logs in ours] == [list(logs) for logs in reference]
     assert ours == reference

@@ -17,6 +17,7 @@ import pytest
 
 from pipeline import heads
 from pipeline.errors import ConfigError
+from pipeline.fit import fit_head, set_seed
 from pipeline.sequences import TrainingSampler, eval_sequences, pad_sequence
 
 DIM = 32
@@ -62,7 +63,7 @@ def fit(
     normalize: bool = False,
 ):
     """A seeded head trained on ``(videos, labels)`` pairs; returns ``(model, history)``."""
-    heads.set_seed(seed)
+    set_seed(seed)
     model = heads.build_head(
         name,
         num_classes=int(train[1].max()) + 1,
@@ -72,7 +73,7 @@ def fit(
     )
     sampler = TrainingSampler(*train, seq_len=SEQ_LEN, batch_size=8, seed=seed)
     validation = (*eval_sequences(val[0], SEQ_LEN), val[1])
-    history = heads.fit_head(model, sampler, validation, epochs=epochs, patience=patience)
+    history = fit_head(model, sampler, validation, epochs=epochs, patience=patience)
     return model, history
 
 
