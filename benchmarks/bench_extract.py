@@ -161,8 +161,11 @@ def pure_backbone_fps(infer, size: int, batch: int, frames: int) -> float:
 
 
 def extract_once(videos: list[Path], store: Path, options: ExtractOptions):
-    for stale in store.parent.glob(store.stem + "*"):
-        stale.unlink()
+    for stale in store.parent.glob(store.stem + "*"):  # the store, its sidecars and dirs
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
     return run_extraction(videos, store, options)
 
 
