@@ -23,7 +23,14 @@ from pipeline.contracts import ExtractionFailure, VideoFeatures
 from pipeline.encode import write_video
 from pipeline.errors import ConfigError
 from pipeline.extract import ExtractOptions, resolve_extractor, run_extraction
-from pipeline.featurize import WorkItem, auto_decoders, iter_features, parse_decoders, queue_depth
+from pipeline.featurize import (
+    WorkItem,
+    auto_decoders,
+    decode_order,
+    iter_features,
+    parse_decoders,
+    queue_depth,
+)
 from pipeline.identity import file_sha256, video_id_from_sha256
 from pipeline.store import backbone_sidecar
 from tests.conftest import moving_square
@@ -248,6 +255,21 @@ def test_stop_from_another_thread_ends_run_extraction(
     assert not thread.is_alive()
     report = reports[0]
     assert (report.extracted, report.failed) == (len(videos) - 1, 0)  # the hung one: a rerun
+
+
+def test_several_decoders_take_the_biggest_files_first(videos: list[Path]) -> None:
+    """Whole videos per thread: a big one taken last would leave the other decoders idle."""
+    items = [
+        WorkItem(str(p), f"v{i}", "0" * 64, p.stat().st_size, p.stat().st_mtime_ns)
+        for i, p in enumerate(videos)
+    ]
+    assert len({item.size for item in items}) > 1  # the fixture's clips differ in size
+    order = decode_order(items, 3)
+    assert sorted(order) == list(range(len(items)))
+    sizes = [items[i].size for i in order]
+    assert sizes == sorted(sizes, reverse=True)
+    assert order != list(range(len(items)))  # the fixture is not already biggest-first
+    assert decode_order(items, 1) == list(range(len(items)))  # one decoder: item order
 
 
 def test_decoders_option_values() -> None:
