@@ -23,7 +23,7 @@ from pipeline import training
 from pipeline.contracts import VideoRecord
 from pipeline.errors import ConfigError
 from pipeline.manifest import write_manifest
-from pipeline.store import backbone_sidecar
+from pipeline.store import backbone_sidecar, shards_dir_for
 from stages import extract as extract_stage
 from stages.cli import app
 
@@ -463,7 +463,8 @@ def test_every_command_reports_usage_errors_in_one_line_with_exit_1(command):
 
 
 def test_train_without_the_stores_backbone_weights_fails_before_training(stage2, tmp_path):
-    store = Path(shutil.copy(stage2["store"], tmp_path / "features.h5"))
+    store = Path(shutil.copy(stage2["store"], tmp_path / "features.h5"))  # with its index
+    shutil.copytree(shards_dir_for(stage2["store"]), shards_dir_for(store))  # files, not sidecar
     assert not backbone_sidecar(store).exists()
     result = vrnn("train", stage2["manifest"], store, "-o", tmp_path / "model")
     one_error(result, "backbone weights file", "is missing")
