@@ -143,8 +143,21 @@ POINTS: dict[str, Callable[[], None]] = {
 }
 
 
+def _deliverable_sigint() -> None:
+    """Let SIGINT reach this process as it reaches a vrnn started from a terminal.
+
+    A child inherits an ignored or blocked SIGINT from the process that starts it. Under
+    pytest-xdist, a worker that earlier ran other test files was seen starting children with
+    SIGHUP, SIGINT and SIGQUIT ignored (/proc/self/status SigIgn 0x1001007), and the injected
+    Ctrl-C then never arrived.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> None:
     point, args = sys.argv[1], sys.argv[2:]
+    _deliverable_sigint()
     POINTS[point]()
     from stages.cli import app
 
