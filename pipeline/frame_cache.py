@@ -7,6 +7,8 @@ directory under ``~/.cache/vrnn/frames/``, see :func:`index_path_for`) names raw
 segment files holding the rows of the cached videos back to back. Training memory-maps
 them: a sampled frame costs one 2.5 KB row read from the page cache (or disk), and mapped
 pages are file-backed, so the process's anonymous memory does not grow with the store.
+Building the cache also notes which videos hold NaN or inf, so a run refuses them without
+reading every row again.
 
 The cache is keyed by the store file's size and mtime plus its extractor configuration; a
 changed store rebuilds it. Videos are added on demand: a later run needing more videos
@@ -26,6 +28,7 @@ import logging
 import mmap
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,10 +38,11 @@ import numpy as np
 from pipeline import fsio
 from pipeline.errors import StoreError
 from pipeline.store import FeatureStore
+from pipeline.streaming import all_finite
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def index_path_for(store_path: Path) -> Path:
@@ -91,6 +95,7 @@ class FrameCache:
                 data._mmap.madvise(mmap.MADV_RANDOM)
         self._row_bytes = dim * dtype.itemsize
         self._rows: dict[str, list[int]] = index["videos"]
+        self._nonfinite = set(index["nonfinite"])
 
     @property
     def video_ids(self) -> set[str]:
@@ -101,6 +106,10 @@ class FrameCache:
         """``[T, D]`` read-only view of one cached video's features (no copy is made)."""
         segment, start, count = self._rows[video_id]
         return self._data[segment][start : start + count]
+
+    def finite(self, video_id: str) -> bool:
+        """Whether a cached video's features are free of NaN and inf (checked when cached)."""
+        return video_id not in self._nonfinite
 
     def will_need(self, video_id: str, rows: np.ndarray) -> None:
         """Ask the kernel to read these rows of a video in the background (``MADV_WILLNEED``).
@@ -116,6 +125,55 @@ class FrameCache:
             begin = (start + int(row)) * self._row_bytes
             page = begin - begin % mmap.PAGESIZE
             data._mmap.madvise(mmap.MADV_WILLNEED, page, begin + self._row_bytes - page)
+
+    def warm(self) -> bool:
+        """Start reading the cache into the page cache, sequentially, in the background.
+
+        Only when the segments fit in half of the memory the kernel reports available:
+        then one sequential pass (~1 GB/s here) replaces the random 4 KB page faults that
+        would otherwise fetch rows one by one over the first epochs (a cold 4.9 GiB cache
+        took a 9.5k-video run from 147 s to 307 s). Cached pages are file-backed, so the
+        process's anonymous memory does not grow. Returns whether warming started.
+        """
+        paths = [p for p, data in zip(self.segments, self._data, strict=True) if data is not None]
+        available = _available_memory()
+        if not paths or available is None or not hasattr(os, "posix_fadvise"):
+            return False
+        if sum(p.stat().st_size for p in paths) > available // 2:
+            return False
+        threading.Thread(target=_read_ahead, args=(paths,), daemon=True).start()
+        return True
+
+
+def _available_memory() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` in bytes; None where the kernel has none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_ahead(paths: list[Path], step: int = 8 << 20) -> None:
+    """Have the kernel read ``paths`` into the page cache, ``step`` bytes per request.
+
+    One request for a whole file is capped by the kernel to a few MB; chunked
+    ``POSIX_FADV_WILLNEED`` reads it all without copying any byte into the process.
+    """
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # removed by a rebuild: the open mapping still works, uncached
+            continue
+        try:
+            for offset in range(0, os.fstat(fd).st_size, step):
+                os.posix_fadvise(fd, offset, step, os.POSIX_FADV_WILLNEED)
+        except OSError as e:
+            log.debug("frame cache read-ahead of %s stopped: %s", path, e)
+        finally:
+            os.close(fd)
 
 
 def _read_index(index_path: Path, fingerprint: dict) -> dict | None:
@@ -181,6 +239,7 @@ def _extend(
         "dim": store.config.feature_dim,
         "segments": [],
         "videos": {},
+        "nonfinite": [],
     }
     new = sorted(wanted - index["videos"].keys())
     dim, dtype = index["dim"], np.dtype(index["dtype"])
@@ -196,6 +255,8 @@ def _extend(
                     f"{store.path}: video {video_id} has features of shape "
                     f"{features.shape}, expected [T, {dim}]"
                 )
+            if not all_finite(features):  # a corrupt entry: refused when a run reads it
+                index["nonfinite"].append(video_id)
             out.write(np.ascontiguousarray(features, dtype=dtype).tobytes())
             index["videos"][video_id] = [number, offset, len(features)]
             offset += len(features)

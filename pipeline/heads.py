@@ -17,6 +17,7 @@ registered, so a saved ``.keras`` file loads with ``safe_mode=True``. The traini
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import keras
@@ -169,17 +170,29 @@ def _check_options(
 
 
 def _adapt(
-    model: keras.Model, layer_name: str, features: np.ndarray, mask: np.ndarray, frames: bool
+    model: keras.Model,
+    layer_name: str,
+    batches: Sequence[tuple[np.ndarray, np.ndarray]],
+    frames: bool,
 ) -> None:
-    """Fit the Normalization layer ``layer_name`` on what reaches it from ``features``.
+    """Fit the Normalization layer ``layer_name`` on what reaches it from ``batches``.
 
-    ``frames``: the layer sees ``[B, T, D]`` frames; only real ones (``mask``) count.
+    One batch at a time (Keras combines the batches' means and variances exactly), so
+    fitting costs memory for one batch, not for the whole training split.
+    ``frames``: the layer sees ``[B, T, D]`` frames; only real ones (the mask) count.
     """
     layer = model.get_layer(layer_name)
     probe = keras.Model(model.inputs, layer.input)
-    inputs = {FEATURES_INPUT: features.astype(np.float16, copy=False), MASK_INPUT: mask}
-    values = np.asarray(probe.predict(inputs, batch_size=256, verbose=0), dtype=np.float32)
-    layer.adapt(values[mask][:, None, :] if frames else values)
+
+    def values() -> Iterator[np.ndarray]:
+        for features, mask in batches:
+            inputs = {FEATURES_INPUT: features.astype(np.float16, copy=False), MASK_INPUT: mask}
+            out = np.asarray(probe.predict_on_batch(inputs), dtype=np.float32)
+            out = out[mask][:, None, :] if frames else out
+            if len(out):  # a batch of only padding has no frames to count
+                yield out
+
+    layer.adapt(values())
 
 
 def build_head(
@@ -196,7 +209,7 @@ def build_head(
     projection: int = 0,
     input_dropout: float = 0.0,
     weight_decay: float = 0.0,
-    normalize_on: tuple[np.ndarray, np.ndarray] | None = None,
+    normalize_on: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> keras.Model:
     """Build and compile a named head (Adam/AdamW, sparse categorical cross-entropy, accuracy).
 
@@ -223,9 +236,10 @@ def build_head(
             (0 leaves it out).
         input_dropout: dropout on the per-frame inputs of the temporal layers, in [0, 1).
         weight_decay: decoupled weight decay (AdamW) when > 0.
-        normalize_on: ``(features [N, T, D], mask [N, T])`` training sequences: standardize
-            each feature with the mean/variance of their real frames, inside the model
-            (so predict and export apply the same); None: no normalization.
+        normalize_on: batches of ``(features [B, T, D], mask [B, T])`` training sequences
+            (e.g. :class:`~pipeline.sequences.EvalBatches`; a one-item list of arrays also
+            works): standardize each feature with the mean/variance of their real frames,
+            inside the model (so predict and export apply the same); None: no normalization.
 
     Returns:
         A compiled ``keras.Model`` named ``<name>_head`` with inputs ``{"features": [B, T, D]
@@ -269,9 +283,9 @@ def build_head(
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     model = keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head")
     if normalize_on is not None:
-        _adapt(model, "frame_norm", *normalize_on, frames=True)
+        _adapt(model, "frame_norm", normalize_on, frames=True)
         if linear:
-            _adapt(model, "trend_norm", *normalize_on, frames=False)
+            _adapt(model, "trend_norm", normalize_on, frames=False)
     optimizer = (
         keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
         if weight_decay > 0

@@ -142,40 +142,47 @@ def read_split(
     videos: Sequence[JoinedVideo],
     split: str,
     labels: Sequence[str],
-    read: Callable[[str], np.ndarray] | None = None,
+    cache: FrameCache | None = None,
 ) -> SplitData:
     """Read the features of one split once (a video listed twice is read once).
 
     Args:
-        read: ``video_id → [T, D]`` features; default :meth:`FeatureStore.read_features` into memory
-            (a :class:`~pipeline.frame_cache.FrameCache` gives memory-mapped views instead).
+        cache: None reads the features into memory (:meth:`FeatureStore.read_features`); a
+            :class:`~pipeline.frame_cache.FrameCache` gives memory-mapped views instead,
+            checked for NaN/inf by the cache when it was built, so no row is read here.
 
     Raises:
         ModelError: a video's label is not one of ``labels``.
+        StoreError: a video's stored features hold NaN or inf.
     """
     chosen, targets = split_targets(videos, split, labels)
-    if read is None:
-        read = store.read_features
-    cache: dict[str, np.ndarray] = {}
+    read = store.read_features if cache is None else cache.frames
+    features: dict[str, np.ndarray] = {}
     for v in chosen:
-        if v.video_id not in cache:
-            cache[v.video_id] = read(v.video_id)
-            if not all_finite(cache[v.video_id]):
+        if v.video_id not in features:
+            features[v.video_id] = read(v.video_id)
+            finite = all_finite(features[v.video_id]) if cache is None else cache.finite(v.video_id)
+            if not finite:
                 raise StoreError(
                     f"{v.record.path}: its stored features contain NaN or inf (a corrupt "
                     f"store entry, video id {v.video_id}); re-extract it into a new store"
                 )
-    return SplitData(chosen, [cache[v.video_id] for v in chosen], targets)
+    return SplitData(chosen, [features[v.video_id] for v in chosen], targets)
 
 
 def feature_reader(
     store: FeatureStore, videos: Sequence[JoinedVideo], memory_budget: int
 ) -> tuple[InputPlan, FrameCache | None]:
     """Decide the input path for ``videos``: in memory (None) when their features fit
-    ``memory_budget`` bytes, else the store's frame cache (memory-mapped views)."""
+    ``memory_budget`` bytes, else the store's frame cache (memory-mapped views, read into
+    the page cache in the background when they fit there: :meth:`FrameCache.warm`)."""
     ids = [v.video_id for v in videos]
     plan = plan_input(store, ids, memory_budget)
-    return plan, open_frame_cache(store, ids) if plan.streaming else None
+    if not plan.streaming:
+        return plan, None
+    cache = open_frame_cache(store, ids)
+    cache.warm()
+    return plan, cache
 
 
 def read_ahead(

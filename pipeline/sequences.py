@@ -145,6 +145,31 @@ def eval_sequences(videos: Sequence[np.ndarray], seq_len: int) -> tuple[np.ndarr
     return stack_sequences(videos, [uniform_indices(len(v), seq_len) for v in videos], seq_len)
 
 
+class EvalBatches(Sequence[tuple[np.ndarray, np.ndarray]]):
+    """:func:`eval_sequences` of ``videos``, ``batch_size`` videos at a time, made on access.
+
+    ``batches[i]`` is ``(features [B, seq_len, D], mask [B, seq_len])`` for videos
+    ``i * batch_size`` onwards; only the batch asked for exists in memory, so a pass over a
+    split (fitting the normalization, validating) costs memory that does not grow with it.
+    """
+
+    def __init__(self, videos: Sequence[np.ndarray], seq_len: int, batch_size: int = 256):
+        check_seq_len(seq_len)
+        self.videos = videos
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.indices = [uniform_indices(len(v), seq_len) for v in videos]
+
+    def __len__(self) -> int:
+        return -(-len(self.videos) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range ({len(self)} batches)")
+        chosen = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return stack_sequences(self.videos[chosen], self.indices[chosen], self.seq_len)
+
+
 class TrainingSampler:
     """Shuffled batches of freshly jittered sequences, re-drawn every epoch, seeded.
 

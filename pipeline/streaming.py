@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.sequences import stack_sequences, uniform_indices
+from pipeline.sequences import EvalBatches
 from pipeline.store_read import FeatureStore
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
@@ -142,7 +142,7 @@ def prefetched(
 def validation_batches(
     videos: Sequence[np.ndarray], targets: np.ndarray, seq_len: int, batch_size: int
 ) -> object:
-    """A ``keras.utils.PyDataset`` of evaluation-sampled batches (see ``eval_sequences``).
+    """A ``keras.utils.PyDataset`` of evaluation-sampled batches (see :class:`EvalBatches`).
 
     Only one batch of sequences exists at a time, so validating costs no memory that grows
     with the split; both input paths use it, so their validation numbers are identical.
@@ -154,15 +154,15 @@ def validation_batches(
     class _Batches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__(workers=1, use_multiprocessing=False)
-            self.indices = [uniform_indices(len(v), seq_len) for v in videos]
+            self.batches = EvalBatches(videos, seq_len, batch_size)
 
         @property
         def num_batches(self) -> int:
-            return -(-len(videos) // batch_size)
+            return len(self.batches)
 
         def __getitem__(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            features, mask = self.batches[index]
             chosen = slice(index * batch_size, (index + 1) * batch_size)
-            features, mask = stack_sequences(videos[chosen], self.indices[chosen], seq_len)
             return {FEATURES_INPUT: features, MASK_INPUT: mask}, targets[chosen]
 
     return _Batches()

@@ -37,7 +37,7 @@ from pipeline.model_dir import (
     load_model_dir,
     write_model_dir,
 )
-from pipeline.sequences import TrainingSampler, eval_sequences
+from pipeline.sequences import EvalBatches, TrainingSampler, eval_sequences
 from pipeline.store import FeatureStore, backbone_sidecar, open_store
 from pipeline.streaming import (
     DEFAULT_MEMORY_BUDGET,
@@ -221,9 +221,8 @@ def train(
         check_duplicates(joined.videos, [r for r in records if r.split == "test"], store)
         labels = class_labels(joined.videos)
         plan, cache = feature_reader(store, joined.videos, memory_budget)
-        read = cache.frames if cache is not None else None
-        train_data = read_split(store, joined.videos, "train", labels, read)
-        val_data = read_split(store, joined.videos, "val", labels, read)
+        train_data = read_split(store, joined.videos, "train", labels, cache)
+        val_data = read_split(store, joined.videos, "val", labels, cache)
         extractor = store.config
     sidecar = checked_sidecar(Path(store_path), extractor)
     validation = None
@@ -300,7 +299,7 @@ def fit_config(
     fit.set_seed(config.seed)
     normalize_on = None
     if config.normalize or config.head in heads.ALWAYS_STANDARDIZED:
-        normalize_on = eval_sequences(train_data.features, config.seq_len)
+        normalize_on = EvalBatches(train_data.features, config.seq_len)
     model = heads.build_head(
         config.head,
         num_classes=num_classes,

@@ -18,7 +18,7 @@ import pytest
 from pipeline import heads
 from pipeline.errors import ConfigError
 from pipeline.fit import fit_head, set_seed
-from pipeline.sequences import TrainingSampler, eval_sequences, pad_sequence
+from pipeline.sequences import EvalBatches, TrainingSampler, eval_sequences, pad_sequence
 
 DIM = 32
 SEQ_LEN = 8
@@ -69,7 +69,7 @@ def fit(
         num_classes=int(train[1].max()) + 1,
         seq_len=SEQ_LEN,
         feature_dim=DIM,
-        normalize_on=eval_sequences(train[0], SEQ_LEN) if normalize else None,
+        normalize_on=[eval_sequences(train[0], SEQ_LEN)] if normalize else None,
     )
     sampler = TrainingSampler(*train, seq_len=SEQ_LEN, batch_size=8, seed=seed)
     validation = (*eval_sequences(val[0], SEQ_LEN), val[1])
@@ -159,7 +159,7 @@ def test_normalization_is_fitted_on_real_train_frames_and_saved_in_the_model(tmp
     features, mask = eval_sequences(scaled, SEQ_LEN)
     features[~mask] = 1000.0  # padding must not enter the statistics
     model = heads.build_head(
-        "lstm", num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM, normalize_on=(features, mask)
+        "lstm", num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM, normalize_on=[(features, mask)]
     )
     norm = model.get_layer("frame_norm")
     real = features[mask].astype(np.float64)
@@ -170,6 +170,26 @@ def test_normalization_is_fitted_on_real_train_frames_and_saved_in_the_model(tmp
     np.testing.assert_array_equal(
         heads.predict_proba(loaded, features, mask), heads.predict_proba(model, features, mask)
     )
+
+
+def test_normalization_fitted_batch_by_batch_matches_one_pass_over_the_split():
+    videos, _ = appearance_videos(7, 3, seed=5)  # 3–30 frames: some padded, masked
+    videos = [(v.astype(np.float32) * 30 + 50).astype(np.float16) for v in videos]
+    whole = heads.build_head(
+        "delta", num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM,
+        normalize_on=[eval_sequences(videos, SEQ_LEN)],
+    )  # fmt: skip
+    batched = heads.build_head(
+        "delta", num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM,
+        normalize_on=EvalBatches(videos, SEQ_LEN, batch_size=4),  # the last one short
+    )  # fmt: skip
+    for name in ("frame_norm", "trend_norm"):
+        for stat in ("mean", "variance"):
+            np.testing.assert_allclose(
+                np.ravel(getattr(batched.get_layer(name), stat)),
+                np.ravel(getattr(whole.get_layer(name), stat)),
+                rtol=1e-4, atol=1e-6,
+            )  # fmt: skip
 
 
 def test_projection_dropout_and_weight_decay_build_and_check_their_options():

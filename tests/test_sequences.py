@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.sequences import (
+    EvalBatches,
     TrainingSampler,
     check_seq_len,
     eval_sequences,
@@ -144,3 +145,16 @@ def test_sampler_rejects_bad_options():
         TrainingSampler([_video(3)], np.zeros(1), seq_len=4, batch_size=0, seed=0)
     with pytest.raises(ConfigError):
         TrainingSampler([], np.zeros(0), seq_len=4, batch_size=2, seed=0)
+
+
+def test_eval_batches_are_eval_sequences_cut_into_batches():
+    videos = [_video(n) for n in (100, 3, 0, 17, 40)]
+    whole_features, whole_mask = eval_sequences(videos, 4)
+    batches = EvalBatches(videos, 4, batch_size=2)
+    assert len(batches) == 3
+    features = np.concatenate([f for f, _ in batches])
+    mask = np.concatenate([m for _, m in batches])
+    np.testing.assert_array_equal(features, whole_features)
+    np.testing.assert_array_equal(mask, whole_mask)
+    with pytest.raises(IndexError):
+        batches[3]

@@ -7,6 +7,7 @@ frames with ``seq_len`` 8 include some shorter than a sample (padding + mask).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -148,6 +149,34 @@ def test_frame_cache_is_built_once_extended_on_demand_and_rebuilt_for_a_changed_
         ["frames.json", rebuilt.segments[0].name]
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "features.h5", "features.h5.d"]
+
+
+def test_frame_cache_warms_the_page_cache_only_when_it_fits(data, monkeypatch):
+    with open_store(data["store"]) as store:
+        cache = frame_cache.open_frame_cache(store, store.video_ids)
+    size = sum(p.stat().st_size for p in cache.segments)
+    requests: list[tuple[str, int, int]] = []
+    real_fadvise = os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        requests.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    missing = cache.segments[0].with_name("gone.bin")  # e.g. removed by a rebuild: skipped
+    frame_cache._read_ahead([missing, *cache.segments], step=4096)
+    covered = sorted((o, o + n) for path, o, n in requests if path == str(cache.segments[0]))
+    assert covered[0][0] == 0 and covered[-1][1] >= size  # the whole file, in order, no gaps
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))
+    assert all(b - a == 4096 for a, b in covered)  # in requests the kernel honours whole
+
+    monkeypatch.setattr(frame_cache, "_available_memory", lambda: 2 * size)
+    assert cache.warm()  # fits in half of the available memory
+    monkeypatch.setattr(frame_cache, "_available_memory", lambda: 2 * size - 2)
+    assert not cache.warm()  # does not: left to the page faults of the sampled rows
+    monkeypatch.setattr(frame_cache, "_available_memory", lambda: None)
+    assert not cache.warm()  # no /proc/meminfo: nothing to go by
+    assert frame_cache._available_memory() is None or frame_cache._available_memory() > 0
 
 
 RSS_PROBE = textwrap.dedent(

@@ -290,13 +290,16 @@ def test_a_class_with_one_training_clip_trains_with_a_warning_naming_it(data, tm
     assert any("class(es) 'jump' have a single training clip" in w for w in result.warnings)
 
 
-def test_features_with_nan_are_refused_naming_the_video(data, tmp_path):
+@pytest.mark.parametrize("budget", ["2GiB", "0"], ids=["in-memory", "streaming"])
+def test_features_with_nan_are_refused_naming_the_video(data, tmp_path, monkeypatch, budget):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # streaming's frame cache
     videos = make_videos(tmp_path / "videos", {"train": 3, "val": 1}, seed=7)
     broken, features = videos[4]
     features[2, 5] = np.nan
     store = build_store(tmp_path / "features.h5", videos)
     manifest = write_manifest([r for r, _ in videos], tmp_path / "manifest.csv")
     args = ["train", str(manifest), str(store), "-o", str(tmp_path / "models"), "--epochs", "1"]
+    args += ["--memory-budget", budget]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
