@@ -57,13 +57,15 @@ def _config(backbone):
 BARE_LOOP = f"""
 import os, time, numpy as np
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-from pipeline import fit, heads
+from pipeline import fit, training
+from pipeline.train_config import TrainConfig
 fit.set_seed(0)
-model = heads.build_head("lstm", num_classes={CLASSES}, seq_len={SEQ_LEN})
 rng = np.random.default_rng(0)
 batches = [({{"features": rng.uniform(0, 6, ({BATCH}, {SEQ_LEN}, {DIM})).astype(np.float16),
              "mask": np.ones(({BATCH}, {SEQ_LEN}), bool)}}, rng.integers(0, {CLASSES}, {BATCH}))
            for _ in range(8)]
+videos = [clip for x, _ in batches for clip in x["features"]]
+model = training.configured_head(TrainConfig(), {CLASSES}, {DIM}, videos)  # vrnn train's default
 for x, y in batches[:3]:
     model.train_on_batch(x, y)
 steps = int(os.environ.get("BARE_STEPS", "150"))
@@ -285,8 +287,9 @@ def main(
 BREAKDOWN = f"""
 import os, time, numpy as np, keras
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-from pipeline import fit, heads
+from pipeline import fit, training
 from pipeline.sequences import TrainingSampler
+from pipeline.train_config import TrainConfig
 rng = np.random.default_rng(0)
 n = {BATCH} * 40
 videos = [rng.uniform(0, 6, ({FRAMES}, {DIM})).astype(np.float16) for _ in range(n)]
@@ -294,7 +297,8 @@ labels = rng.integers(0, {CLASSES}, n)
 sampler = TrainingSampler(videos, labels, seq_len={SEQ_LEN}, batch_size={BATCH}, seed=0)
 fixed = [sampler.batch(i) for i in range(sampler.num_batches)]
 fit.set_seed(0)
-model = heads.build_head("lstm", num_classes={CLASSES}, seq_len={SEQ_LEN})
+model = training.configured_head(TrainConfig(), {CLASSES}, {DIM}, videos)  # vrnn train's default
+print(f"  (head: {{model.name}})")
 
 class Fixed(keras.utils.PyDataset):
     num_batches = len(fixed)
@@ -319,7 +323,7 @@ def bare(dtype):
         model.train_on_batch({{"features": f.astype(dtype), "mask": m}}, y)
     return (clock() - start) / len(fixed)
 
-def fit(source):
+def keras_fit(source):
     stamps = []
     cb = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, l: stamps.append(clock()),
                                         on_epoch_end=lambda e, l: stamps.append(clock()))
@@ -346,11 +350,11 @@ ours = [("bare train_on_batch, float16 inputs", lambda: bare(np.float16)),
         ("fit.fit_head on it (what vrnn train runs)", fit_head),
         ("bare train_on_batch, float32 inputs", lambda: bare(np.float32)),
         ("batch assembly alone (TrainingSampler.batch)", assemble)]
-keras_fit = [("fit on a PyDataset of ready batches", lambda: fit(Fixed())),
-             ("Keras fit on the TrainingSampler (until #13)", lambda: fit(Sampled()))]
+keras_fits = [("fit on a PyDataset of ready batches", lambda: keras_fit(Fixed())),
+             ("Keras fit on the TrainingSampler (until #13)", lambda: keras_fit(Sampled()))]
 after = [("bare train_on_batch, after Keras fit", lambda: bare(np.float16)),
          ("fit.fit_head, after Keras fit", fit_head)]
-for name, run in ours * 3 + keras_fit * 2 + after:
+for name, run in ours * 3 + keras_fits * 2 + after:
     rows.setdefault(name, []).append(run())
 for name, values in rows.items():
     wall, cpu = np.min(values, axis=0) * 1e3

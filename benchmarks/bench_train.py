@@ -4,8 +4,8 @@ Run:  python benchmarks/bench_train.py [--clips 512] [--manifest M.csv --store F
 
 * end to end — the seed design: ``TimeDistributed`` frozen MobileNetV2 (64×64, random
   weights, ``trainable=False``) under LSTM(64) → Dense(32) → softmax, trained on raw clips;
-* head only — the default ``lstm`` head on cached 1280-d float16 features of the same clips
-  (``TrainingSampler`` batches, as ``vrnn train`` feeds them);
+* head only — the ``lstm`` head (the seed design's head) on cached 1280-d float16 features
+  of the same clips (``TrainingSampler`` batches, as ``vrnn train`` feeds them);
 * same clip count, frames per clip and batch size; steady-state epoch times (the first epoch,
   which traces the graph, is reported separately; medians of the rest, wall and CPU
   seconds); ratio = end to end / head only (target ≥ 100×). Random data: this measures
@@ -16,7 +16,7 @@ Both are compute-bound on CPU: per clip, the frozen backbone's forward pass at 6
 so ~25–35× is the ceiling at 64×64; the ratio grows with the square of ``--size``.
 
 With ``--manifest`` and ``--store``, also the wall time of ``vrnn train``'s library call with
-default options (``lstm``, early stopping on the manifest's val split) on that store.
+default options (the ``delta`` head, early stopping on the manifest's val split) on that store.
 
 With ``--scale --work DIR``: stage 2 at scale instead, in memory vs streaming on synthetic
 UCF101-shaped stores (see ``bench_streaming.py``).
@@ -83,7 +83,7 @@ def end_to_end_epochs(clips: int, batch_size: int, epochs: int, size: int) -> li
 
 
 def head_only_epochs(clips: int, batch_size: int, epochs: int) -> list[np.ndarray]:
-    """``[wall, cpu]`` s per epoch of the default ``lstm`` head on random float16 features."""
+    """``[wall, cpu]`` s per epoch of the ``lstm`` head on random float16 features."""
     from pipeline import fit, heads
     from pipeline.sequences import TrainingSampler
 

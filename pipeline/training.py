@@ -279,6 +279,31 @@ def small_split_warnings(
     return notes
 
 
+def configured_head(
+    config: TrainConfig, num_classes: int, feature_dim: int, train_videos: Sequence[np.ndarray]
+) -> keras.Model:
+    """The compiled head ``config`` describes; its standardization (when the head or
+    ``config.normalize`` asks for one) fitted on ``train_videos``' evaluation sequences."""
+    normalize_on = None
+    if config.normalize or config.head in heads.ALWAYS_STANDARDIZED:
+        normalize_on = EvalBatches(train_videos, config.seq_len)
+    return heads.build_head(
+        config.head,
+        num_classes=num_classes,
+        seq_len=config.seq_len,
+        feature_dim=feature_dim,
+        units=config.units,
+        layers=config.layers,
+        dropout=config.dropout,
+        dense_units=config.dense_units,
+        learning_rate=config.learning_rate,
+        projection=config.projection,
+        input_dropout=config.input_dropout,
+        weight_decay=config.weight_decay,
+        normalize_on=normalize_on,
+    )
+
+
 def fit_config(
     config: TrainConfig,
     train_data: SplitData,
@@ -297,24 +322,7 @@ def fit_config(
         The trained model (best val epoch restored) and its per-epoch history.
     """
     fit.set_seed(config.seed)
-    normalize_on = None
-    if config.normalize or config.head in heads.ALWAYS_STANDARDIZED:
-        normalize_on = EvalBatches(train_data.features, config.seq_len)
-    model = heads.build_head(
-        config.head,
-        num_classes=num_classes,
-        seq_len=config.seq_len,
-        feature_dim=feature_dim,
-        units=config.units,
-        layers=config.layers,
-        dropout=config.dropout,
-        dense_units=config.dense_units,
-        learning_rate=config.learning_rate,
-        projection=config.projection,
-        input_dropout=config.input_dropout,
-        weight_decay=config.weight_decay,
-        normalize_on=normalize_on,
-    )
+    model = configured_head(config, num_classes, feature_dim, train_data.features)
     sampler = TrainingSampler(
         train_data.features,
         train_data.targets,
