@@ -96,6 +96,8 @@ class FrameCache:
         self._row_bytes = dim * dtype.itemsize
         self._rows: dict[str, list[int]] = index["videos"]
         self._nonfinite = set(index["nonfinite"])
+        self.warming = False
+        """Whether :meth:`warm` is reading the whole cache into the page cache."""
 
     @property
     def video_ids(self) -> set[str]:
@@ -142,6 +144,7 @@ class FrameCache:
         if sum(p.stat().st_size for p in paths) > available // 2:
             return False
         threading.Thread(target=_read_ahead, args=(paths,), daemon=True).start()
+        self.warming = True
         return True
 
 

@@ -188,7 +188,11 @@ def feature_reader(
 def read_ahead(
     cache: FrameCache | None, data: SplitData
 ) -> Callable[[int, np.ndarray], None] | None:
-    """The sampler's read-ahead hint when streaming: upcoming rows fetched by the kernel."""
-    if cache is None:
+    """The sampler's read-ahead hint when streaming: upcoming rows fetched by the kernel.
+
+    None when the whole cache is being read into the page cache (:meth:`FrameCache.warm`):
+    hints then cost ~1.5 ms of system calls per batch (512 rows) and fetch nothing.
+    """
+    if cache is None or cache.warming:
         return None
     return lambda i, rows: cache.will_need(data.videos[i].video_id, rows)

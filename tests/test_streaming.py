@@ -171,7 +171,10 @@ def test_frame_cache_warms_the_page_cache_only_when_it_fits(data, monkeypatch):
     assert all(b - a == 4096 for a, b in covered)  # in requests the kernel honours whole
 
     monkeypatch.setattr(frame_cache, "_available_memory", lambda: 2 * size)
+    split = join.SplitData([], [], np.zeros(0))
+    assert not cache.warming and join.read_ahead(cache, split) is not None
     assert cache.warm()  # fits in half of the available memory
+    assert cache.warming and join.read_ahead(cache, split) is None  # no per-row hints needed
     monkeypatch.setattr(frame_cache, "_available_memory", lambda: 2 * size - 2)
     assert not cache.warm()  # does not: left to the page faults of the sampled rows
     monkeypatch.setattr(frame_cache, "_available_memory", lambda: None)
