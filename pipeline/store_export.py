@@ -54,7 +54,7 @@ class ExportOptions:
         stride: rows between the starts of consecutive windows.
     """
 
-    fmt: str = "npy"
+    fmt: str = ArrayFormat.NPY
     keep_dtype: bool = False
     window: int | None = None
     stride: int | None = None
@@ -107,7 +107,7 @@ def file_names(stems: dict[str, str], fmt: str) -> dict[str, str]:
     video's timestamps file) gets ``-<video id>`` appended to each, so every name is stable.
     """
     taken = Counter(stem.casefold() for stem in stems.values())
-    if fmt == "npy":
+    if fmt == ArrayFormat.NPY:
         taken.update((stem + TIMESTAMPS_SUFFIX).casefold() for stem in stems.values())
     names = {}
     for video_id, stem in stems.items():
@@ -180,7 +180,7 @@ def export_store(
             vf = store.read(video_id)
             features, timestamps = _arrays(vf, options)
             name = names[video_id]
-            if options.fmt == "npz":
+            if options.fmt == ArrayFormat.NPZ:
                 files = {name: _npz_bytes({"features": features, "timestamps": timestamps})}
                 times_name = name
             else:
