@@ -265,8 +265,13 @@ def enable_gpu_memory_growth() -> list[str]:
     By default TensorFlow reserves nearly all memory of every visible GPU at its first GPU
     use, so a second process (a Dask worker, ``predict`` beside ``extract``) fails with out
     of memory. Must run before anything touches a GPU; called by :func:`build_backbone`.
-    Returns the names of the GPUs configured (empty without GPUs).
+    Returns the names of the GPUs configured (empty without GPUs, or on another Keras
+    backend: JAX, for one, is told with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``).
     """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return []
     import tensorflow as tf
 
     names = []
