@@ -12,6 +12,11 @@ as many threads (the most that many decoders can deliver); and the backbone alon
 ready batch (the most the accelerator can take). extract ≈ min(decode, backbone) means the
 decoders keep the backbone fed or the backbone is the limit, as the case may be.
 
+``--breakdown`` then splits the CPU side, per count N: the engine with a backbone that costs
+nothing (zeros), and the reader alone (decode + scaling to the input size + ``to_ndarray``,
+``VideoReader.chunks``) in N threads and in N processes: whether threads or processes feed
+more, and what the CPU can deliver at all.
+
 Runs on whichever Keras backend is installed: with TensorFlow, ``vrnn extract``'s own
 compiled inference function (:func:`pipeline.backbone.make_inference_fn`); with JAX (where
 no TensorFlow GPU build can be installed) a ``jax.jit`` of the same Keras model, batches
@@ -82,6 +87,55 @@ def extract_fps(videos: list[Path], config, infer, batch_size: int, decoders: in
     return result.frames / result.seconds
 
 
+def _read(path: Path, size: int) -> int:
+    from pipeline.featurize import CHUNK_FRAMES, DECODER_THREAD_TYPE
+    from pipeline.video import VideoReader
+
+    reader = VideoReader(path, size=size, thread_type=DECODER_THREAD_TYPE)
+    return sum(len(chunk.frames) for chunk in reader.chunks(CHUNK_FRAMES))
+
+
+def reader_fps(videos: list[Path], size: int, workers: int, processes: bool) -> float:
+    """Frames/s of ``VideoReader`` alone, ``workers`` threads or processes taking whole files."""
+    import functools
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    read = functools.partial(_read, size=size)
+    started = time.perf_counter()
+    if processes:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            frames = sum(pool.map(read, videos, chunksize=1))
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            frames = sum(pool.map(read, videos))
+    return frames / (time.perf_counter() - started)
+
+
+def breakdown(videos: list[Path], config, args: argparse.Namespace) -> list[dict]:
+    """Per decoder count: the engine with a free backbone, the reader in threads/processes."""
+    free = lambda frames: np.zeros((len(frames), 1280), np.float32)  # noqa: E731
+    print(
+        f"{'N':>9} {'engine, free backbone':>22} {'reader, N threads':>18} "
+        f"{'reader, N processes':>20}"
+    )
+    rows = []
+    for count in [int(text) for text in args.decoders.split(",")]:
+        row = {
+            "decoders": count,
+            "engine_free_backbone_fps": extract_fps(videos, config, free, args.batch_size, count),
+            "reader_threads_fps": reader_fps(videos, args.size, count, processes=False),
+            "reader_processes_fps": reader_fps(videos, args.size, count, processes=True),
+        }
+        rows.append(row)
+        print(
+            f"{count:>9} {row['engine_free_backbone_fps']:>22.0f} "
+            f"{row['reader_threads_fps']:>18.0f} {row['reader_processes_fps']:>20.0f}",
+            flush=True,
+        )
+    return rows
+
+
 def describe_device() -> str:
     """The accelerator (or CPU) and the software, one line."""
     import keras
@@ -111,6 +165,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=8, help="clips per resolution")
     parser.add_argument("--frames", type=int, default=150, help="frames per clip")
     parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
+    parser.add_argument("--breakdown", action="store_true", help="also split the CPU side")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
@@ -138,8 +193,10 @@ def main() -> None:
             fps = extract_fps(videos, config, infer, args.batch_size, count)
             rows.append({"decoders": count, "raw_decode_fps": raw, "extract_fps": fps})
             print(f"{count:>9} {raw:>16.0f} {fps:>13.0f} {fps / top:>12.2f}", flush=True)
+        split = breakdown(videos, config, args) if args.breakdown else []
     if args.json:
         report = {"device": describe_device(), "backbone_fps": top, "rows": rows, **vars(args)}
+        report["breakdown"] = split
         args.json.write_text(json.dumps(report, default=str, indent=1))
 
 
