@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from real_clips import make_real_sized_videos, raw_decode_fps
+from real_clips import make_real_sized_videos, raw_decode_fps, read_as_extract
 
 from pipeline.backbone import backbone_for
 from pipeline.encode import write_video
@@ -77,8 +77,7 @@ def cpu_breakdown(videos: list[Path], options: ExtractOptions, total: int) -> di
     import av
 
     from pipeline.backbone import build_backbone, make_inference_fn, parse_weights
-    from pipeline.featurize import CHUNK_FRAMES, DECODER_THREAD_TYPE
-    from pipeline.video import VideoReader
+    from pipeline.featurize import DECODER_THREAD_TYPE
 
     def bare() -> None:
         for path in videos:
@@ -90,9 +89,7 @@ def cpu_breakdown(videos: list[Path], options: ExtractOptions, total: int) -> di
 
     def reader() -> None:
         for path in videos:
-            kw = {"size": options.input_size, "thread_type": DECODER_THREAD_TYPE}
-            for _ in VideoReader(path, **kw).chunks(CHUNK_FRAMES):
-                pass
+            read_as_extract(path, options.input_size)
 
     size = options.input_size
     infer = make_inference_fn(build_backbone(parse_weights(options.weights), size))

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from real_clips import make_real_sized_videos, raw_decode_fps
+from real_clips import make_real_sized_videos, raw_decode_fps, read_as_extract
 
 WEIGHTS = "random:seed=0"
 
@@ -87,21 +87,13 @@ def extract_fps(videos: list[Path], config, infer, batch_size: int, decoders: in
     return result.frames / result.seconds
 
 
-def _read(path: Path, size: int) -> int:
-    from pipeline.featurize import CHUNK_FRAMES, DECODER_THREAD_TYPE
-    from pipeline.video import VideoReader
-
-    reader = VideoReader(path, size=size, thread_type=DECODER_THREAD_TYPE)
-    return sum(len(chunk.frames) for chunk in reader.chunks(CHUNK_FRAMES))
-
-
 def reader_fps(videos: list[Path], size: int, workers: int, processes: bool) -> float:
     """Frames/s of ``VideoReader`` alone, ``workers`` threads or processes taking whole files."""
     import functools
     import multiprocessing
     from concurrent.futures import ThreadPoolExecutor
 
-    read = functools.partial(_read, size=size)
+    read = functools.partial(read_as_extract, size=size)
     if processes:  # spawned (no fork of a JAX process); started and warmed before the clock
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             pool.map(read, videos[:1] * workers, chunksize=1)

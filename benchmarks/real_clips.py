@@ -68,3 +68,12 @@ def raw_decode_fps(videos: list[Path], threads: int) -> float:
     for worker in workers:
         worker.join()
     return frames[0] / (time.perf_counter() - started)
+
+
+def read_as_extract(path: Path, size: int) -> int:
+    """Decode and scale one file to ``size`` as ``extract``'s decoders do; frames read."""
+    from pipeline.featurize import CHUNK_FRAMES, DECODER_THREAD_TYPE
+    from pipeline.video import VideoReader
+
+    reader = VideoReader(path, size=size, thread_type=DECODER_THREAD_TYPE)
+    return sum(len(chunk.frames) for chunk in reader.chunks(CHUNK_FRAMES))

@@ -97,7 +97,8 @@ class FrameCache:
         self._rows: dict[str, list[int]] = index["videos"]
         self._nonfinite = set(index["nonfinite"])
         self.warming = False
-        """Whether :meth:`warm` is reading the whole cache into the page cache."""
+        """Set once :meth:`warm` has started reading the whole cache into the page cache
+        (it stays set: per-row read-ahead hints are then pointless for this cache)."""
 
     @property
     def video_ids(self) -> set[str]:
