@@ -267,8 +267,7 @@ def _extend(
         out.flush()
         os.fsync(out.fileno())
     index["segments"].append([segment.name, offset])
-    with fsio.replacing(index_path) as tmp_index:  # the commit point
-        tmp_index.write_text(json.dumps(index))
+    fsio.atomic_json(index_path, index)  # the commit point
     log.info(
         "frame cache %s: %d videos, %d read from the store",
         index_path,
