@@ -108,13 +108,15 @@ def reader_fps(videos: list[Path], size: int, workers: int, processes: bool) -> 
 
 def breakdown(videos: list[Path], config, args: argparse.Namespace) -> list[dict]:
     """Per decoder count: the engine with a free backbone, the reader in threads/processes."""
-    free = lambda frames: np.zeros((len(frames), 1280), np.float32)  # noqa: E731
+    from pipeline.contracts import FEATURE_DIM
+
+    free = lambda frames: np.zeros((len(frames), FEATURE_DIM), np.float32)  # noqa: E731
     print(
         f"{'N':>9} {'engine, free backbone':>22} {'reader, N threads':>18} "
         f"{'reader, N processes':>20}"
     )
     rows = []
-    for count in [int(text) for text in args.decoders.split(",")]:
+    for count in args.decoders:
         row = {
             "decoders": count,
             "engine_free_backbone_fps": extract_fps(videos, config, free, args.batch_size, count),
@@ -154,7 +156,10 @@ def describe_device() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decoders", default="1,2,4,8", help="decoder counts to run")
+    parser.add_argument(
+        "--decoders", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2, 4, 8],
+        help="decoder counts to run, comma-separated",
+    )  # fmt: skip
     parser.add_argument("--size", type=int, default=224, help="backbone input side")
     parser.add_argument("--clips", type=int, default=8, help="clips per resolution")
     parser.add_argument("--frames", type=int, default=150, help="frames per clip")
@@ -182,7 +187,7 @@ def main() -> None:
         )
         print(f"{'decoders':>9} {'raw decode fr/s':>16} {'extract fr/s':>13} {'of backbone':>12}")
         rows = []
-        for count in [int(text) for text in args.decoders.split(",")]:
+        for count in args.decoders:
             raw = raw_decode_fps(videos, count)
             fps = extract_fps(videos, config, infer, args.batch_size, count)
             rows.append({"decoders": count, "raw_decode_fps": raw, "extract_fps": fps})
