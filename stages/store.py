@@ -205,7 +205,6 @@ app.add_typer(cache_app, name="cache")
 def cache_info() -> None:
     """List the frame caches: where, how big, how many videos, for which stores."""
     from pipeline.frame_cache import frames_root, list_caches
-    from pipeline.streaming import format_bytes
 
     caches = list_caches()
     if not caches:
@@ -214,11 +213,11 @@ def cache_info() -> None:
     for c in caches:  # plain lines: paths are never cut to the terminal's width
         if not c.valid:
             typer.echo(
-                f"{c.directory}: not a current frame cache ({format_bytes(c.nbytes)}; "
+                f"{c.directory}: not a current frame cache ({_mib(c.nbytes)}; "
                 "`vrnn store cache prune` removes it)"
             )
             continue
-        typer.echo(f"{c.directory}: {c.videos} videos, {format_bytes(c.nbytes)}")
+        typer.echo(f"{c.directory}: {c.videos} videos, {_mib(c.nbytes)}")
         for path, live in zip(c.stores, c.live, strict=True):
             typer.echo(f"  store {path}{'' if live else ' (gone)'}")
 
@@ -227,8 +226,7 @@ def cache_info() -> None:
 def cache_prune() -> None:
     """Remove the frame caches that no existing store uses (and outdated cache folders)."""
     from pipeline.frame_cache import prune_caches
-    from pipeline.streaming import format_bytes
 
     removed = prune_caches()
     freed = sum(c.nbytes for c in removed)
-    typer.echo(f"{len(removed)} frame cache(s) removed, {format_bytes(freed)} freed")
+    typer.echo(f"{len(removed)} frame cache(s) removed, {_mib(freed)} freed")
