@@ -20,6 +20,7 @@ they are built with 2 writer processes. A final run trains the default recipe
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -282,6 +283,53 @@ def main(
         f"{bare * 1e3:.0f} ms, so {result['epochs']} epochs × {steps} steps of bare compute "
         f"alone = {result['epochs'] * steps * bare:.0f} s"
     )
+
+
+def _segments(cache_root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_size for p in cache_root.rglob("seg-*.bin")}
+
+
+def append_one(work: Path, videos: int, epochs: int = 1) -> None:
+    """A streaming ``vrnn train`` before and after one video is committed to the store.
+
+    Prints, per run: startup seconds (process start to the end of epoch 1), the frame-cache
+    rows written (bytes, and videos = rows / 180) and the cache's size on disk. The cache
+    promise (rows keyed by content id + extractor): after the append only the new video is
+    read from the store, however large the store. The store is built afresh in WORK.
+    """
+    from pipeline.manifest import write_manifest
+    from pipeline.store import StoreBuilder, open_store
+
+    root = work / f"append{videos}"
+    shutil.rmtree(root, ignore_errors=True)
+    store, records = build_store(root, videos)
+    added = _records(root, videos + 1)  # the same records plus one
+    cache = root / "cache"
+    os.environ["VRNN_CACHE_DIR"] = str(cache)
+    with open_store(store) as opened:
+        config = opened.config
+    print(f"{'run':<34} {'startup s':>10} {'written':>10} {'videos':>7} {'cache size':>11}")
+    before: dict[Path, int] = {}
+    for name, rows in (
+        (f"first run ({videos} videos)", records),
+        ("rerun, nothing changed", records),
+        ("after committing 1 more video", added),
+    ):
+        if rows is added:
+            with StoreBuilder(store, config) as builder:
+                _write_parts((builder.parts_dir, config, added, videos, 1))
+                builder.commit()
+                builder.discard_staging()
+        manifest = write_manifest(rows, root / "manifest.csv")
+        r = run_train(manifest, store, root / "model", "0", epochs)
+        after = _segments(cache)
+        written = sum(size for p, size in after.items() if p not in before)
+        before = after
+        print(
+            f"{name:<34} {r['startup']:>10.1f} {written / 2**20:>6.1f} MiB "
+            f"{written // (FRAMES * DIM * 2):>7} {sum(after.values()) / 2**20:>7.0f} MiB",
+            flush=True,
+        )
 
 
 BREAKDOWN = f"""

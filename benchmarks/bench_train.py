@@ -19,7 +19,8 @@ With ``--manifest`` and ``--store``, also the wall time of ``vrnn train``'s libr
 default options (the ``delta`` head, early stopping on the manifest's val split) on that store.
 
 With ``--scale --work DIR``: stage 2 at scale instead, in memory vs streaming on synthetic
-UCF101-shaped stores (see ``bench_streaming.py``).
+UCF101-shaped stores (see ``bench_streaming.py``); with ``--scale --append-one --videos N``,
+the frame cache's work for a streaming train before and after one more video is committed.
 """
 
 from __future__ import annotations
@@ -141,11 +142,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="--scale: epochs per run")
     parser.add_argument("--breakdown", action="store_true", help="--scale: per-step costs only")
     parser.add_argument("--no-recipe", action="store_true", help="--scale: table rows only")
+    parser.add_argument(
+        "--append-one",
+        action="store_true",
+        help="--scale: frame-cache work of a streaming train before/after a 1-video commit",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.scale:
+        from bench_streaming import append_one
         from bench_streaming import main as scale
 
+        if args.append_one:
+            append_one(args.work or Path(tempfile.mkdtemp()), args.videos[0], args.epochs)
+            return
         scale(
             args.work or Path(tempfile.mkdtemp()),
             args.videos,

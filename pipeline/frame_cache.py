@@ -1,101 +1,155 @@
-"""A derived, uncompressed, memory-mapped copy of a store's frames: stage 2's streaming input.
+"""A derived, uncompressed, memory-mapped copy of stored frames: stage 2's streaming input.
 
 The HDF5 store keeps features gzip-compressed in chunks of up to 256 rows, so sampling 16
 frames of a 180-frame video decompresses (and checksums) the whole video, every epoch, behind
-h5py's global lock. This cache pays that once: an index (``frames.json``, in a per-store
-directory under ``~/.cache/vrnn/frames/``, see :func:`index_path_for`) names raw float16
-segment files holding the rows of the cached videos back to back. Training memory-maps
-them: a sampled frame costs one 2.5 KB row read from the page cache (or disk), and mapped
-pages are file-backed, so the process's anonymous memory does not grow with the store.
-Building the cache also notes which videos hold NaN or inf, so a run refuses them without
-reading every row again.
+h5py's global lock. This cache pays that once: raw float16 segment files hold the rows of
+the cached videos back to back, and training memory-maps them (a sampled frame costs one
+2.5 KB row read from the page cache; mapped pages are file-backed, so the process's anonymous
+memory does not grow with the store).
 
-The cache is keyed by the store file's size and mtime plus its extractor configuration; a
-changed store rebuilds it. Videos are added on demand: a later run needing more videos
-appends a segment with only the new ones. The index is renamed into place last,
-so readers only ever see a complete cache, and a reader keeps its mapping of a segment even
-after a rebuild for a changed store removed it. Reads go through the store's public
-:meth:`~pipeline.store.FeatureStore.read_features`, so a corrupt chunk fails with the store's
-own one-line error naming the video, exactly as the in-memory path does.
+**What a row is.** A cached row is keyed by what makes it true: the video's content id, the
+extractor that made its features (one cache directory per extractor fingerprint) and its row
+count (checked against the store's index on every open). Commits, compactions, renames and
+copies of a store therefore invalidate nothing: a run reads from the store only the videos
+the cache lacks, and rows of videos that no registered store holds any more are removed
+(segments that are mostly dead are rewritten), so each row is on disk once. Rows are read
+through :meth:`~pipeline.store.FeatureStore.read_features`, so they passed the one validity
+rule (:mod:`pipeline.validity`) before they were cached.
+
+**Where it lives.** Only where the user owns it: ``$VRNN_CACHE_DIR``, else
+``$XDG_CACHE_HOME/vrnn`` (``~/.cache/vrnn``), under ``frames/<extractor key>/``; a directory
+owned by another user or writable by others is refused (:class:`CacheUnavailable`), and so is
+one that cannot be written. The caller then reads the store directly: the cache is never why a
+run fails. Builders take an exclusive lock on the directory, readers a shared one while they
+map the segments, so concurrent runs all succeed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import fcntl
+import hashlib
 import json
 import logging
 import mmap
 import os
-import tempfile
+import shutil
+import stat
 import threading
+import time
 import uuid
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import fsio
-from pipeline.errors import StoreError
+from pipeline.contracts import ExtractorConfig
 from pipeline.store import FeatureStore
-from pipeline.streaming import all_finite
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+INDEX_FILE = "index.json"
+LOCK_FILE = "lock"
+SEGMENT_PREFIX, SEGMENT_SUFFIX = "seg-", ".bin"
 
 
-def index_path_for(store_path: Path) -> Path:
-    """Where the cache index of ``store_path`` lives by default.
+class CacheUnavailable(Exception):
+    """The frame cache cannot be used here; the message says where and why (one line)."""
 
-    Under ``$XDG_CACHE_HOME/vrnn/frames/`` (``~/.cache`` by default), one directory per store
-    (keyed by its absolute path): never beside the store, whose directory may be a DVC output
-    that an extra file would mark as modified.
+
+def cache_root() -> Path:
+    """``$VRNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/vrnn`` (``~/.cache/vrnn`` by default).
+
+    Never beside the store, whose directory may be a DVC output that an extra file would
+    mark as modified, and never a shared temporary directory.
     """
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "vrnn" / "frames" / _store_key(store_path) / "frames.json"
+    explicit = os.environ.get("VRNN_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vrnn"
 
 
-def _store_key(store_path: Path) -> str:
-    digest = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(store_path).resolve())).hex[:16]
-    return f"{Path(store_path).stem}-{digest}"
+def frames_root(root: Path | None = None) -> Path:
+    """The directory holding one frame cache per extractor."""
+    return (root or cache_root()) / "frames"
 
 
-def _fallback_index_path(store_path: Path) -> Path:
-    """A temporary location, when the cache directory is not writable."""
-    return Path(tempfile.gettempdir()) / "vrnn-frames" / _store_key(store_path) / "frames.json"
+def extractor_key(config: ExtractorConfig) -> str:
+    """The cache directory name of one extractor: a digest of its whole configuration."""
+    text = json.dumps(config.to_dict(), sort_keys=True)
+    return f"{config.backbone}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def _fingerprint(store: FeatureStore) -> dict:
-    st = store.path.stat()
-    return {
-        "version": CACHE_VERSION,
-        "store_size": st.st_size,
-        "store_mtime_ns": st.st_mtime_ns,
-        "extractor": store.config.to_dict(),
-    }
+def _private_dir(path: Path) -> Path:
+    """``path`` as a directory this user owns and nobody else may write (created 0700).
+
+    Raises:
+        CacheUnavailable: it cannot be created, is not a directory, belongs to another
+            user or is writable by group or others (anyone could plant features there).
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as e:
+        raise CacheUnavailable(f"{path}: {e.strerror}") from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise CacheUnavailable(f"{path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise CacheUnavailable(f"{path} belongs to another user (uid {st.st_uid})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CacheUnavailable(
+            f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+        )
+    return path
+
+
+def cache_dir_for(config: ExtractorConfig, root: Path | None = None) -> Path:
+    """The frame cache directory of one extractor, checked to be the user's own.
+
+    Raises:
+        CacheUnavailable: see :func:`_private_dir` (checked for every level vrnn owns).
+    """
+    base = root or cache_root()
+    for level in (base, frames_root(base)):
+        _private_dir(level)
+    return _private_dir(frames_root(base) / extractor_key(config))
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold the cache directory's lock: exclusive to change it, shared to map it."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class FrameCache:
     """An open cache: ``frames(video_id)`` is a read-only ``[T, D]`` memory-mapped view.
 
-    Prefer :func:`open_frame_cache`, which builds or extends the cache as needed.
+    Prefer :func:`open_frame_cache`, which builds or extends the cache as needed. Mappings
+    stay valid after a later run removes or rewrites a segment.
     """
 
-    def __init__(self, index_path: Path, index: dict):
-        self.index_path = index_path
-        self.segments = [index_path.with_name(name) for name, _ in index["segments"]]
+    def __init__(self, directory: Path, index: dict):
+        self.directory = directory
         dtype, dim = np.dtype(index["dtype"]), index["dim"]
-        self._data = [
-            np.memmap(path, dtype=dtype, mode="r", shape=(rows, dim)) if rows else None
-            for path, (_, rows) in zip(self.segments, index["segments"], strict=True)
-        ]
-        for data in self._data:
-            if data is not None:  # sampled rows are scattered: no readahead around a fault
-                data._mmap.madvise(mmap.MADV_RANDOM)
+        self.segments = [directory / name for name in index["segments"]]
+        self._data = {
+            name: np.memmap(directory / name, dtype=dtype, mode="r", shape=(rows, dim))
+            for name, rows in index["segments"].items()
+            if rows
+        }
+        for data in self._data.values():  # sampled rows are scattered: no readahead
+            data._mmap.madvise(mmap.MADV_RANDOM)
         self._row_bytes = dim * dtype.itemsize
-        self._rows: dict[str, list[int]] = index["videos"]
-        self._nonfinite = set(index["nonfinite"])
+        self._rows: dict[str, list] = index["videos"]
         self.warming = False
         """Set once :meth:`warm` has started reading the whole cache into the page cache
         (it stays set: per-row read-ahead hints are then pointless for this cache)."""
@@ -110,10 +164,6 @@ class FrameCache:
         segment, start, count = self._rows[video_id]
         return self._data[segment][start : start + count]
 
-    def finite(self, video_id: str) -> bool:
-        """Whether a cached video's features are free of NaN and inf (checked when cached)."""
-        return video_id not in self._nonfinite
-
     def will_need(self, video_id: str, rows: np.ndarray) -> None:
         """Ask the kernel to read these rows of a video in the background (``MADV_WILLNEED``).
 
@@ -122,8 +172,6 @@ class FrameCache:
         """
         segment, start, _ = self._rows[video_id]
         data = self._data[segment]
-        if data is None:
-            return
         for row in np.unique(rows):
             begin = (start + int(row)) * self._row_bytes
             page = begin - begin % mmap.PAGESIZE
@@ -138,7 +186,7 @@ class FrameCache:
         took a 9.5k-video run from 147 s to 307 s). Cached pages are file-backed, so the
         process's anonymous memory does not grow. Returns whether warming started.
         """
-        paths = [p for p, data in zip(self.segments, self._data, strict=True) if data is not None]
+        paths = [self.directory / name for name in self._data]
         available = _available_memory()
         if not paths or available is None or not hasattr(os, "posix_fadvise"):
             return False
@@ -169,7 +217,7 @@ def _read_ahead(paths: list[Path], step: int = 8 << 20) -> None:
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY)
-        except OSError:  # removed by a rebuild: the open mapping still works, uncached
+        except OSError:  # removed by a later run: the open mapping still works, uncached
             continue
         try:
             for offset in range(0, os.fstat(fd).st_size, step):
@@ -180,107 +228,197 @@ def _read_ahead(paths: list[Path], step: int = 8 << 20) -> None:
             os.close(fd)
 
 
-def _read_index(index_path: Path, fingerprint: dict) -> dict | None:
-    """The index if it belongs to this store and all its segments are complete, else None."""
+def _read_index(directory: Path, config: ExtractorConfig) -> dict | None:
+    """The index if it is this version's, of this extractor, with complete segments."""
     try:
-        index = json.loads(index_path.read_text())
-        if not isinstance(index, dict) or index.get("fingerprint") != fingerprint:
+        index = json.loads((directory / INDEX_FILE).read_text())
+        if index.get("version") != CACHE_VERSION or index.get("extractor") != config.to_dict():
             return None
         row_bytes = index["dim"] * np.dtype(index["dtype"]).itemsize
-        for name, rows in index["segments"]:
-            if index_path.with_name(name).stat().st_size != rows * row_bytes:
+        for name, rows in index["segments"].items():
+            if (directory / name).stat().st_size != rows * row_bytes:
                 return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return index
 
 
+def _empty_index(config: ExtractorConfig) -> dict:
+    return {
+        "version": CACHE_VERSION,
+        "extractor": config.to_dict(),
+        "dtype": np.dtype(config.dtype).name,
+        "dim": config.feature_dim,
+        "segments": {},
+        "videos": {},
+        "stores": {},
+    }
+
+
+def _store_key(store: FeatureStore) -> str:
+    return str(Path(store.path).resolve())
+
+
+def _serves(index: dict, store: FeatureStore, wanted: set[str]) -> bool:
+    """Whether the index holds every wanted row, at the store's row counts, and already
+    knows the store's current videos (else the registry and removals need an update)."""
+    catalog = store.catalog
+    rows = index["videos"]
+    if any(v not in rows or v not in catalog or rows[v][2] != catalog[v].frames for v in wanted):
+        return False
+    return set(index["stores"].get(_store_key(store), ())) == catalog.keys()
+
+
 def open_frame_cache(
-    store: FeatureStore, video_ids: Iterable[str], index_path: Path | None = None
+    store: FeatureStore, video_ids: Iterable[str], root: Path | None = None
 ) -> FrameCache:
-    """Open the frame cache of ``store`` holding at least ``video_ids``, building what is missing.
+    """Open the frame cache holding at least ``video_ids`` of ``store``, adding what it lacks.
 
     Args:
-        store: the open store (the cache is derived from it and checked against it).
+        store: the open store (rows are read from it, and checked against its index).
         video_ids: the videos this run reads.
-        index_path: the cache index; default :func:`index_path_for`, or a temporary
-            directory when that is not writable.
+        root: the cache root; default :func:`cache_root`.
 
     Raises:
-        StoreError: a video is not in the store or is corrupt (the store's own message), or
-            the cache cannot be written.
+        CacheUnavailable: the cache directory is not the user's own or cannot be written
+            (e.g. a full disk): the caller reads the store instead.
+        StoreError: a wanted video is not in the store or is not valid (the store's line).
     """
     wanted = set(video_ids)
-    fingerprint = _fingerprint(store)
-    candidates = [index_path] if index_path else [index_path_for(store.path)]
-    if index_path is None:
-        candidates.append(_fallback_index_path(store.path))
-    for candidate in candidates:
-        index = _read_index(candidate, fingerprint)
-        if index is not None and wanted <= index["videos"].keys():
-            return FrameCache(candidate, index)
-    errors = []
-    for candidate in candidates:
-        try:
-            candidate.parent.mkdir(parents=True, exist_ok=True)
-            return _extend(store, wanted, candidate, fingerprint)
-        except PermissionError as e:
-            errors.append(f"{candidate.parent}: {e.strerror}")
-        except OSError as e:
-            if e.errno != errno.EROFS:  # a read-only file system: try the next location
-                raise StoreError(f"cannot write the frame cache {candidate}: {e.strerror}") from e
-            errors.append(f"{candidate.parent}: {e.strerror}")
-    raise StoreError(f"cannot write the frame cache of {store.path} ({'; '.join(errors)})")
+    directory = cache_dir_for(store.config, root)
+    try:
+        with _locked(directory, exclusive=False):
+            index = _read_index(directory, store.config)
+            if index is not None and _serves(index, store, wanted):
+                return FrameCache(directory, index)
+        with _locked(directory, exclusive=True):  # re-read: another run may have built it
+            index = _read_index(directory, store.config) or _empty_index(store.config)
+            return _update(store, wanted, directory, index)
+    except OSError as e:
+        raise CacheUnavailable(f"cannot write the frame cache {directory}: {e.strerror}") from e
 
 
-def _extend(
-    store: FeatureStore, wanted: set[str], index_path: Path, fingerprint: dict
-) -> FrameCache:
-    """Append a segment with the ``wanted`` videos the valid cache lacks, then a new index."""
-    index = _read_index(index_path, fingerprint) or {
-        "fingerprint": fingerprint,
-        "dtype": np.dtype(store.config.dtype).name,
-        "dim": store.config.feature_dim,
-        "segments": [],
-        "videos": {},
-        "nonfinite": [],
+def _update(store: FeatureStore, wanted: set[str], directory: Path, index: dict) -> FrameCache:
+    """Register the store, drop rows no live store holds, append the rows it lacks.
+
+    Runs under the exclusive lock. Segments whose live rows fell under half are rewritten
+    into the new segment; files the new index does not name are removed after it is written.
+    """
+    catalog = store.catalog
+    stores = {
+        key: ids for key, ids in index["stores"].items() if Path(key).exists()
+    }  # a store that is gone no longer keeps its rows
+    stores[_store_key(store)] = sorted(catalog)
+    live = set(catalog).union(*map(set, stores.values()))
+    videos = {
+        v: entry
+        for v, entry in index["videos"].items()
+        if v in live and (v not in catalog or entry[2] == catalog[v].frames)
     }
-    new = sorted(wanted - index["videos"].keys())
-    dim, dtype = index["dim"], np.dtype(index["dtype"])
-    token = uuid.uuid4().hex[:12]
-    segment = index_path.with_name(f"{store.path.name}.frames-{token}.bin")
-    number = len(index["segments"])
-    offset = 0
-    with fsio.replacing(segment) as tmp, open(tmp, "wb") as out:
-        for video_id in new:
-            features = store.read_features(video_id)  # StoreError names a corrupt video
-            if features.ndim != 2 or features.shape[1] != dim:
-                raise StoreError(
-                    f"{store.path}: video {video_id} has features of shape "
-                    f"{features.shape}, expected [T, {dim}]"
-                )
-            if not all_finite(features):  # a corrupt entry: refused when a run reads it
-                index["nonfinite"].append(video_id)
-            out.write(np.ascontiguousarray(features, dtype=dtype).tobytes())
-            index["videos"][video_id] = [number, offset, len(features)]
-            offset += len(features)
-        out.flush()
-        os.fsync(out.fileno())
-    index["segments"].append([segment.name, offset])
-    fsio.atomic_json(index_path, index)  # the commit point
+    segments = {name: rows for name, rows in index["segments"].items()}
+    live_rows = Counter()
+    for segment, _, count in videos.values():
+        live_rows[segment] += count
+    sparse = {name for name, rows in segments.items() if 2 * live_rows[name] < rows}
+    moved = sorted(v for v, (segment, _, _) in videos.items() if segment in sparse)
+    new = sorted(wanted - videos.keys())
+    old = FrameCache(directory, index) if moved else None
+    segments = {name: rows for name, rows in segments.items() if name not in sparse}
+    if moved or new:
+        name = f"{SEGMENT_PREFIX}{uuid.uuid4().hex[:12]}{SEGMENT_SUFFIX}"
+        offset = 0
+        dtype = np.dtype(index["dtype"])
+        with fsio.replacing(directory / name) as tmp, open(tmp, "wb") as out:
+            for video_id in [*moved, *new]:
+                rows = old.frames(video_id) if video_id in moved else store.read_features(video_id)
+                out.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
+                videos[video_id] = [name, offset, len(rows)]
+                offset += len(rows)
+            out.flush()
+            os.fsync(out.fileno())
+        segments[name] = offset
+    index = {**index, "segments": segments, "videos": videos, "stores": stores}
+    index["used"] = time.time()
+    fsio.atomic_json(directory / INDEX_FILE, index)  # the commit point
+    removed = _remove_unnamed(directory, set(segments))
     log.info(
-        "frame cache %s: %d videos, %d read from the store",
-        index_path,
-        len(index["videos"]),
+        "frame cache %s: %d videos, %d read from the store, %d moved, %d files removed",
+        directory,
+        len(videos),
         len(new),
+        len(moved),
+        removed,
     )
-    _remove_stale(index_path, store.path.name, keep={name for name, _ in index["segments"]})
-    return FrameCache(index_path, index)
+    return FrameCache(directory, index)
 
 
-def _remove_stale(index_path: Path, store_name: str, keep: set[str]) -> None:
-    """Delete segments the index no longer names (open mappings of them stay valid)."""
-    for stale in index_path.parent.glob(f"{store_name}.frames-*.bin"):
-        if stale.name not in keep:
-            with contextlib.suppress(OSError):
-                stale.unlink()
+def _remove_unnamed(directory: Path, keep: set[str]) -> int:
+    """Delete the files of ``directory`` the index does not name (open mappings stay valid).
+
+    Names are compared exactly (no pattern), so any store or directory name is safe.
+    """
+    removed = 0
+    for path in directory.iterdir():
+        if path.name in keep or path.name in (INDEX_FILE, LOCK_FILE):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    """One extractor's frame cache, for ``vrnn store cache info``."""
+
+    directory: Path
+    videos: int
+    nbytes: int
+    stores: list[str]
+    """The stores that registered it (absolute paths); gone ones are marked by ``live``."""
+    live: list[bool]
+    valid: bool
+    """False for a directory of another cache version or a damaged index."""
+
+
+def _directory_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+
+
+def list_caches(root: Path | None = None) -> list[CacheSummary]:
+    """Every frame cache under the root, with its size and the stores that use it."""
+    base = frames_root(root)
+    if not base.is_dir():
+        return []
+    summaries = []
+    for directory in sorted(p for p in base.iterdir() if p.is_dir()):
+        try:
+            index = json.loads((directory / INDEX_FILE).read_text())
+            valid = index.get("version") == CACHE_VERSION
+            stores = sorted(index.get("stores", {})) if valid else []
+            videos = len(index.get("videos", {})) if valid else 0
+        except (OSError, ValueError, AttributeError):
+            valid, stores, videos = False, [], 0
+        live = [Path(s).exists() for s in stores]
+        summaries.append(
+            CacheSummary(directory, videos, _directory_bytes(directory), stores, live, valid)
+        )
+    return summaries
+
+
+def prune_caches(root: Path | None = None) -> list[CacheSummary]:
+    """Remove the caches no existing store uses, and directories that are not current caches.
+
+    Returns the removed caches. A cache some store still uses is kept whole (its rows of
+    gone videos are removed by the next run that opens it).
+    """
+    removed = []
+    for summary in list_caches(root):
+        if summary.valid and any(summary.live):
+            continue
+        with _locked(summary.directory, exclusive=True):  # no run is using it meanwhile
+            _remove_unnamed(summary.directory, keep=set())
+            (summary.directory / INDEX_FILE).unlink(missing_ok=True)
+        shutil.rmtree(summary.directory, ignore_errors=True)
+        removed.append(summary)
+    return removed

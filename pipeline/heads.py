@@ -17,6 +17,8 @@ registered, so a saved ``.keras`` file loads with ``safe_mode=True``. The traini
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -333,5 +335,13 @@ def load_head(path: Path) -> keras.Model:
     try:
         # compile=False: inference needs no optimizer state or loss.
         return keras.models.load_model(path, compile=False, safe_mode=True)
-    except (ValueError, OSError, TypeError, KeyError) as e:
-        raise ModelError(f"{path}: cannot load the model ({e})") from e
+    except (
+        ValueError,
+        OSError,
+        TypeError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as e:
+        raise ModelError(f"{path}: cannot load the model ({e}); retrain or restore it") from e

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from pipeline.contracts import VideoRecord
-from pipeline.errors import ManifestError, ModelError, StoreError
-from pipeline.frame_cache import FrameCache, open_frame_cache
+from pipeline.errors import ManifestError, ModelError
+from pipeline.frame_cache import CacheUnavailable, FrameCache, open_frame_cache
 from pipeline.store import FeatureStore
-from pipeline.streaming import InputPlan, all_finite, plan_input
+from pipeline.streaming import InputPlan, plan_input
 
 SHOW_MISSING = 5
 """How many missing video paths a message lists before summarising the rest."""
@@ -148,12 +148,12 @@ def read_split(
 
     Args:
         cache: None reads the features into memory (:meth:`FeatureStore.read_features`); a
-            :class:`~pipeline.frame_cache.FrameCache` gives memory-mapped views instead,
-            checked for NaN/inf by the cache when it was built, so no row is read here.
+            :class:`~pipeline.frame_cache.FrameCache` gives memory-mapped views instead. Both
+            hold only features that passed the store's validity rule (:mod:`pipeline.validity`).
 
     Raises:
         ModelError: a video's label is not one of ``labels``.
-        StoreError: a video's stored features hold NaN or inf.
+        StoreError: a video's stored features are not valid (e.g. hold NaN or inf).
     """
     chosen, targets = split_targets(videos, split, labels)
     read = store.read_features if cache is None else cache.frames
@@ -161,12 +161,6 @@ def read_split(
     for v in chosen:
         if v.video_id not in features:
             features[v.video_id] = read(v.video_id)
-            finite = all_finite(features[v.video_id]) if cache is None else cache.finite(v.video_id)
-            if not finite:
-                raise StoreError(
-                    f"{v.record.path}: its stored features contain NaN or inf (a corrupt "
-                    f"store entry, video id {v.video_id}); re-extract it into a new store"
-                )
     return SplitData(chosen, [features[v.video_id] for v in chosen], targets)
 
 
@@ -174,13 +168,20 @@ def feature_reader(
     store: FeatureStore, videos: Sequence[JoinedVideo], memory_budget: int
 ) -> tuple[InputPlan, FrameCache | None]:
     """Decide the input path for ``videos``: in memory (None) when their features fit
-    ``memory_budget`` bytes, else the store's frame cache (memory-mapped views, read into
-    the page cache in the background when they fit there: :meth:`FrameCache.warm`)."""
+    ``memory_budget`` bytes, else the frame cache (memory-mapped views, read into the page
+    cache in the background when they fit there: :meth:`FrameCache.warm`).
+
+    When the frame cache cannot be used (not the user's own, a full or read-only disk), the
+    run reads the store into memory instead (never a failure) and the plan's ``note`` says so.
+    """
     ids = [v.video_id for v in videos]
     plan = plan_input(store, ids, memory_budget)
     if not plan.streaming:
         return plan, None
-    cache = open_frame_cache(store, ids)
+    try:
+        cache = open_frame_cache(store, ids)
+    except CacheUnavailable as e:
+        return replace(plan, note=f"{e}; read the features from the store instead"), None
     cache.warm()
     return plan, cache
 

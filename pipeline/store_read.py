@@ -36,6 +36,7 @@ from pipeline.store_layout import (
     from_h5_text,
     open_store_file,
 )
+from pipeline.validity import feature_problem
 
 RELOADS = 20
 """Times a reader starts its load over when commits keep folding index files away meanwhile."""
@@ -238,28 +239,42 @@ class FeatureStore:
             raise StoreError(f"{self.path}: no video {video_id}")
         g = self._group(video_id)
         attrs = dict(g.attrs)
-        try:
-            features = g[FEATURES][()]
-            timestamps = g[TIMESTAMPS][()]
-        except OSError as e:
-            raise self._corrupt_error(video_id, attrs, e) from e
+        features, timestamps = self._checked_arrays(video_id, g)
         info = video_info_from_attrs(attrs)
         return VideoFeatures(video_id, str(attrs["content_sha256"]), features, timestamps, info)
 
     def read_features(self, video_id: str) -> np.ndarray:
         """One video's ``[T, D]`` features alone (stored dtype): what :meth:`read` returns as
-        ``.features``, without its timestamps and attributes (~half of ``read``'s time).
+        ``.features``, checked the same way, without parsing its attributes.
 
         Raises:
             StoreError: as :meth:`read`.
         """
         if video_id not in self:
             raise StoreError(f"{self.path}: no video {video_id}")
-        g = self._group(video_id)
+        return self._checked_arrays(video_id, self._group(video_id))[0]
+
+    def _checked_arrays(self, video_id: str, g: h5py.Group) -> tuple[np.ndarray, np.ndarray]:
+        """A video's features and timestamps, refused unless valid (:mod:`pipeline.validity`).
+
+        Raises:
+            StoreError: a chunk fails its checksum, or the arrays are not valid features.
+        """
         try:
-            return g[FEATURES][()]
+            features = g[FEATURES][()]
+            timestamps = g[TIMESTAMPS][()]
         except OSError as e:
             raise self._corrupt_error(video_id, g.attrs, e) from e
+        problem = feature_problem(
+            features, timestamps, rows=self._catalog[video_id].frames, dim=self.config.feature_dim
+        )
+        if problem is not None:
+            source = from_h5_text(g.attrs.get("source_path", b"?"))
+            raise StoreError(
+                f"{source}: its stored features {problem} (a corrupt store entry, video id "
+                f"{video_id}); re-extract it into a new store"
+            )
+        return features, timestamps
 
     def _corrupt_error(self, video_id: str, attrs: Mapping, error: OSError) -> StoreError:
         return StoreError(

@@ -74,6 +74,8 @@ class InputPlan:
     streaming: bool
     nbytes: int
     budget: int
+    note: str | None = None
+    """Why streaming fell back to reading the store into memory (one warning line)."""
 
     def describe(self) -> str:
         """E.g. ``"streaming (4.2 GiB of features > --memory-budget 2.0 GiB)"``."""
@@ -83,19 +85,6 @@ class InputPlan:
                 f"{format_bytes(self.budget)})"
             )
         return f"in memory ({format_bytes(self.nbytes)} of features)"
-
-
-def all_finite(features: np.ndarray) -> bool:
-    """True when no value is NaN or ±inf.
-
-    float16 (the stores' dtype) is checked on its bits (exponent all ones = inf or NaN):
-    ~9× faster than ``np.isfinite``, which converts every half to float, a cost every run
-    paid once per stored frame before training.
-    """
-    if features.dtype == np.float16:
-        exponent = features.view(np.uint16) & np.uint16(0x7C00)
-        return not bool((exponent == 0x7C00).any())
-    return bool(np.isfinite(features).all())
 
 
 def plan_input(store: FeatureStore, video_ids: Sequence[str], budget: int) -> InputPlan:

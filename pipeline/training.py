@@ -253,7 +253,8 @@ def train(
     if validation is not None:
         best = int(np.argmin([h["val_loss"] for h in history])) + 1
     counts = {"train": len(train_data.videos), "val": len(val_data.videos)}
-    notes = small_split_warnings(labels, train_data.targets, val_data.targets)
+    notes = [plan.note] if plan.note else []
+    notes += small_split_warnings(labels, train_data.targets, val_data.targets)
     return TrainResult(Path(model_dir), labels, counts, history, best, joined.missing, plan, notes)
 
 

@@ -120,6 +120,6 @@ for _name, _command in [
 ]:
     app.command(_name)(_one_line_errors(_command))
 
-for _info in store.app.registered_commands:  # `vrnn store …` shares the error boundary
-    _info.callback = _one_line_errors(_info.callback)
+for _info in [*store.app.registered_commands, *store.cache_app.registered_commands]:
+    _info.callback = _one_line_errors(_info.callback)  # `vrnn store …` shares the boundary
 app.add_typer(store.app, name="store")

@@ -189,3 +189,44 @@ def export(
         f"exported {done.videos} videos to {out_dir}: {done.written} files written, "
         f"{done.unchanged} unchanged"
     )
+
+
+# --------------------------------------------------------------------------- frame caches
+
+cache_app = typer.Typer(
+    name="cache",
+    help="The frame caches stage 2 streams from (derived data: safe to delete).",
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """List the frame caches: where, how big, how many videos, for which stores."""
+    from pipeline.frame_cache import frames_root, list_caches
+
+    caches = list_caches()
+    if not caches:
+        typer.echo(f"no frame caches under {frames_root()}")
+        return
+    for c in caches:  # plain lines: paths are never cut to the terminal's width
+        if not c.valid:
+            typer.echo(
+                f"{c.directory}: not a current frame cache ({_mib(c.nbytes)}; "
+                "`vrnn store cache prune` removes it)"
+            )
+            continue
+        typer.echo(f"{c.directory}: {c.videos} videos, {_mib(c.nbytes)}")
+        for path, live in zip(c.stores, c.live, strict=True):
+            typer.echo(f"  store {path}{'' if live else ' (gone)'}")
+
+
+@cache_app.command("prune")
+def cache_prune() -> None:
+    """Remove the frame caches that no existing store uses (and outdated cache folders)."""
+    from pipeline.frame_cache import prune_caches
+
+    removed = prune_caches()
+    freed = sum(c.nbytes for c in removed)
+    typer.echo(f"{len(removed)} frame cache(s) removed, {_mib(freed)} freed")

@@ -21,7 +21,7 @@ import pytest
 from test_train_evaluate import BACKBONE_SHA256, CONFIG, PER_SPLIT, build_store, make_videos
 from typer.testing import CliRunner
 
-from pipeline import frame_cache, join, streaming, training
+from pipeline import frame_cache, join, streaming, training, validity
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, StoreError
 from pipeline.manifest import write_manifest
@@ -117,38 +117,6 @@ def test_cli_summary_says_which_path_ran(data, tmp_path):
         "error: --memory-budget must be a size such as 2GiB, 512MiB or 0 (always stream), "
         "got 'lots'"
     ]
-
-
-def test_frame_cache_is_built_once_extended_on_demand_and_rebuilt_for_a_changed_store(
-    data, tmp_path, cache_home
-):
-    path = tmp_path / "features.h5"
-    shutil.copy2(data["store"], path)  # a store is its index file and its shard directory
-    shutil.copytree(shards_dir_for(data["store"]), shards_dir_for(path))
-    with open_store(path) as store:
-        ids = store.video_ids
-        first = frame_cache.open_frame_cache(store, ids[:10])
-        assert first.index_path == frame_cache.index_path_for(path)
-        again = frame_cache.open_frame_cache(store, ids[3:7])
-        assert again.segments == first.segments and len(first.segments) == 1  # nothing rebuilt
-        more = frame_cache.open_frame_cache(store, ids[5:20])
-        assert more.video_ids == set(ids[:20]) and more.segments[0] == first.segments[0]
-        rows = sum(len(store.read(v).features) for v in ids[10:20])  # only the new ones appended
-        assert more.segments[1].stat().st_size == rows * store.config.feature_dim * 2
-        for video_id in ids[:20]:
-            np.testing.assert_array_equal(more.frames(video_id), store.read(video_id).features)
-    os.utime(path, ns=(0, path.stat().st_mtime_ns + 10**9))  # e.g. a new commit
-    with open_store(path) as store:
-        rebuilt = frame_cache.open_frame_cache(store, ids[:2])
-        assert rebuilt.video_ids == set(ids[:2])
-        np.testing.assert_array_equal(rebuilt.frames(ids[1]), store.read(ids[1]).features)
-    assert not any(p.exists() for p in more.segments)  # the stale segments are removed
-    folder = rebuilt.index_path.parent
-    assert folder.parent == cache_home / "vrnn" / "frames"  # not beside the store
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["frames.json", rebuilt.segments[0].name]
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "features.h5", "features.h5.d"]
 
 
 def test_frame_cache_warms_the_page_cache_only_when_it_fits(data, monkeypatch):
@@ -295,14 +263,14 @@ def test_all_finite_finds_every_nan_and_inf_and_nothing_else(dtype):
     info = np.finfo(dtype)
     features[0, :4] = [info.max, -info.max, info.tiny, info.smallest_subnormal]
     features[1, :2] = [0.0, -0.0]
-    assert streaming.all_finite(features)
-    assert streaming.all_finite(features[::2, 1:])  # a strided view, as memory maps give
+    assert validity.all_finite(features)
+    assert validity.all_finite(features[::2, 1:])  # a strided view, as memory maps give
     for bad in [np.nan, np.inf, -np.inf]:
         for row, col in [(0, 0), (29, 63), (17, 5)]:
             broken = features.copy()
             broken[row, col] = bad
-            assert not streaming.all_finite(broken), (bad, row, col)
+            assert not validity.all_finite(broken), (bad, row, col)
     nan_bits = features.copy()
     payload = {np.float16: np.uint16(0xFE01), np.float32: np.uint32(0xFFC00001)}[dtype]
     nan_bits.reshape(-1)[100] = payload.view(dtype)
-    assert not streaming.all_finite(nan_bits)  # a NaN with a non-default payload
+    assert not validity.all_finite(nan_bits)  # a NaN with a non-default payload
