@@ -34,20 +34,19 @@ from pipeline.featurize import (
     auto_decoders,
     extract_items,
 )
+from pipeline.fsio import os_reason, require_free_space
 from pipeline.identity import file_sha256, video_id_from_sha256
 from pipeline.store import (
     WEIGHTS_SUFFIX,
     StoreBuilder,
     backbone_sidecar,
+    indexed_video_id,
     open_store,
-    os_reason,
     parts_dir_for,
-    require_free_space,
     staged_video_infos,
     write_alias,
     write_failure,
 )
-from pipeline.store_read import indexed_video_id
 
 log = logging.getLogger(__name__)
 

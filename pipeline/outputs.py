@@ -194,7 +194,7 @@ def _sample_data_dir(path: Path) -> bool:
 
 
 def _store_export_dir(path: Path) -> bool:
-    from pipeline.store_export import INDEX_COLUMNS, INDEX_NAME  # NumPy only: no TensorFlow
+    from pipeline.store.export import INDEX_COLUMNS, INDEX_NAME  # NumPy only: no TensorFlow
 
     def ours(entry: Path) -> bool:  # an interrupted export has arrays but no index.csv yet
         if entry.name == INDEX_NAME:

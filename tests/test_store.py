@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
 from pipeline.store import StoreBuilder, open_store, shards_dir_for, write_failure, write_part
-from pipeline.store_commit import link_shards, read_staging
-from pipeline.store_generations import Root, publish
-from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
+from pipeline.store.commit import link_shards, read_staging
+from pipeline.store.generations import Root, publish
+from pipeline.store.index import PathEntry, StoreIndex, VideoEntry
 from stages.cli import app
 from tests.reliability.helpers import flip_feature_chunk
 

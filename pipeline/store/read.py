@@ -24,9 +24,9 @@ import numpy as np
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
 from pipeline.identity import file_sha256, video_id_from_sha256
-from pipeline.store_generations import load_index, read_root
-from pipeline.store_index import PathEntry, VideoEntry
-from pipeline.store_layout import (
+from pipeline.store.generations import load_index, read_root
+from pipeline.store.index import PathEntry, VideoEntry
+from pipeline.store.layout import (
     FEATURES,
     SHARDS_ATTR,
     TIMESTAMPS,

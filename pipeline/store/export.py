@@ -23,8 +23,8 @@ import numpy as np
 from pipeline.choices import ArrayFormat, choose
 from pipeline.contracts import VideoFeatures
 from pipeline.errors import ConfigError
-from pipeline.store_layout import atomic_bytes
-from pipeline.store_read import FeatureStore, open_store
+from pipeline.store.layout import atomic_bytes
+from pipeline.store.read import FeatureStore, open_store
 
 INDEX_NAME = "index.csv"
 INDEX_COLUMNS = (

@@ -4,7 +4,7 @@ The root file (``features.h5``) is small and atomically replaced by every commit
 index files (one base, then the deltas of later commits, oldest first) and the current links
 file, and its ``/videos`` is an external link to that links file's ``/videos`` group. A commit
 writes only its own delta and brings the spare links file up to date (see
-:mod:`pipeline.store_links`), so it costs O(new videos) whatever the store's size.
+:mod:`pipeline.store.links`), so it costs O(new videos) whatever the store's size.
 
 Deltas are folded like a binary counter: while the second-to-last index file has at most
 ``FOLD_RATIO`` times the rows of the last, the two are merged (into a new base when the
@@ -28,7 +28,7 @@ import numpy as np
 from pipeline import fsio
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import StoreError
-from pipeline.store_index import (
+from pipeline.store.index import (
     BASE,
     DELTA,
     IndexDelta,
@@ -41,13 +41,13 @@ from pipeline.store_index import (
     stamped,
     write_index_file,
 )
-from pipeline.store_layout import (
+from pipeline.store.layout import (
     SHARDS_ATTR,
     VIDEOS,
     shards_dir_for,
     write_config_attrs,
 )
-from pipeline.store_links import LINKS_GLOB, advance_links, find_spare, write_links
+from pipeline.store.links import LINKS_GLOB, advance_links, find_spare, write_links
 
 INDEX_FILES = "index_files"
 INDEX_ROWS = "index_rows"

@@ -24,7 +24,7 @@ from pipeline import __version__, fsio
 from pipeline.contracts import ExtractionFailure
 from pipeline.errors import StoreError
 from pipeline.identity import VIDEO_ID_HEX
-from pipeline.store_layout import FAILURES, FORMAT_VERSION
+from pipeline.store.layout import FAILURES, FORMAT_VERSION
 
 INDEX_FORMAT_NAME = "video-rnn-index"
 CATALOG = "catalog"

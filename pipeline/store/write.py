@@ -1,12 +1,12 @@
-"""The HDF5 feature store (contract in docs/FORMAT.md): atomic parts, atomic commits, checked reads.
+"""Writing the feature store: atomic part files, the writer's lock, atomic commits.
 
 Writers never share a file: each finished video is a small part file renamed into
 ``<store>.parts/``, already laid out as a shard. :meth:`StoreBuilder.commit` hard-links the
 new parts into ``<store>.d/`` as immutable shards, adds a small delta index file beside them
 and atomically replaces the small root file (``<store>``) that names them
-(:mod:`pipeline.store_generations`); old shards and index files are never touched. Readers therefore
+(:mod:`pipeline.store.generations`); old shards and index files are never touched. Readers therefore
 only ever see a complete store, and a kill at any moment loses at most the videos in flight.
-Reading lives in :mod:`pipeline.store_read`, the index tables in :mod:`pipeline.store_index`.
+Reading lives in :mod:`pipeline.store.read`, the index tables in :mod:`pipeline.store.index`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import numpy as np
 from pipeline import fsio
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
+from pipeline.fsio import os_reason, require_free_space
 from pipeline.identity import video_id_from_sha256
-from pipeline.store_commit import (
+from pipeline.store.commit import (
     CommitSummary,
     changes_nothing,
     link_shards,
@@ -37,9 +38,9 @@ from pipeline.store_commit import (
     read_staging,
     remove_unreferenced,
 )
-from pipeline.store_generations import Root, publish, read_generation, referenced_files
-from pipeline.store_index import StoreIndex, stamped
-from pipeline.store_layout import (
+from pipeline.store.generations import Root, publish, read_generation, referenced_files
+from pipeline.store.index import StoreIndex, stamped
+from pipeline.store.layout import (
     CHUNK_ROWS,
     FEATURES,
     TIMESTAMPS,
@@ -47,37 +48,16 @@ from pipeline.store_layout import (
     atomic_bytes,
     atomic_json,
     h5_text,
-    os_reason,
     parts_dir_for,
-    require_free_space,
     shards_dir_for,
     write_config_attrs,
     write_error,
 )
-from pipeline.store_read import (
-    FeatureStore,
-    open_store,
+from pipeline.store.read import (
     read_store_config,
     require_same_features,
     video_info_from_attrs,
 )
-
-__all__ = [
-    "CommitSummary",
-    "FeatureStore",
-    "StoreBuilder",
-    "backbone_sidecar",
-    "open_store",
-    "os_reason",
-    "parts_dir_for",
-    "require_free_space",
-    "shards_dir_for",
-    "staged_video_ids",
-    "staged_video_infos",
-    "write_alias",
-    "write_failure",
-    "write_part",
-]
 
 log = logging.getLogger(__name__)
 

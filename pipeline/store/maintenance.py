@@ -20,11 +20,11 @@ import h5py
 from pipeline import fsio
 from pipeline.contracts import ExtractionFailure, ExtractorConfig
 from pipeline.errors import StoreError
-from pipeline.store import StoreBuilder
-from pipeline.store_commit import remove_unreferenced
-from pipeline.store_generations import Root, publish, read_generation, referenced_files
-from pipeline.store_index import PathEntry, StoreIndex, VideoEntry, read_tables
-from pipeline.store_layout import (
+from pipeline.fsio import os_reason, require_free_space
+from pipeline.store.commit import remove_unreferenced
+from pipeline.store.generations import Root, publish, read_generation, referenced_files
+from pipeline.store.index import PathEntry, StoreIndex, VideoEntry, read_tables
+from pipeline.store.layout import (
     FEATURES,
     FORMAT_NAME,
     MIGRATABLE_VERSIONS,
@@ -32,12 +32,11 @@ from pipeline.store_layout import (
     config_of,
     new_shard_name,
     open_store_file,
-    os_reason,
-    require_free_space,
     shards_dir_for,
     write_config_attrs,
 )
-from pipeline.store_read import open_store
+from pipeline.store.read import open_store
+from pipeline.store.write import StoreBuilder
 
 SHARD_BYTES = 1 << 30
 """Target size of a shard written by compaction or migration (1 GiB)."""

@@ -3,7 +3,7 @@
 Staged part files already have the shard layout, so "writing" a new video's shard is a hard
 link into the shard directory (a copy where the file system has no hard links): no feature
 byte is read or rewritten by the committing process. A new generation of the index is then
-published (:mod:`pipeline.store_generations`). Until its root is renamed into place the new
+published (:mod:`pipeline.store.generations`). Until its root is renamed into place the new
 shards, index and links files are unreferenced; :func:`remove_unreferenced` (run by the next
 writer, under the lock) deletes such leftovers.
 """
@@ -21,8 +21,8 @@ import h5py
 
 from pipeline import fsio
 from pipeline.contracts import ExtractionFailure
-from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
-from pipeline.store_layout import (
+from pipeline.store.index import PathEntry, StoreIndex, VideoEntry
+from pipeline.store.layout import (
     FEATURES,
     VIDEOS,
     from_h5_text,
