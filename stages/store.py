@@ -187,5 +187,5 @@ def export(
         done = export_store(store, out_dir, options, on_video)
     typer.echo(
         f"exported {done.videos} videos to {out_dir}: {done.written} files written, "
-        f"{done.unchanged} unchanged"
+        f"{done.unchanged} unchanged, {done.removed} removed"
     )
