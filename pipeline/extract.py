@@ -7,7 +7,6 @@ video finished so far is committed into the store before this module returns or 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from pipeline.store import (
     indexed_video_id,
     open_store,
     parts_dir_for,
+    staged_config,
     staged_video_infos,
     write_alias,
     write_failure,
@@ -124,14 +124,11 @@ TaskRunner = Callable[[TaskSpec, list[WorkItem], Callable[[TaskResult], None], i
 
 
 def _existing_config(store_path: Path) -> ExtractorConfig | None:
-    """Extractor of the committed store, else of its uncommitted parts, else None."""
+    """Extractor of the committed store, else the one its uncommitted parts record, else None."""
     if store_path.exists():
         with open_store(store_path) as store:
             return store.config
-    staged = parts_dir_for(store_path) / "config.json"
-    if staged.exists():
-        return ExtractorConfig.from_dict(json.loads(staged.read_text()))
-    return None
+    return staged_config(parts_dir_for(store_path))
 
 
 @dataclass
@@ -316,7 +313,7 @@ def plan_extraction(
                 plan.duplicates += 1
             else:
                 plan.skipped += video_id not in staged
-            write_alias(builder.parts_dir, path, video_id)
+            write_alias(builder.parts_dir, path, video_id, (hashed.size, hashed.mtime_ns))
             continue
         queued.add(video_id)
         plan.todo.append(

@@ -19,7 +19,7 @@ complete store. This package's modules, one concept each:
 Import from here; the submodules are the implementation.
 """
 
-from pipeline.store.commit import CommitSummary
+from pipeline.store.commit import CommitSummary, staged_config
 from pipeline.store.export import ExportOptions, ExportSummary, export_store
 from pipeline.store.layout import parts_dir_for, shards_dir_for
 from pipeline.store.maintenance import MaintenanceSummary, compact, migrate
@@ -53,6 +53,7 @@ __all__ = [
     "open_store",
     "parts_dir_for",
     "shards_dir_for",
+    "staged_config",
     "staged_video_ids",
     "staged_video_infos",
     "store_info",

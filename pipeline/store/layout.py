@@ -34,8 +34,6 @@ TIMESTAMPS = "timestamps"
 FAILURES = "failures"
 MIGRATABLE_VERSIONS = (1, 2)
 """Older store versions ``vrnn store migrate`` converts."""
-SHARDS_ATTR = "shards"
-"""Root attribute of the index: the shard directory, relative to the index file's directory."""
 CHUNK_ROWS = 256
 """Feature rows per HDF5 chunk: a short video is one chunk, long ones read in 320–640 KB pieces."""
 
