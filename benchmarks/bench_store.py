@@ -35,10 +35,11 @@ import h5py
 import numpy as np
 
 from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo
-from pipeline.store import StoreBuilder, _write_video, shards_dir_for, write_part
-from pipeline.store_generations import publish, read_generation
-from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
-from pipeline.store_layout import write_config_attrs
+from pipeline.store import StoreBuilder, shards_dir_for, write_part
+from pipeline.store.generations import publish, read_generation
+from pipeline.store.index import PathEntry, StoreIndex, VideoEntry
+from pipeline.store.layout import write_config_attrs
+from pipeline.store.write import _write_video
 
 CONFIG = ExtractorConfig(weights="random:seed=0", weights_sha256="ab" * 32, input_size=224)
 

@@ -7,7 +7,6 @@ video finished so far is committed into the store before this module returns or 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -34,20 +33,20 @@ from pipeline.featurize import (
     auto_decoders,
     extract_items,
 )
+from pipeline.fsio import os_reason, require_free_space
 from pipeline.identity import file_sha256, video_id_from_sha256
 from pipeline.store import (
     WEIGHTS_SUFFIX,
     StoreBuilder,
     backbone_sidecar,
+    indexed_video_id,
     open_store,
-    os_reason,
     parts_dir_for,
-    require_free_space,
+    staged_config,
     staged_video_infos,
     write_alias,
     write_failure,
 )
-from pipeline.store_read import indexed_video_id
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +124,11 @@ TaskRunner = Callable[[TaskSpec, list[WorkItem], Callable[[TaskResult], None], i
 
 
 def _existing_config(store_path: Path) -> ExtractorConfig | None:
-    """Extractor of the committed store, else of its uncommitted parts, else None."""
+    """Extractor of the committed store, else the one its uncommitted parts record, else None."""
     if store_path.exists():
         with open_store(store_path) as store:
             return store.config
-    staged = parts_dir_for(store_path) / "config.json"
-    if staged.exists():
-        return ExtractorConfig.from_dict(json.loads(staged.read_text()))
-    return None
+    return staged_config(parts_dir_for(store_path))
 
 
 @dataclass
@@ -317,7 +313,7 @@ def plan_extraction(
                 plan.duplicates += 1
             else:
                 plan.skipped += video_id not in staged
-            write_alias(builder.parts_dir, path, video_id)
+            write_alias(builder.parts_dir, path, video_id, (hashed.size, hashed.mtime_ns))
             continue
         queued.add(video_id)
         plan.todo.append(

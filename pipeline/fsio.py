@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.errors import StoreError
+
 ASIDE = ".old-"  # a previous directory moved aside by the two-rename fallback swap
 
 
@@ -176,3 +178,29 @@ def atomic_json(path: Path, payload: object, *, indent: int | None = None) -> No
     """:func:`atomic_bytes` of ``payload`` as JSON (a final newline when ``indent`` is set)."""
     text = json.dumps(payload, indent=indent)
     atomic_text(path, text + "\n" if indent is not None else text)
+
+
+def os_reason(e: OSError) -> str:
+    """The short reason of an OSError ("No space left on device"), also for h5py's."""
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
+def require_free_space(directory: Path, nbytes: int, what: str, remedy: str = "") -> None:
+    """Raise :class:`StoreError` unless ``directory``'s file system has ``nbytes`` free.
+
+    HDF5 can crash the process (h5py issue #914) instead of raising when the disk fills up
+    mid-write, so large HDF5 writes check first and fail with a readable message.
+    """
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return  # cannot tell: let the write itself report
+    if st.f_flag & os.ST_RDONLY:
+        raise StoreError(f"cannot write {what} in {directory}: {os.strerror(errno.EROFS)}")
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes:
+        raise StoreError(
+            f"not enough free space in {directory} to write {what}: needs about "
+            f"{nbytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free"
+            + (f"; {remedy}" if remedy else "")
+        )

@@ -194,15 +194,15 @@ def _sample_data_dir(path: Path) -> bool:
 
 
 def _store_export_dir(path: Path) -> bool:
-    from pipeline.store_export import INDEX_COLUMNS, INDEX_NAME  # NumPy only: no TensorFlow
+    from pipeline.store.export import owned_files  # NumPy only: no TensorFlow
 
-    def ours(entry: Path) -> bool:  # an interrupted export has arrays but no index.csv yet
-        if entry.name == INDEX_NAME:
-            return _csv_header(*INDEX_COLUMNS)(entry)
+    owned = owned_files(path)  # index.csv's files (and an interrupted run's pending list)
+
+    def ours(entry: Path) -> bool:
         temporary = entry.name.startswith(".") and entry.suffix == ".tmp"
-        return entry.is_file() and (entry.suffix in {".npy", ".npz"} or temporary)
+        return entry.is_file() and (entry.name in owned or temporary)
 
-    return all(ours(entry) for entry in path.iterdir())
+    return owned is not None and all(ours(entry) for entry in path.iterdir())
 
 
 def _any(path: Path) -> bool:

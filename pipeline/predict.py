@@ -23,10 +23,11 @@ from pipeline.backbone import backbone_for
 from pipeline.contracts import ExtractionFailure, VideoFeatures
 from pipeline.errors import ConfigError, StoreError
 from pipeline.featurize import WorkItem, iter_features
+from pipeline.fsio import os_reason
 from pipeline.identity import NotRegularFileError, file_sha256, video_id_from_sha256
 from pipeline.index_sources import find_videos
 from pipeline.model_dir import TrainedModel, load_model_dir, model_weights_file
-from pipeline.store import FeatureStore, open_store, os_reason
+from pipeline.store import FeatureStore, open_store
 from pipeline.training import check_extractor, predict_videos
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.sequences import EvalBatches
-from pipeline.store_read import FeatureStore
+from pipeline.store import FeatureStore
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Selected splits up to this many feature bytes are held in RAM (``--memory-budget``)."""

@@ -34,7 +34,7 @@ def compact(
     ] = 1024,
 ) -> None:
     """Merge many small shards into fewer large ones, atomically (extraction is locked out)."""
-    from pipeline.store_maintenance import compact as run
+    from pipeline.store import compact as run
 
     done = run(store, shard_mib * 2**20)
     typer.echo(
@@ -46,7 +46,7 @@ def compact(
 @app.command("migrate")
 def migrate(store: StorePath) -> None:
     """Convert a version-1 (one HDF5 file) or version-2 store into version 3, in place."""
-    from pipeline.store_maintenance import migrate as run
+    from pipeline.store import migrate as run
 
     done = run(store)
     typer.echo(
@@ -117,7 +117,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Summarise a store: videos, frames, size on disk, extractor, failures, partial decodes."""
-    from pipeline.store_tools import store_info
+    from pipeline.store import store_info
 
     summary = store_info(store)
     if as_json:
@@ -132,7 +132,7 @@ def verify(store: StorePath) -> None:
 
     Exit status 0 when every video is intact, 1 listing every missing or corrupt video.
     """
-    from pipeline.store_tools import verify_store
+    from pipeline.store import verify_store
 
     with _progress("verify") as on_video:
         report = verify_store(store, on_video)
@@ -179,7 +179,7 @@ def export(
 ) -> None:
     """Write one [T, D] array per video (named after its source file) plus index.csv."""
     from pipeline.outputs import STORE_EXPORT, check_output
-    from pipeline.store_export import ExportOptions, export_store
+    from pipeline.store import ExportOptions, export_store
 
     options = ExportOptions(fmt=fmt, keep_dtype=keep_dtype, window=window, stride=stride)
     check_output(out_dir, STORE_EXPORT, overwrite=overwrite)
@@ -187,7 +187,7 @@ def export(
         done = export_store(store, out_dir, options, on_video)
     typer.echo(
         f"exported {done.videos} videos to {out_dir}: {done.written} files written, "
-        f"{done.unchanged} unchanged"
+        f"{done.unchanged} unchanged, {done.removed} removed"
     )
 
 

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
 from pipeline.store import StoreBuilder, open_store, shards_dir_for, write_failure, write_part
-from pipeline.store_commit import link_shards, read_staging
-from pipeline.store_generations import Root, publish
-from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
+from pipeline.store.commit import link_shards, read_staging
+from pipeline.store.generations import Root, publish
+from pipeline.store.index import PathEntry, StoreIndex, VideoEntry
 from stages.cli import app
 from tests.reliability.helpers import flip_feature_chunk
 
@@ -222,7 +222,7 @@ def test_shards_of_a_killed_commit_are_removed_by_the_next_writer_not_readers(
     committed = _shard_files(store_path)
     with StoreBuilder(store_path, CONFIG) as builder:  # a commit killed after linking
         write_part(builder.parts_dir, CONFIG, _video(tmp_path, "b.mp4", 5, 2))
-        link_shards(read_staging(builder.parts_dir).videos, builder.shards_dir)
+        link_shards(read_staging(builder.parts_dir, CONFIG).videos, builder.shards_dir)
     orphan = set(_shard_files(store_path)) - set(committed)
     assert len(orphan) == 1
     with open_store(store_path) as store:  # a reader neither sees nor removes it

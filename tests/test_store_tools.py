@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.store import StoreBuilder, open_store, shards_dir_for, write_failure, write_part
-from pipeline.store_export import file_names, pool_windows
+from pipeline.store.export import file_names, pool_windows
 from stages.cli import app
 from tests.reliability.helpers import flip_feature_chunk
 

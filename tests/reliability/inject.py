@@ -80,7 +80,7 @@ def _is_links_file(src: pathlib.Path, dst: pathlib.Path) -> bool:
 def _on_link_added(nth: int, action=_kill) -> None:
     """Act once the ``nth`` link has been added to the links file a commit is updating (the
     spare, already under its temporary name)."""
-    from pipeline import store_links
+    from pipeline.store import links as store_links
 
     real = store_links._link
     calls = [0]

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.store_export import pool_windows
+from pipeline.store.export import pool_windows
 
 from .conftest import CleanStore, Clips, copy_store
 from .helpers import assert_one_error_line, flip_feature_chunk, run_vrnn

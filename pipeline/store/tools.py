@@ -1,6 +1,6 @@
 """``vrnn store info`` and ``vrnn store verify``: what a store holds, and whether all of it reads.
 
-Both read through :mod:`pipeline.store_read`. ``info`` touches only the index and each video's
+Both read through :mod:`pipeline.store.read`. ``info`` touches only the index and each video's
 attributes; ``verify`` reads every feature and timestamp chunk (HDF5 checks each chunk's
 fletcher32 checksum) and checks the index against the data.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.errors import StoreError
 from pipeline.identity import video_id_from_sha256
-from pipeline.store_read import FeatureStore, open_store
+from pipeline.store.read import FeatureStore, open_store
 
 FIRST_FEW = 5
 """Failures and partial decodes ``info`` lists by name (all of them are counted)."""

@@ -3,7 +3,7 @@
 Staged part files already have the shard layout, so "writing" a new video's shard is a hard
 link into the shard directory (a copy where the file system has no hard links): no feature
 byte is read or rewritten by the committing process. A new generation of the index is then
-published (:mod:`pipeline.store_generations`). Until its root is renamed into place the new
+published (:mod:`pipeline.store.generations`). Until its root is renamed into place the new
 shards, index and links files are unreferenced; :func:`remove_unreferenced` (run by the next
 writer, under the lock) deletes such leftovers.
 """
@@ -20,11 +20,12 @@ from pathlib import Path
 import h5py
 
 from pipeline import fsio
-from pipeline.contracts import ExtractionFailure
-from pipeline.store_index import PathEntry, StoreIndex, VideoEntry
-from pipeline.store_layout import (
+from pipeline.contracts import ExtractionFailure, ExtractorConfig
+from pipeline.store.index import PathEntry, StoreIndex, VideoEntry
+from pipeline.store.layout import (
     FEATURES,
     VIDEOS,
+    config_of,
     from_h5_text,
     new_shard_name,
 )
@@ -53,6 +54,8 @@ class Staging:
     failures: list[ExtractionFailure] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     """Staged files to delete once the commit is in place."""
+    foreign: list[Path] = field(default_factory=list)
+    """Parts made by another extractor (or unreadable): refused, left staged, never committed."""
 
 
 @dataclass
@@ -63,6 +66,8 @@ class CommitSummary:
     added: int = 0
     frames_added: int = 0
     failures: list[ExtractionFailure] = field(default_factory=list)
+    foreign: int = 0
+    """Staged parts refused: made by another extractor, or unreadable."""
 
 
 def _staged_video(part: Path) -> StagedVideo:
@@ -81,10 +86,46 @@ def _staged_video(part: Path) -> StagedVideo:
         )
 
 
-def read_staging(parts_dir: Path) -> Staging:
-    """Read the metadata (never the features) of everything staged in ``parts_dir``."""
+def _part_config(part: Path) -> ExtractorConfig | None:
+    """The extractor a part file records; None when it records none (or is unreadable)."""
+    try:
+        with h5py.File(part, "r") as f:
+            return config_of(f)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def staged_config(parts_dir: Path) -> ExtractorConfig | None:
+    """The extractor of the first staged part that records one (a killed run's), else None."""
+    for part in sorted(parts_dir.glob("v*.h5")):
+        made_by = _part_config(part)
+        if made_by is not None:
+            return made_by
+    return None
+
+
+def foreign_parts(parts_dir: Path, config: ExtractorConfig) -> dict[Path, ExtractorConfig]:
+    """Staged parts whose recorded extractor does not compute ``config``'s features."""
+    found = {}
+    for part in sorted(parts_dir.glob("v*.h5")):
+        made_by = _part_config(part)
+        if made_by is not None and not made_by.same_features(config):
+            found[part] = made_by
+    return found
+
+
+def read_staging(parts_dir: Path, config: ExtractorConfig) -> Staging:
+    """Read the metadata (never the features) of everything staged in ``parts_dir``.
+
+    A part made by an extractor other than ``config`` (or one whose extractor cannot be
+    read) is refused: listed in ``foreign``, left where it is, never committed.
+    """
     staging = Staging()
     for part in sorted(parts_dir.glob("v*.h5")):
+        made_by = _part_config(part)
+        if made_by is None or not made_by.same_features(config):
+            staging.foreign.append(part)
+            continue
         staging.videos.append(_staged_video(part))
         staging.files.append(part)
     for path in sorted(parts_dir.glob("*.alias.json")):
@@ -108,7 +149,7 @@ def merge(
     removes its path from the path index until the file extracts again.
     """
     videos, paths, failures = dict(index.videos), dict(index.paths), dict(index.failures)
-    summary = CommitSummary(failures=list(staging.failures))
+    summary = CommitSummary(failures=list(staging.failures), foreign=len(staging.foreign))
     new: list[StagedVideo] = []
     for staged in staging.videos:
         if staged.video_id not in videos:

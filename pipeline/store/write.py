@@ -1,12 +1,12 @@
-"""The HDF5 feature store (contract in docs/FORMAT.md): atomic parts, atomic commits, checked reads.
+"""Writing the feature store: atomic part files, the writer's lock, atomic commits.
 
 Writers never share a file: each finished video is a small part file renamed into
 ``<store>.parts/``, already laid out as a shard. :meth:`StoreBuilder.commit` hard-links the
 new parts into ``<store>.d/`` as immutable shards, adds a small delta index file beside them
 and atomically replaces the small root file (``<store>``) that names them
-(:mod:`pipeline.store_generations`); old shards and index files are never touched. Readers therefore
+(:mod:`pipeline.store.generations`); old shards and index files are never touched. Readers therefore
 only ever see a complete store, and a kill at any moment loses at most the videos in flight.
-Reading lives in :mod:`pipeline.store_read`, the index tables in :mod:`pipeline.store_index`.
+Reading lives in :mod:`pipeline.store.read`, the index tables in :mod:`pipeline.store.index`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import hashlib
 import io
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -28,18 +27,20 @@ import numpy as np
 from pipeline import fsio
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
+from pipeline.fsio import os_reason, require_free_space
 from pipeline.identity import video_id_from_sha256
-from pipeline.store_commit import (
+from pipeline.store.commit import (
     CommitSummary,
     changes_nothing,
+    foreign_parts,
     link_shards,
     merge,
     read_staging,
     remove_unreferenced,
 )
-from pipeline.store_generations import Root, publish, read_generation, referenced_files
-from pipeline.store_index import StoreIndex, stamped
-from pipeline.store_layout import (
+from pipeline.store.generations import Root, publish, read_generation, referenced_files, relink
+from pipeline.store.index import StoreIndex, stamped
+from pipeline.store.layout import (
     CHUNK_ROWS,
     FEATURES,
     TIMESTAMPS,
@@ -47,37 +48,16 @@ from pipeline.store_layout import (
     atomic_bytes,
     atomic_json,
     h5_text,
-    os_reason,
     parts_dir_for,
-    require_free_space,
     shards_dir_for,
     write_config_attrs,
     write_error,
 )
-from pipeline.store_read import (
-    FeatureStore,
-    open_store,
+from pipeline.store.read import (
     read_store_config,
     require_same_features,
     video_info_from_attrs,
 )
-
-__all__ = [
-    "CommitSummary",
-    "FeatureStore",
-    "StoreBuilder",
-    "backbone_sidecar",
-    "open_store",
-    "os_reason",
-    "parts_dir_for",
-    "require_free_space",
-    "shards_dir_for",
-    "staged_video_ids",
-    "staged_video_infos",
-    "write_alias",
-    "write_failure",
-    "write_part",
-]
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +169,13 @@ def write_failure(parts_dir: Path, failure: ExtractionFailure) -> Path:
     return path
 
 
-def write_alias(parts_dir: Path, source: Path, video_id: str) -> Path:
-    """Record that ``source`` has the content of an already stored ``video_id``."""
-    size, mtime_ns = _file_stat(source)
+def write_alias(parts_dir: Path, source: Path, video_id: str, source_stat: tuple[int, int]) -> Path:
+    """Record that ``source`` has the content of an already stored ``video_id``.
+
+    ``source_stat`` is the file's ``(size, mtime_ns)`` when it was hashed, never a later
+    stat: a file replaced since then then no longer matches its entry and is hashed again.
+    """
+    size, mtime_ns = source_stat
     path = parts_dir / f"{_path_key(str(source))}.alias.json"
     atomic_json(
         path, {"path": str(source), "video_id": video_id, "size": size, "mtime_ns": mtime_ns}
@@ -229,11 +213,11 @@ class StoreBuilder:
         try:
             self._check_existing()
             self.remove_leftovers()
+            relink(self.path)  # a renamed or copied store: its link names its own directory
             try:
                 self.parts_dir.mkdir(exist_ok=True)
             except OSError as e:
                 raise write_error(self.parts_dir, e) from e
-            atomic_json(self.parts_dir / "config.json", self.config.to_dict())
         except BaseException:
             self._release_lock()
             raise
@@ -293,15 +277,14 @@ class StoreBuilder:
     def _check_existing(self) -> None:
         if self.path.exists():  # the root's attributes only: O(1) whatever the store's size
             require_same_features(self.path, read_store_config(self.path), self.config)
-        staged = self.parts_dir / "config.json"
-        if staged.exists():
-            other = ExtractorConfig.from_dict(json.loads(staged.read_text()))
-            if other != self.config:
-                raise StoreError(
-                    f"{self.parts_dir} holds uncommitted videos from another extractor "
-                    f"({other.describe()}) but this run uses ({self.config.describe()}); "
-                    "rerun with the original options or delete that directory"
-                )
+        # Each part records the extractor that made it: no separate guard file to lose.
+        other = next(iter(foreign_parts(self.parts_dir, self.config).values()), None)
+        if other is not None:
+            raise StoreError(
+                f"{self.parts_dir} holds uncommitted videos from another extractor "
+                f"({other.describe()}) but this run uses ({self.config.describe()}); "
+                "rerun with the original options or delete that directory"
+            )
 
     def staged_ids(self) -> set[str]:
         """Video ids finished in the staging directory but not yet committed."""
@@ -316,9 +299,16 @@ class StoreBuilder:
         new store plus redoable parts; files written by a killed commit are removed by the
         next writer.
         """
-        staging = read_staging(self.parts_dir)
+        staging = read_staging(self.parts_dir, self.config)
         root, committed = self._generation()
         index, new, summary = merge(committed, staging)
+        if staging.foreign:
+            log.warning(
+                "%d staged part(s) in %s were made by another extractor (or are unreadable) "
+                "and are not committed; delete them or rerun with that extractor",
+                len(staging.foreign),
+                self.parts_dir,
+            )
         if self.path.exists() and changes_nothing(committed, staging):
             summary.videos = len(committed.videos)
             self._clear_staged(staging.files)
@@ -354,7 +344,7 @@ class StoreBuilder:
     def discard_staging(self) -> None:
         """Remove the (empty) staging directory after a successful commit."""
         with contextlib.suppress(OSError):
-            (self.parts_dir / "config.json").unlink(missing_ok=True)
+            (self.parts_dir / "config.json").unlink(missing_ok=True)  # an older vrnn's guard
             for leftover in self.parts_dir.glob(".*.tmp"):  # temp files of killed writers
                 leftover.unlink()
             self.parts_dir.rmdir()

@@ -6,12 +6,17 @@ W consecutive rows are mean-pooled every S rows into ``[T', D]`` clip features w
 window-centre timestamps (the fixed-stride layout temporal action localisation code reads).
 Videos are read and written one at a time; each file is written atomically and a file that
 already holds the same bytes is left alone, so a rerun only writes what changed.
+
+An export owns exactly the files its ``index.csv`` lists (plus, while it runs, those its
+pending list names): a video keeps its file name when the store grows, a rerun removes its
+own files that the new ``index.csv`` no longer lists, and no other file is ever touched.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -23,8 +28,8 @@ import numpy as np
 from pipeline.choices import ArrayFormat, choose
 from pipeline.contracts import VideoFeatures
 from pipeline.errors import ConfigError
-from pipeline.store_layout import atomic_bytes
-from pipeline.store_read import FeatureStore, open_store
+from pipeline.store.layout import atomic_bytes, write_error
+from pipeline.store.read import FeatureStore, open_store
 
 INDEX_NAME = "index.csv"
 INDEX_COLUMNS = (
@@ -39,6 +44,9 @@ INDEX_COLUMNS = (
 )
 """``frames``: rows in the store; ``rows``: rows exported (fewer with ``--window``)."""
 TIMESTAMPS_SUFFIX = ".timestamps"
+PENDING_NAME = ".export-pending.json"
+"""Every file a running export may own; removed once ``index.csv`` is written."""
+SUFFIXES = (".npy", ".npz")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed entry dates: the same arrays give the same .npz bytes
 
 
@@ -75,6 +83,7 @@ class ExportSummary:
     videos: int = 0
     written: int = 0
     unchanged: int = 0
+    removed: int = 0
 
 
 def pool_windows(
@@ -100,20 +109,81 @@ def pool_windows(
     return pooled, centres.astype(np.float64)
 
 
-def file_names(stems: dict[str, str], fmt: str) -> dict[str, str]:
+def file_names(
+    stems: dict[str, str], fmt: str, previous: dict[str, str] | None = None
+) -> dict[str, str]:
     """``{video_id: file name}`` from ``{video_id: source stem}``, never two alike.
 
-    A stem shared by several videos (compared case-insensitively, also against another
-    video's timestamps file) gets ``-<video id>`` appended to each, so every name is stable.
+    ``previous`` (``{video_id: base name}`` of an earlier export into the same directory)
+    keeps those videos' names. Any other video is named after its stem unless that stem is
+    shared (compared case-insensitively, also against timestamps files and kept names): then
+    ``-<video id>`` is appended, so a name never depends on the order videos arrive in.
     """
-    taken = Counter(stem.casefold() for stem in stems.values())
+    kept = {vid: base for vid, base in (previous or {}).items() if vid in stems}
+    reserved = {base.casefold() for base in kept.values()}
+    reserved |= {(base + TIMESTAMPS_SUFFIX).casefold() for base in kept.values()}
+    fresh = {vid: stem for vid, stem in stems.items() if vid not in kept}
+    taken = Counter(stem.casefold() for stem in fresh.values())
     if fmt == ArrayFormat.NPY:
-        taken.update((stem + TIMESTAMPS_SUFFIX).casefold() for stem in stems.values())
-    names = {}
-    for video_id, stem in stems.items():
-        base = stem if stem and taken[stem.casefold()] == 1 else f"{stem}-{video_id}"
-        names[video_id] = f"{base}.{fmt}"
-    return names
+        taken.update((stem + TIMESTAMPS_SUFFIX).casefold() for stem in fresh.values())
+    bases = dict(kept)
+    for video_id, stem in fresh.items():
+        free = stem and taken[stem.casefold()] == 1 and stem.casefold() not in reserved
+        if free and fmt == ArrayFormat.NPY:
+            free = (stem + TIMESTAMPS_SUFFIX).casefold() not in reserved
+        bases[video_id] = stem if free else f"{stem}-{video_id}"
+    return {vid: f"{bases[vid]}.{fmt}" for vid in stems}
+
+
+def _base(name: str) -> str:
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def _read_index(out_dir: Path) -> list[dict[str, str]] | None:
+    """The rows of ``out_dir``'s index.csv ([] when absent or empty), None when not ours."""
+    try:
+        index = out_dir / INDEX_NAME
+        with open(index, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None:
+                return []
+            return list(reader) if tuple(reader.fieldnames) == INDEX_COLUMNS else None
+    except FileNotFoundError:
+        return []
+    except (OSError, csv.Error):
+        return None
+
+
+def _read_pending(out_dir: Path) -> set[str] | None:
+    """The names an interrupted export's pending list holds (empty: none; None: unreadable)."""
+    try:
+        names = json.loads((out_dir / PENDING_NAME).read_bytes())["files"]
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return set(names) if all(isinstance(n, str) for n in names) else None
+
+
+def owned_files(out_dir: Path) -> set[str] | None:
+    """Names of the files earlier exports into ``out_dir`` wrote (their ``index.csv``, its
+    listed arrays, an interrupted run's pending list); None when ``out_dir`` holds an
+    ``index.csv`` or pending list that no export wrote."""
+    rows, pending = _read_index(out_dir), _read_pending(out_dir)
+    if rows is None or pending is None:
+        return None
+    listed = {row[column] or "" for row in rows for column in ("file", "timestamps")}
+    names = listed | pending
+    if not all(Path(n).name == n and n.endswith(SUFFIXES) for n in names):
+        return None  # only plain array names beside index.csv: never a path to elsewhere
+    return names | {INDEX_NAME, PENDING_NAME}
+
+
+def _previous_bases(out_dir: Path) -> dict[str, str]:
+    return {row["video_id"]: _base(row["file"]) for row in _read_index(out_dir) or []}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -154,6 +224,20 @@ def _stems(store: FeatureStore) -> dict[str, str]:
     return {vid: Path(store.video_info(vid).path).stem for vid in store.video_ids}
 
 
+def _planned_files(names: dict[str, str], fmt: str) -> dict[str, str]:
+    """``{video_id: timestamps file name}`` (the array file itself for ``npz``)."""
+    if fmt == ArrayFormat.NPZ:
+        return dict(names)
+    return {vid: f"{_base(name)}{TIMESTAMPS_SUFFIX}.npy" for vid, name in names.items()}
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from e
+
+
 def export_store(
     path: Path,
     out_dir: Path,
@@ -163,6 +247,9 @@ def export_store(
     """Export every video of the store at ``path`` into ``out_dir`` (see the module doc).
 
     The caller checks ``out_dir`` with the output guard first; this creates it if needed.
+    Order, so that an interruption anywhere leaves only files the next run recognises as its
+    own: the pending list (old and new names) → the arrays → ``index.csv`` → removal of the
+    old names the new index does not list → removal of the pending list.
 
     Args:
         on_video: called as ``on_video(done, total)`` after each video (progress).
@@ -174,17 +261,20 @@ def export_store(
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ExportSummary()
     rows: list[dict[str, object]] = []
+    old = (owned_files(out_dir) or set()) - {INDEX_NAME, PENDING_NAME}
     with open_store(path) as store:
-        names = file_names(_stems(store), options.fmt)
+        names = file_names(_stems(store), options.fmt, _previous_bases(out_dir))
+        times_names = _planned_files(names, options.fmt)
+        new = set(names.values()) | set(times_names.values())
+        pending = json.dumps({"files": sorted(old | new)}).encode("utf-8", "surrogateescape")
+        atomic_bytes(out_dir / PENDING_NAME, pending)
         for done, video_id in enumerate(store.video_ids, 1):
             vf = store.read(video_id)
             features, timestamps = _arrays(vf, options)
-            name = names[video_id]
+            name, times_name = names[video_id], times_names[video_id]
             if options.fmt == ArrayFormat.NPZ:
                 files = {name: _npz_bytes({"features": features, "timestamps": timestamps})}
-                times_name = name
             else:
-                times_name = f"{name.removesuffix('.npy')}{TIMESTAMPS_SUFFIX}.npy"
                 files = {name: _npy_bytes(features), times_name: _npy_bytes(timestamps)}
             for file_name, data in files.items():
                 if _write_if_changed(out_dir / file_name, data):
@@ -211,4 +301,8 @@ def export_store(
     writer.writeheader()
     writer.writerows(rows)
     _write_if_changed(out_dir / INDEX_NAME, table.getvalue().encode("utf-8", "surrogateescape"))
+    for name in sorted(old - new):
+        summary.removed += (out_dir / name).exists()
+        _remove(out_dir / name)
+    _remove(out_dir / PENDING_NAME)
     return summary

@@ -4,7 +4,7 @@ The root file (``features.h5``) is small and atomically replaced by every commit
 index files (one base, then the deltas of later commits, oldest first) and the current links
 file, and its ``/videos`` is an external link to that links file's ``/videos`` group. A commit
 writes only its own delta and brings the spare links file up to date (see
-:mod:`pipeline.store_links`), so it costs O(new videos) whatever the store's size.
+:mod:`pipeline.store.links`), so it costs O(new videos) whatever the store's size.
 
 Deltas are folded like a binary counter: while the second-to-last index file has at most
 ``FOLD_RATIO`` times the rows of the last, the two are merged (into a new base when the
@@ -28,7 +28,7 @@ import numpy as np
 from pipeline import fsio
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import StoreError
-from pipeline.store_index import (
+from pipeline.store.index import (
     BASE,
     DELTA,
     IndexDelta,
@@ -41,13 +41,13 @@ from pipeline.store_index import (
     stamped,
     write_index_file,
 )
-from pipeline.store_layout import (
-    SHARDS_ATTR,
+from pipeline.store.layout import (
     VIDEOS,
+    config_of,
     shards_dir_for,
     write_config_attrs,
 )
-from pipeline.store_links import LINKS_GLOB, advance_links, find_spare, write_links
+from pipeline.store.links import LINKS_GLOB, advance_links, find_spare, write_links
 
 INDEX_FILES = "index_files"
 INDEX_ROWS = "index_rows"
@@ -118,7 +118,6 @@ def referenced_files(shards_dir: Path, root: Root, index: StoreIndex) -> set[str
 def _write_root(target: Path, root: Root, config: ExtractorConfig, shards: str) -> None:
     with h5py.File(target, "w") as f:
         write_config_attrs(f, config)
-        f.attrs[SHARDS_ATTR] = shards
         f.attrs["generation"] = root.generation
         f.attrs["links_file"] = root.links_file
         f.attrs["links_since"] = root.links_since
@@ -127,6 +126,33 @@ def _write_root(target: Path, root: Root, config: ExtractorConfig, shards: str) 
         f[VIDEOS] = h5py.ExternalLink(f"{shards}/{root.links_file}", f"/{VIDEOS}")
         f.flush()
         os.fsync(f.id.get_vfd_handle())
+
+
+def _replace_root(store_path: Path, root: Root, config: ExtractorConfig) -> None:
+    with fsio.replacing(store_path, durable=True) as tmp:
+        _write_root(tmp, root, config, shards_dir_for(store_path).name)
+
+
+def relink(store_path: Path) -> bool:
+    """Re-point the root's ``/videos`` link at this root's own directory; True if it had to.
+
+    The one reference that cannot be relative to the root's name is the HDF5 external link
+    plain h5py readers follow: it embeds the directory name the root had when it was
+    written. After a store is renamed or copied (or was written by an older vrnn under
+    another name), the writer rewrites the root once, atomically, under the lock; vrnn's
+    own reader never follows the link, so it needs no fixing to read.
+    """
+    if not store_path.exists():
+        return False
+    with h5py.File(store_path, "r") as f:
+        link = f.get(VIDEOS, getlink=True)
+        root, config = read_root(f), config_of(f)
+        legacy = "shards" in f.attrs  # written before the directory was implied by the name
+    expected = f"{shards_dir_for(store_path).name}/{root.links_file}"
+    if isinstance(link, h5py.ExternalLink) and link.filename == expected and not legacy:
+        return False
+    _replace_root(store_path, root, config)
+    return True
 
 
 def _new_index_file(shards_dir: Path, rows: IndexDelta, kind: str, generation: int) -> str:
@@ -200,8 +226,7 @@ def publish(
     names, counts = zip(*files, strict=True)
     published = Root(generation, names, counts, links, since)
     fsio.fsync_dir(shards_dir)  # the files the new root names are durable before it is
-    with fsio.replacing(store_path, durable=True) as tmp:
-        _write_root(tmp, published, config, shards_dir.name)
+    _replace_root(store_path, published, config)
     for name in set(root.index_files) - set(names):
         fsio.remove(shards_dir / name)
     for path in shards_dir.glob(LINKS_GLOB):

@@ -3,16 +3,14 @@
 A version-3 store is a small root file (``features.h5``) plus a directory
 (``features.h5.d/``) of immutable shard files (``shard-<hex>.h5``), immutable index files
 (``index-<hex>.h5``: a base and per-commit deltas) and links files (``links-<hex>.h5``); see
-docs/FORMAT.md. Everything here is shared by the writer (:mod:`pipeline.store`), the
-generations (:mod:`pipeline.store_generations`), the reader (:mod:`pipeline.store_read`) and
-maintenance (:mod:`pipeline.store_maintenance`).
+docs/FORMAT.md. Everything here is shared by the writer (:mod:`pipeline.store.write`), the
+generations (:mod:`pipeline.store.generations`), the reader (:mod:`pipeline.store.read`) and
+maintenance (:mod:`pipeline.store.maintenance`).
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 from pipeline import __version__, fsio
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import StoreError
+from pipeline.fsio import os_reason
 
 FORMAT_NAME = "video-rnn-features"
 SHARD_FORMAT_NAME = "video-rnn-shard"
@@ -35,8 +34,6 @@ TIMESTAMPS = "timestamps"
 FAILURES = "failures"
 MIGRATABLE_VERSIONS = (1, 2)
 """Older store versions ``vrnn store migrate`` converts."""
-SHARDS_ATTR = "shards"
-"""Root attribute of the index: the shard directory, relative to the index file's directory."""
 CHUNK_ROWS = 256
 """Feature rows per HDF5 chunk: a short video is one chunk, long ones read in 320–640 KB pieces."""
 
@@ -85,35 +82,9 @@ def new_shard_name() -> str:
     return f"shard-{uuid.uuid4().hex[:16]}.h5"
 
 
-def os_reason(e: OSError) -> str:
-    """The short reason of an OSError ("No space left on device"), also for h5py's."""
-    return os.strerror(e.errno) if e.errno else str(e)
-
-
 def write_error(path: Path, e: OSError) -> StoreError:
     """A one-line StoreError for a failed write (disk full, read-only, permissions)."""
     return StoreError(f"cannot write {path}: {os_reason(e)}")
-
-
-def require_free_space(directory: Path, nbytes: int, what: str, remedy: str = "") -> None:
-    """Raise :class:`StoreError` unless ``directory``'s file system has ``nbytes`` free.
-
-    HDF5 can crash the process (h5py issue #914) instead of raising when the disk fills up
-    mid-write, so large HDF5 writes check first and fail with a readable message.
-    """
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return  # cannot tell: let the write itself report
-    if st.f_flag & os.ST_RDONLY:
-        raise StoreError(f"cannot write {what} in {directory}: {os.strerror(errno.EROFS)}")
-    free = st.f_bavail * st.f_frsize
-    if free < nbytes:
-        raise StoreError(
-            f"not enough free space in {directory} to write {what}: needs about "
-            f"{nbytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free"
-            + (f"; {remedy}" if remedy else "")
-        )
 
 
 def atomic_bytes(path: Path, data: bytes) -> None:

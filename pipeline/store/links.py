@@ -20,8 +20,8 @@ from pathlib import Path
 import h5py
 
 from pipeline import __version__, fsio
-from pipeline.store_index import VideoEntry
-from pipeline.store_layout import FORMAT_VERSION, VIDEOS
+from pipeline.store.index import VideoEntry
+from pipeline.store.layout import FORMAT_VERSION, VIDEOS
 
 LINKS_FORMAT_NAME = "video-rnn-links"
 LINKS_GLOB = "links-*.h5"

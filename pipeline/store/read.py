@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections import OrderedDict
 from collections.abc import Container, Iterator, Mapping
 from pathlib import Path
@@ -24,17 +25,17 @@ import numpy as np
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
 from pipeline.identity import file_sha256, video_id_from_sha256
-from pipeline.store_generations import load_index, read_root
-from pipeline.store_index import PathEntry, VideoEntry
-from pipeline.store_layout import (
+from pipeline.store.generations import load_index, read_root
+from pipeline.store.index import PathEntry, VideoEntry
+from pipeline.store.layout import (
     FEATURES,
-    SHARDS_ATTR,
     TIMESTAMPS,
     VIDEOS,
     check_format,
     config_of,
     from_h5_text,
     open_store_file,
+    shards_dir_for,
 )
 from pipeline.validity import feature_problem
 
@@ -48,6 +49,18 @@ NAMED_VIDEOS = 5
 def _file_stat(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def _file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """Which root file this is: a commit renames a new file (a new inode) over the old one."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _path_identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        return _file_identity(path.stat())
+    except FileNotFoundError:
+        return None
 
 
 def indexed_video_id(
@@ -100,21 +113,24 @@ class FeatureStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.shards_dir = shards_dir_for(self.path)
+        """Always ``<root name>.d`` beside the root: a store moves, renames and copies whole."""
         self._shards: OrderedDict[str, h5py.File] = OrderedDict()
         self._load()
 
     def _load(self) -> None:
         for _ in range(RELOADS):
             with _open_index(self.path) as f:
-                self._identity = _file_stat(self.path)
+                # The file opened, not whatever the name points at by now (a commit may
+                # have renamed a new root over it meanwhile).
+                self._identity = _file_identity(os.fstat(f.id.get_vfd_handle()))
                 self.config: ExtractorConfig = config_of(f)
-                self.shards_dir = self.path.parent / str(f.attrs[SHARDS_ATTR])
                 root = read_root(f)
             try:
                 index = load_index(self.shards_dir, root)
                 break
             except FileNotFoundError as e:
-                if _file_stat(self.path) == self._identity:  # not a newer root: really gone
+                if _path_identity(self.path) == self._identity:  # no newer root: really gone
                     raise StoreError(
                         f"{self.path}: index file {e.filename} is missing; restore the "
                         f"{self.shards_dir.name} directory or re-extract"
@@ -220,7 +236,7 @@ class FeatureStore:
             return self._shard(self._catalog[video_id].shard)[VIDEOS][video_id]
         except (FileNotFoundError, KeyError):
             pass
-        if _file_stat(self.path) != self._identity:  # replaced meanwhile (e.g. compacted)
+        if _path_identity(self.path) != self._identity:  # replaced meanwhile (e.g. compacted)
             self.close()
             self._load()
             if video_id in self._catalog:

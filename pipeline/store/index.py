@@ -24,7 +24,7 @@ from pipeline import __version__, fsio
 from pipeline.contracts import ExtractionFailure
 from pipeline.errors import StoreError
 from pipeline.identity import VIDEO_ID_HEX
-from pipeline.store_layout import FAILURES, FORMAT_VERSION
+from pipeline.store.layout import FAILURES, FORMAT_VERSION
 
 INDEX_FORMAT_NAME = "video-rnn-index"
 CATALOG = "catalog"
@@ -172,11 +172,28 @@ def read_tables(f: h5py.File) -> IndexDelta:
 
 
 def read_index_file(path: Path) -> IndexDelta:
-    """The rows of one index file (``FileNotFoundError`` when it is not there)."""
-    with h5py.File(path, "r") as f:
+    """The rows of one index file (``FileNotFoundError`` when it is not there).
+
+    A file that is there but damaged (not HDF5, truncated, tables missing) is one
+    :class:`StoreError` line naming it.
+    """
+    damaged = (
+        f"{path}: index file is damaged (%s); restore the store's directory from a copy "
+        "or re-extract into a new store"
+    )
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise StoreError(damaged % f"not readable as HDF5: {e}") from None
+    with f:
         if f.attrs.get("format") != INDEX_FORMAT_NAME:
-            raise StoreError(f"{path}: not a video-rnn index file")
-        return read_tables(f)
+            raise StoreError(damaged % "not a video-rnn index file")
+        try:
+            return read_tables(f)
+        except (OSError, KeyError, ValueError) as e:
+            raise StoreError(damaged % f"{type(e).__name__}: {e}") from None
 
 
 # --------------------------------------------------------------------------- writing

@@ -20,11 +20,11 @@ import h5py
 from pipeline import fsio
 from pipeline.contracts import ExtractionFailure, ExtractorConfig
 from pipeline.errors import StoreError
-from pipeline.store import StoreBuilder
-from pipeline.store_commit import remove_unreferenced
-from pipeline.store_generations import Root, publish, read_generation, referenced_files
-from pipeline.store_index import PathEntry, StoreIndex, VideoEntry, read_tables
-from pipeline.store_layout import (
+from pipeline.fsio import os_reason, require_free_space
+from pipeline.store.commit import remove_unreferenced
+from pipeline.store.generations import Root, publish, read_generation, referenced_files
+from pipeline.store.index import PathEntry, StoreIndex, VideoEntry, read_tables
+from pipeline.store.layout import (
     FEATURES,
     FORMAT_NAME,
     MIGRATABLE_VERSIONS,
@@ -32,12 +32,11 @@ from pipeline.store_layout import (
     config_of,
     new_shard_name,
     open_store_file,
-    os_reason,
-    require_free_space,
     shards_dir_for,
     write_config_attrs,
 )
-from pipeline.store_read import open_store
+from pipeline.store.read import open_store
+from pipeline.store.write import StoreBuilder
 
 SHARD_BYTES = 1 << 30
 """Target size of a shard written by compaction or migration (1 GiB)."""
@@ -103,6 +102,33 @@ def _remedy(store_path: Path) -> str:
     return f"{store_path.name} is unchanged"
 
 
+def _shard_sizes(store_path: Path, shards_dir: Path, names: set[str]) -> dict[str, int]:
+    sizes, missing = {}, []
+    for name in sorted(names):
+        try:
+            sizes[name] = (shards_dir / name).stat().st_size
+        except FileNotFoundError:
+            missing.append(name)
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise StoreError(
+            f"cannot compact {store_path}: shard file(s) missing from {shards_dir}: "
+            f"{', '.join(missing[:5])}{more}; restore them or re-extract "
+            f"({_remedy(store_path)})"
+        )
+    return sizes
+
+
+def _open_shard(store_path: Path, shard: Path) -> h5py.File:
+    try:
+        return h5py.File(shard, "r")
+    except OSError as e:
+        raise StoreError(
+            f"cannot compact {store_path}: shard {shard} is not readable ({os_reason(e)}); "
+            f"restore it or re-extract ({_remedy(store_path)})"
+        ) from e
+
+
 def compact(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummary:
     """Merge the store's shards smaller than ``max_bytes / 2`` into shards of ~``max_bytes``.
 
@@ -115,7 +141,7 @@ def compact(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummar
     with StoreBuilder(store_path, config) as builder:
         root, index = read_generation(store_path)
         shards_dir = shards_dir_for(store_path)
-        sizes = {e.shard: (shards_dir / e.shard).stat().st_size for e in index.videos.values()}
+        sizes = _shard_sizes(store_path, shards_dir, {e.shard for e in index.videos.values()})
         small = sorted(s for s, n in sizes.items() if n < max_bytes // 2)
         summary = MaintenanceSummary(len(index.videos), len(sizes), len(sizes))
         moved: dict[str, VideoEntry] = {}
@@ -124,8 +150,10 @@ def compact(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummar
                 shards_dir, sum(sizes[s] for s in small) + 2**20, "compacted shards",
                 _remedy(store_path),
             )  # fmt: skip
-            files = {s: h5py.File(shards_dir / s, "r") for s in small}
+            files: dict[str, h5py.File] = {}
             try:
+                for s in small:
+                    files[s] = _open_shard(store_path, shards_dir / s)
                 groups = (
                     (vid, files[e.shard][VIDEOS][vid])
                     for vid, e in sorted(index.videos.items(), key=lambda kv: kv[1].shard)
