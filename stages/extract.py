@@ -92,7 +92,7 @@ def command(
     ] = DEFAULTS.weights,
     backbone: Annotated[
         Backbone,
-        typer.Option(help="All give 1280-d features; see the README's backbone table."),
+        typer.Option(help="All give 1280-d features; see docs/backbones.md."),
     ] = DEFAULTS.backbone,
     input_size: Annotated[
         int, typer.Option(callback=bounded(32, 1024), help="Backbone input side, pixels.")
