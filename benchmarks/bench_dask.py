@@ -48,7 +48,6 @@ def timed_run(videos: list[Path], store: Path, options: ExtractOptions, runner=N
         _fresh(store),
         options,
         runner=runner,
-        videos_per_task=2,
         on_plan=first("plan"),
         on_video=first("result"),
         on_task=first("result"),
@@ -93,7 +92,9 @@ def main() -> None:
                 rows.setdefault("in-process", []).append({**run, "start_s": 0.0})
                 for workers, threads in layouts:
                     started = time.perf_counter()
-                    cluster = ClusterOptions(workers=workers, threads_per_worker=threads)
+                    cluster = ClusterOptions(
+                        workers=workers, threads_per_worker=threads, videos_per_task=2
+                    )
                     with DaskRunner(cluster) as runner:
                         start_s = time.perf_counter() - started
                         for phase in ("cold", "warm"):

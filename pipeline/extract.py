@@ -17,7 +17,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import fsio
-from pipeline.backbone import backbone_for, register_backbone
+from pipeline.backbone import (
+    backbone_for,
+    build_backbone,
+    check_input_size,
+    family,
+    fingerprint,
+    make_inference_fn,
+    parse_weights,
+    register_backbone,
+    save_weights,
+)
 from pipeline.choices import Backbone, FeatureDtype, Resize, choose
 from pipeline.contracts import (
     ExtractionFailure,
@@ -69,8 +79,6 @@ class ExtractOptions:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values no extraction can use."""
-        from pipeline.backbone import check_input_size, family
-
         family(self.backbone)
         check_input_size(self.input_size)
         choose(Resize, self.resize, "--resize")
@@ -119,7 +127,7 @@ def run_task(
     )
 
 
-TaskRunner = Callable[[TaskSpec, list[WorkItem], Callable[[TaskResult], None], int | None], None]
+TaskRunner = Callable[[TaskSpec, list[WorkItem], Callable[[TaskResult], None]], None]
 """Runs task batches somewhere (e.g. Dask) and calls back with each result as it completes."""
 
 
@@ -161,8 +169,6 @@ def resolve_extractor(store_path: Path, options: ExtractOptions) -> Extractor:
     store lock, see :func:`save_sidecar`), so a seeded random backbone stays bit-identical
     across reruns and machines and a rerun with nothing to do never builds a model.
     """
-    from pipeline.backbone import fingerprint, parse_weights
-
     spec = parse_weights(options.weights)
     existing = _existing_config(store_path)
     if existing is not None:
@@ -179,8 +185,6 @@ def resolve_extractor(store_path: Path, options: ExtractOptions) -> Extractor:
 
 
 def _build(spec, options: ExtractOptions):
-    from pipeline.backbone import build_backbone
-
     return build_backbone(
         spec,
         options.input_size,
@@ -195,8 +199,6 @@ def save_sidecar(builder: StoreBuilder, extractor: Extractor, options: ExtractOp
     Written for a new store (the backbone this run built) or to restore a deleted sidecar
     (checked to have the store's sha256); an existing store's sidecar is never replaced.
     """
-    from pipeline.backbone import fingerprint, make_inference_fn, parse_weights, save_weights
-
     sidecar = backbone_sidecar(builder.path)
     config = extractor.config
     if sidecar.exists() and extractor.model is None:
@@ -328,7 +330,6 @@ def run_extraction(
     options: ExtractOptions,
     *,
     runner: TaskRunner | None = None,
-    videos_per_task: int | None = None,
     on_video: Callable[[VideoDone], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     on_task: Callable[[TaskResult], None] = lambda result: None,
@@ -341,7 +342,6 @@ def run_extraction(
         store_path: the ``.h5`` store to create or extend.
         options: extraction settings; must match an existing store's.
         runner: a task runner (Dask); None runs in this process.
-        videos_per_task: videos per runner task (None: the runner's default).
         on_video: progress callback per finished video (in-process runs).
         on_plan: called once with the plan, before any decoding.
         on_task: progress callback per finished runner task.
@@ -390,7 +390,7 @@ def run_extraction(
             if plan.todo and runner is None:
                 run_task(spec, plan.todo, stop=stop, on_video=on_video)
             elif plan.todo:
-                runner(spec, plan.todo, on_task, videos_per_task)
+                runner(spec, plan.todo, on_task)
         except KeyboardInterrupt as e:
             report.interrupted = True
             raise ExtractInterrupted(report) from e

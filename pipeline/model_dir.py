@@ -24,6 +24,15 @@ from pipeline import fsio, heads
 from pipeline.backbone import imagenet_weights_file
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import ModelError, WeightsError
+from pipeline.file_names import (
+    BACKBONE_FILE,
+    EXTRACTOR_FILE,
+    HEAD_FILE,
+    HISTORY_FILE,
+    LABELS_FILE,
+    MODEL_FILES,
+    TRAIN_CONFIG_FILE,
+)
 from pipeline.outputs import MODEL_DIR, check_output
 from pipeline.train_config import TrainConfig
 
@@ -32,15 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD_FILE = "head.keras"
-LABELS_FILE = "labels.json"
-EXTRACTOR_FILE = "extractor.json"
-BACKBONE_FILE = "backbone.weights.h5"
-"""Copy of the store's exact backbone weights: ``predict``/``export`` rebuild the extractor."""
-TRAIN_CONFIG_FILE = "train_config.json"
-HISTORY_FILE = "history.csv"
-MODEL_FILES = (HEAD_FILE, LABELS_FILE, EXTRACTOR_FILE, TRAIN_CONFIG_FILE)
-"""Files a model directory must hold to be loadable (``history.csv`` is informational)."""
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
 

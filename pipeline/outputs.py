@@ -20,21 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import OutputError
+from pipeline.file_names import CONFUSION_FILE, EVAL_FILE, MODEL_DIR_FILES, PER_CLASS_FILE
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 TFLITE_IDENTIFIER = b"TFL3"  # the FlatBuffer file identifier, at bytes 4-8
 EXPORT_MODEL_NAME = "vrnn_classifier"  # the name pipeline.export gives its end-to-end model
-MODEL_DIR_FILES = frozenset(
-    {
-        "head.keras",
-        "labels.json",
-        "extractor.json",
-        "train_config.json",
-        "history.csv",
-        "backbone.weights.h5",
-    }
-)
-"""Every file ``vrnn train`` writes into a model directory (see :mod:`pipeline.training`)."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +172,7 @@ def _model_dir(path: Path) -> bool:
 def _eval_dir(path: Path) -> bool:
     return all(
         not (path / name).exists() or ((path / name).is_file() and recognise(path / name))
-        for name, recognise in EVAL_FILES.items()
+        for name, recognise in _EVAL_FILE_CHECKS.items()
     )
 
 
@@ -209,10 +199,10 @@ def _any(path: Path) -> bool:
     return True
 
 
-EVAL_FILES: dict[str, Callable[[Path], bool]] = {
-    "eval.json": _json_object_with("split", "n", "top1"),
-    "per_class.csv": _csv_header("label", "precision", "recall", "f1", "support"),
-    "confusion.csv": _csv_header("actual", "predicted"),
+_EVAL_FILE_CHECKS: dict[str, Callable[[Path], bool]] = {
+    EVAL_FILE: _json_object_with("split", "n", "top1"),
+    PER_CLASS_FILE: _csv_header("label", "precision", "recall", "f1", "support"),
+    CONFUSION_FILE: _csv_header("actual", "predicted"),
 }
 """The files ``vrnn evaluate`` writes into its output directory, and how each is recognised."""
 

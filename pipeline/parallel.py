@@ -52,11 +52,9 @@ VIDEOS_PER_TASK = 4
 that a UCF101-sized run still makes a few thousand tasks (docs/cluster.md)."""
 
 
-def split_tasks(items: list[WorkItem], videos_per_task: int | None = None) -> list[list[WorkItem]]:
-    """Cut the work into Dask tasks of ``videos_per_task`` videos (default
-    :data:`VIDEOS_PER_TASK`), in order."""
-    size = videos_per_task or VIDEOS_PER_TASK
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def split_tasks(items: list[WorkItem], videos_per_task: int) -> list[list[WorkItem]]:
+    """Cut the work into Dask tasks of ``videos_per_task`` videos, in order."""
+    return [items[i : i + videos_per_task] for i in range(0, len(items), videos_per_task)]
 
 
 @dataclass(frozen=True)
@@ -70,6 +68,7 @@ class ClusterOptions:
         threads_per_worker: TensorFlow intra-op threads per worker process; default for a
             local cluster: cores // workers; for a remote one: whatever the workers have.
         connect_timeout_sec: how long to try reaching ``scheduler``.
+        videos_per_task: videos per Dask task (:func:`split_tasks`).
         tls_ca_file: CA certificate(s) a ``tls://`` scheduler's certificate must chain to.
         tls_cert: this client's certificate (PEM; may hold the key too).
         tls_key: this client's private key, when not inside ``tls_cert``.
@@ -80,6 +79,7 @@ class ClusterOptions:
     scheduler: str | None = None
     threads_per_worker: int | None = None
     connect_timeout_sec: float = 10.0
+    videos_per_task: int = VIDEOS_PER_TASK
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -95,6 +95,8 @@ class ClusterOptions:
             raise ConfigError(f"--workers must be ≥ 1, got {self.workers}")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be ≥ 1, got {self.threads_per_worker}")
+        if self.videos_per_task < 1:
+            raise ConfigError(f"--videos-per-task must be ≥ 1, got {self.videos_per_task}")
         if not self.connect_timeout_sec > 0:
             raise ConfigError(f"--connect-timeout must be > 0, got {self.connect_timeout_sec}")
         tls_given = any((self.tls_ca_file, self.tls_cert, self.tls_key))
@@ -330,9 +332,8 @@ class DaskRunner:
         spec: TaskSpec,
         items: list[WorkItem],
         on_task: Callable[[TaskResult], None],
-        videos_per_task: int | None = None,
     ) -> None:
-        """Run ``items`` as tasks of ``videos_per_task`` videos (:func:`split_tasks`) and call
+        """Run ``items`` as tasks of the options' ``videos_per_task`` videos and call
         ``on_task`` with each result in completion order.
 
         A task that keeps killing its worker (e.g. a decoder crash) is split into one task
@@ -343,7 +344,7 @@ class DaskRunner:
         if self.client is None:
             raise RuntimeError("DaskRunner used outside its `with` block")
         client = self.client
-        tasks = split_tasks([_absolute_item(i) for i in items], videos_per_task)
+        tasks = split_tasks([_absolute_item(i) for i in items], self.options.videos_per_task)
         spec = _absolute(spec)
         if self.options.workers and spec.decoders is None:  # share the cores, as TF threads do
             spec = replace(spec, decoders=max(1, available_cores() // self.options.workers))

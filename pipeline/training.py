@@ -21,6 +21,7 @@ from pipeline import fit, heads, metrics
 from pipeline.choices import Split, choose
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError, StoreError
+from pipeline.file_names import EVAL_FILES
 from pipeline.join import (
     SplitData,
     class_labels,
@@ -54,9 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVAL_FILE = "eval.json"
-PER_CLASS_FILE = "per_class.csv"
-CONFUSION_FILE = "confusion.csv"
 MIN_VAL_PER_CLASS = 5
 NORMALIZE_BATCH = 64
 """Videos per batch when fitting the standardization. Its temporaries stay in the process's
@@ -398,7 +396,7 @@ def evaluate(
     summary = replace(summary, missing=len(joined.missing))
     metrics_dir = Path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    files = [metrics_dir / name for name in (EVAL_FILE, PER_CLASS_FILE, CONFUSION_FILE)]
+    files = [metrics_dir / name for name in EVAL_FILES]
     metrics.write_summary(files[0], summary)
     metrics.write_per_class(files[1], per_class)
     metrics.write_confusion(files[2], targets, probs.argmax(axis=1), trained.labels)

@@ -54,6 +54,7 @@ def _runner(
     threads_per_worker: int | None,
     timeout: float,
     tls: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+    videos_per_task: int | None = None,
 ) -> AbstractContextManager:
     """A started Dask runner for ``--workers``/``--scheduler``, else ``None`` (in-process)."""
     if workers is None and scheduler is None and threads_per_worker is None:
@@ -62,7 +63,7 @@ def _runner(
         raise typer.BadParameter(
             f"--scheduler {scheduler!r} is not a scheduler address (tcp://HOST:PORT)"
         )
-    from pipeline.parallel import ClusterOptions, DaskRunner  # imports Dask only when used
+    from pipeline.parallel import VIDEOS_PER_TASK, ClusterOptions, DaskRunner  # Dask, if used
 
     ca_file, cert, key = (str(path) if path else None for path in tls)
     return DaskRunner(
@@ -71,6 +72,7 @@ def _runner(
             scheduler=scheduler,
             threads_per_worker=threads_per_worker,
             connect_timeout_sec=timeout,
+            videos_per_task=videos_per_task or VIDEOS_PER_TASK,
             tls_ca_file=ca_file,
             tls_cert=cert,
             tls_key=key,
@@ -92,7 +94,7 @@ def command(
     ] = DEFAULTS.weights,
     backbone: Annotated[
         Backbone,
-        typer.Option(help="All give 1280-d features; see the README's backbone table."),
+        typer.Option(help="All give 1280-d features; see docs/backbones.md."),
     ] = DEFAULTS.backbone,
     input_size: Annotated[
         int, typer.Option(callback=bounded(32, 1024), help="Backbone input side, pixels.")
@@ -211,7 +213,8 @@ def command(
         )
     options.validate()  # before connecting to a cluster: bad options fail fast
     tls = (tls_ca_file, tls_cert, tls_key)
-    with _runner(workers, scheduler, threads_per_worker, connect_timeout, tls) as runner:
+    cluster = (workers, scheduler, threads_per_worker, connect_timeout, tls, videos_per_task)
+    with _runner(*cluster) as runner:
         if runner is not None:
             console.line(runner.info.describe(), tag="dask:", style="bold")
         with _progress() as bar:
@@ -229,7 +232,6 @@ def command(
                     output,
                     options,
                     runner=runner,
-                    videos_per_task=videos_per_task,
                     on_plan=lambda plan: bar.update(task, total=len(plan.todo)),
                     on_video=lambda done: advance(1, done.frames),
                     on_task=lambda done: advance(len(done.ok) + len(done.failed), done.frames),

@@ -129,12 +129,11 @@ def test_local_cluster_builds_the_in_process_store(
 ) -> None:
     store = tmp_path / "features.h5"
     done = []
-    with DaskRunner(ClusterOptions(workers=2, threads_per_worker=1)) as runner:
+    cluster = ClusterOptions(workers=2, threads_per_worker=1, videos_per_task=2)
+    with DaskRunner(cluster) as runner:
         assert runner.info.local and runner.info.workers == 2
         assert runner.info.address.startswith("tcp://127.0.0.1:")
-        report = run_extraction(
-            videos, store, OPTIONS, runner=runner, videos_per_task=2, on_task=done.append
-        )
+        report = run_extraction(videos, store, OPTIONS, runner=runner, on_task=done.append)
         assert set(runner.client.run(_tf_intra_threads).values()) == {1}
     assert (report.extracted, report.failed) == (len(videos), 0)
     with open_store(reference) as want:
@@ -161,12 +160,12 @@ def test_killed_worker_is_retried_and_the_store_is_complete(
             psutil.Process(pids[busy[0]]).kill()
             killed.append(pids[busy[0]])
 
-    with DaskRunner(ClusterOptions(workers=2, threads_per_worker=1)) as runner:
+    with DaskRunner(ClusterOptions(workers=2, threads_per_worker=1, videos_per_task=1)) as runner:
         stop = threading.Event()
         killer = threading.Thread(target=kill_a_busy_worker, args=(runner, stop))
         killer.start()
         try:
-            report = run_extraction(videos, store, OPTIONS, runner=runner, videos_per_task=1)
+            report = run_extraction(videos, store, OPTIONS, runner=runner)
         finally:
             stop.set()
             killer.join()
@@ -200,10 +199,10 @@ def test_video_that_kills_workers_is_recorded_and_the_rest_extracted(
     paths = [*videos[:3], poison, *videos[3:]]  # poison shares a task with a good video
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 0}),
-        DaskRunner(ClusterOptions(workers=2, threads_per_worker=1)) as runner,
+        DaskRunner(ClusterOptions(workers=2, threads_per_worker=1, videos_per_task=2)) as runner,
     ):
         runner.client.register_plugin(_CrashOnPoison(), name="crash-on-poison")
-        report = run_extraction(paths, store, OPTIONS, runner=runner, videos_per_task=2)
+        report = run_extraction(paths, store, OPTIONS, runner=runner)
     assert (report.extracted, report.failed) == (len(videos), 1)
     assert report.failures == [
         {"path": str(poison), "reason": KILLED_REASON, "video_id": report.failures[0]["video_id"]}
