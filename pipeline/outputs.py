@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import plots
 from pipeline.errors import OutputError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -31,6 +32,7 @@ MODEL_DIR_FILES = frozenset(
         "extractor.json",
         "train_config.json",
         "history.csv",
+        plots.CURVES_FILE,
         "backbone.weights.h5",
     }
 )
@@ -152,8 +154,11 @@ def _labels_file(path: Path) -> bool:
     return _empty(path) or (isinstance(data, list) and all(isinstance(x, str) for x in data))
 
 
-def _hdf5(path: Path) -> bool:
-    return _empty(path) or _head(path, len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+def _starts_with(signature: bytes) -> Callable[[Path], bool]:
+    def recognise(path: Path) -> bool:
+        return _empty(path) or _head(path, len(signature)) == signature
+
+    return recognise
 
 
 def _keras_export(path: Path) -> bool:
@@ -213,11 +218,15 @@ EVAL_FILES: dict[str, Callable[[Path], bool]] = {
     "eval.json": _json_object_with("split", "n", "top1"),
     "per_class.csv": _csv_header("label", "precision", "recall", "f1", "support"),
     "confusion.csv": _csv_header("actual", "predicted"),
+    plots.CONFUSION_FILE: _starts_with(plots.PNG_SIGNATURE),
+    plots.F1_FILE: _starts_with(plots.PNG_SIGNATURE),
 }
 """The files ``vrnn evaluate`` writes into its output directory, and how each is recognised."""
 
 MANIFEST = OutputKind("manifest CSV", False, _csv_header("path", "label", "group", "split"))
-FEATURE_STORE = OutputKind("feature store (HDF5)", False, _hdf5, overwritable=False)
+FEATURE_STORE = OutputKind(
+    "feature store (HDF5)", False, _starts_with(HDF5_SIGNATURE), overwritable=False
+)
 EXTRACT_REPORT = OutputKind(
     "JSON extract report", False, _json_object_with("store", "extractor", "videos", "extracted")
 )

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import fsio, join, training
+from pipeline import fsio, join, plots, training
 from pipeline import model_dir as model_files
 from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo, VideoRecord
 from pipeline.errors import ConfigError, ModelError
@@ -122,8 +122,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_train_writes_a_complete_model_dir(data, trained):
     model_dir = trained.model_dir
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(
-        [*model_files.MODEL_FILES, model_files.HISTORY_FILE, model_files.BACKBONE_FILE]
-    )
+        [*model_files.MODEL_FILES, model_files.HISTORY_FILE, model_files.BACKBONE_FILE,
+         plots.CURVES_FILE]
+    )  # fmt: skip
+    assert (model_dir / plots.CURVES_FILE).read_bytes().startswith(plots.PNG_SIGNATURE)
     assert json.loads((model_dir / "labels.json").read_text()) == list(CLASSES)
     assert json.loads((model_dir / "extractor.json").read_text()) == EXTRACTOR.to_dict()
     assert json.loads((model_dir / "train_config.json").read_text()) == CONFIG.to_dict()
@@ -158,6 +160,9 @@ def test_evaluate_writes_dvc_metrics(data, trained, tmp_path):
     confusion = _rows(tmp_path / "metrics" / "confusion.csv")
     assert len(confusion) == 18 and set(confusion[0]) == {"actual", "predicted"}
     assert result.confusion.sum() == 18 and not result.missing
+    for name in (plots.CONFUSION_FILE, plots.F1_FILE):
+        assert (tmp_path / "metrics" / name).read_bytes().startswith(plots.PNG_SIGNATURE)
+        assert tmp_path / "metrics" / name in result.files
 
 
 def test_same_seed_gives_the_same_history_and_metrics(data, trained, tmp_path):
