@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib import image as mpimg
 
 from pipeline import plots
 from pipeline.metrics import ClassScores
-
-mpimg = pytest.importorskip("matplotlib.image")
 
 LABELS = ["clap", "jump", "wave"]
 
