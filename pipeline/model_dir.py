@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from pipeline import fsio, heads
+from pipeline import fsio, heads, plots
 from pipeline.backbone import imagenet_weights_file
 from pipeline.contracts import ExtractorConfig
 from pipeline.errors import ModelError, WeightsError
 from pipeline.file_names import (
     BACKBONE_FILE,
+    CURVES_IMAGE,
     EXTRACTOR_FILE,
     HEAD_FILE,
     HISTORY_FILE,
@@ -65,6 +66,14 @@ def _csv_float(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
+def kept_epoch(history: Sequence[dict[str, float]]) -> int:
+    """The 1-based epoch whose weights training kept: the lowest ``val_loss``, or the last
+    epoch when there was no validation split."""
+    if history and all("val_loss" in h for h in history):
+        return int(np.argmin([h["val_loss"] for h in history])) + 1
+    return len(history)
+
+
 def check_replaceable(target: Path) -> None:
     """Refuse a target that is not a model directory, or holds other files (e.g. ``-o .``)."""
     check_output(target, MODEL_DIR)
@@ -101,6 +110,7 @@ def write_model_dir(
             (tmp / EXTRACTOR_FILE).write_text(json.dumps(extractor.to_dict(), indent=2) + "\n")
             (tmp / TRAIN_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
             _write_history(tmp / HISTORY_FILE, history)
+            plots.save_png(plots.curves_figure(history, kept_epoch(history)), tmp / CURVES_IMAGE)
             if backbone_weights is not None and backbone_weights.is_file():
                 shutil.copyfile(backbone_weights, tmp / BACKBONE_FILE)
     except OSError as e:

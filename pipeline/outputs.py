@@ -20,9 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import OutputError
-from pipeline.file_names import CONFUSION_FILE, EVAL_FILE, MODEL_DIR_FILES, PER_CLASS_FILE
+from pipeline.file_names import (
+    CONFUSION_FILE,
+    CONFUSION_IMAGE,
+    EVAL_FILE,
+    F1_IMAGE,
+    MODEL_DIR_FILES,
+    PER_CLASS_FILE,
+)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TFLITE_IDENTIFIER = b"TFL3"  # the FlatBuffer file identifier, at bytes 4-8
 EXPORT_MODEL_NAME = "vrnn_classifier"  # the name pipeline.export gives its end-to-end model
 
@@ -142,8 +150,11 @@ def _labels_file(path: Path) -> bool:
     return _empty(path) or (isinstance(data, list) and all(isinstance(x, str) for x in data))
 
 
-def _hdf5(path: Path) -> bool:
-    return _empty(path) or _head(path, len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+def _starts_with(signature: bytes) -> Callable[[Path], bool]:
+    def recognise(path: Path) -> bool:
+        return _empty(path) or _head(path, len(signature)) == signature
+
+    return recognise
 
 
 def _keras_export(path: Path) -> bool:
@@ -203,11 +214,15 @@ _EVAL_FILE_CHECKS: dict[str, Callable[[Path], bool]] = {
     EVAL_FILE: _json_object_with("split", "n", "top1"),
     PER_CLASS_FILE: _csv_header("label", "precision", "recall", "f1", "support"),
     CONFUSION_FILE: _csv_header("actual", "predicted"),
+    CONFUSION_IMAGE: _starts_with(PNG_SIGNATURE),
+    F1_IMAGE: _starts_with(PNG_SIGNATURE),
 }
 """The files ``vrnn evaluate`` writes into its output directory, and how each is recognised."""
 
 MANIFEST = OutputKind("manifest CSV", False, _csv_header("path", "label", "group", "split"))
-FEATURE_STORE = OutputKind("feature store (HDF5)", False, _hdf5, overwritable=False)
+FEATURE_STORE = OutputKind(
+    "feature store (HDF5)", False, _starts_with(HDF5_SIGNATURE), overwritable=False
+)
 EXTRACT_REPORT = OutputKind(
     "JSON extract report", False, _json_object_with("store", "extractor", "videos", "extracted")
 )

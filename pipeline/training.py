@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import fit, heads, metrics
+from pipeline import fit, heads, metrics, plots
 from pipeline.choices import Split, choose
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError, StoreError
@@ -35,6 +35,7 @@ from pipeline.leakage import check_duplicates
 from pipeline.model_dir import (
     TrainedModel,
     check_replaceable,
+    kept_epoch,
     load_model_dir,
     write_model_dir,
 )
@@ -247,9 +248,7 @@ def train(
         prefetch=read_ahead(cache, train_data),
     )
     write_model_dir(model_dir, model, labels, extractor, config, history, sidecar)
-    best = len(history)
-    if validation is not None:
-        best = int(np.argmin([h["val_loss"] for h in history])) + 1
+    best = kept_epoch(history)
     counts = {"train": len(train_data.videos), "val": len(val_data.videos)}
     notes = [plan.note] if plan.note else []
     notes += small_split_warnings(labels, train_data.targets, val_data.targets)
@@ -371,8 +370,9 @@ def evaluate(
     split: str = "test",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> EvalResult:
-    """Score a trained model on one split and write ``eval.json``, ``per_class.csv`` and
-    ``confusion.csv`` into ``metrics_dir``.
+    """Score a trained model on one split and write ``eval.json``, ``per_class.csv``,
+    ``confusion.csv`` and their pictures (``confusion.png``, ``per_class_f1.png``) into
+    ``metrics_dir``.
 
     Raises:
         ConfigError: unknown split.
@@ -400,4 +400,6 @@ def evaluate(
     metrics.write_summary(files[0], summary)
     metrics.write_per_class(files[1], per_class)
     metrics.write_confusion(files[2], targets, probs.argmax(axis=1), trained.labels)
+    plots.save_png(plots.confusion_figure(confusion, trained.labels), files[3])
+    plots.save_png(plots.f1_figure(per_class), files[4])
     return EvalResult(summary, per_class, confusion, trained.labels, files, joined.missing, plan)

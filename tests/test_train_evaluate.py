@@ -26,8 +26,10 @@ from pipeline import fsio, join, training
 from pipeline import model_dir as model_files
 from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo, VideoRecord
 from pipeline.errors import ConfigError, ModelError
+from pipeline.file_names import CONFUSION_IMAGE, CURVES_IMAGE, F1_IMAGE
 from pipeline.identity import file_sha256, video_id_from_sha256
 from pipeline.manifest import write_manifest
+from pipeline.outputs import PNG_SIGNATURE
 from pipeline.store import StoreBuilder, backbone_sidecar, open_store, write_part
 from pipeline.train_config import TrainConfig
 from stages.cli import app
@@ -122,8 +124,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_train_writes_a_complete_model_dir(data, trained):
     model_dir = trained.model_dir
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(
-        [*model_files.MODEL_FILES, model_files.HISTORY_FILE, model_files.BACKBONE_FILE]
-    )
+        [*model_files.MODEL_FILES, model_files.HISTORY_FILE, model_files.BACKBONE_FILE,
+         CURVES_IMAGE]
+    )  # fmt: skip
+    assert (model_dir / CURVES_IMAGE).read_bytes().startswith(PNG_SIGNATURE)
     assert json.loads((model_dir / "labels.json").read_text()) == list(CLASSES)
     assert json.loads((model_dir / "extractor.json").read_text()) == EXTRACTOR.to_dict()
     assert json.loads((model_dir / "train_config.json").read_text()) == CONFIG.to_dict()
@@ -158,6 +162,9 @@ def test_evaluate_writes_dvc_metrics(data, trained, tmp_path):
     confusion = _rows(tmp_path / "metrics" / "confusion.csv")
     assert len(confusion) == 18 and set(confusion[0]) == {"actual", "predicted"}
     assert result.confusion.sum() == 18 and not result.missing
+    for name in (CONFUSION_IMAGE, F1_IMAGE):
+        assert (tmp_path / "metrics" / name).read_bytes().startswith(PNG_SIGNATURE)
+        assert tmp_path / "metrics" / name in result.files
 
 
 def test_same_seed_gives_the_same_history_and_metrics(data, trained, tmp_path):
