@@ -1,25 +1,40 @@
 # video-rnn CLI image: `docker build -t vrnn .` then `docker run --rm -v "$PWD:/work" vrnn extract …`
 # Installs the project exactly as the README/CI do (`make setup`, pinned by constraints.txt).
+# BASE: any Debian-like image with Python 3.11 (python3.11 on PATH, its venv module).
+# Offline build (no network in the build container; docs/docker.md): `make docker-offline`,
+# i.e. the pinned wheels downloaded on the host (`make wheelhouse`) and
+# --build-arg PIP_NO_INDEX=1, on a BASE that already has make and git.
 # Offline containers: build with --build-arg BAKE_IMAGENET_WEIGHTS=1 (needs network at build
 # time) to put the ImageNet MobileNetV2 weights into the image's Keras cache.
-FROM python:3.11-slim
+ARG BASE=python:3.11-slim
 
-ARG BAKE_IMAGENET_WEIGHTS=0
+# make runs the install, dvc needs git; apt installs them only where BASE lacks them
+FROM ${BASE} AS system
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     KERAS_HOME=/opt/keras \
     PATH=/opt/venv/bin:$PATH
+RUN if ! command -v make >/dev/null || ! command -v git >/dev/null; then \
+         apt-get update \
+         && apt-get install -y --no-install-recommends make git \
+         && rm -rf /var/lib/apt/lists/*; \
+       fi
 
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends make git \
-    && rm -rf /var/lib/apt/lists/*
-
+# The install stage sees wheelhouse/; the image copies only its results, never the wheels.
+FROM system AS install
+ARG PIP_NO_INDEX=0
+ENV PIP_FIND_LINKS=/opt/wheelhouse
+COPY wheelhouse /opt/wheelhouse
 WORKDIR /opt/video-rnn
 COPY pyproject.toml constraints.txt Makefile README.md ./
 COPY pipeline ./pipeline
 COPY stages ./stages
 RUN make setup VENV=/opt/venv EXTRAS=dvc
 
+FROM system
+ARG BAKE_IMAGENET_WEIGHTS=0
+COPY --from=install /opt/venv /opt/venv
+COPY --from=install /opt/video-rnn /opt/video-rnn
 RUN mkdir -p "$KERAS_HOME" \
     && if [ "$BAKE_IMAGENET_WEIGHTS" = "1" ]; then \
          python -c "from pipeline.backbone import IMAGENET_SIZES, imagenet_weights_file; [imagenet_weights_file(s) for s in IMAGENET_SIZES]"; \

@@ -1,8 +1,9 @@
 """The Dockerfile installs the project with the Makefile target CI runs, nothing else.
 
-The image cannot be built on these machines (no registry for base images), so this checks
-what can be checked without Docker: the install commands (``make -n`` dry runs, expanded the
-way ``make`` runs them) and the files the build copies.
+Building and running the image is ``make docker-smoke`` (docs/docker.md), which needs a Docker
+daemon; ``make test`` builds no image. This checks what can be checked without Docker: the
+install commands (``make -n`` dry runs, expanded the way ``make`` runs them), the files the
+build copies, the base image argument and where the offline build's wheels go.
 """
 
 from __future__ import annotations
@@ -81,3 +82,64 @@ def test_docker_copies_every_file_the_install_reads():
     stamp_deps = re.search(r"^\$\(STAMP\):(.*)$", (REPO / "Makefile").read_text(), re.M)
     needed = {"Makefile", project["project"]["readme"], *stamp_deps.group(1).split(), *packages}
     assert needed <= copied, needed - copied
+
+
+def stages() -> list[list[str]]:
+    """The Dockerfile's build stages, each its lines from its FROM on."""
+    found: list[list[str]] = []
+    for line in DOCKERFILE.splitlines():
+        if line.startswith("FROM "):
+            found.append([])
+        if found:
+            found[-1].append(line)
+    return found
+
+
+def test_every_stage_starts_from_the_base_argument_defaulting_to_python_slim():
+    before_from = DOCKERFILE.split("\nFROM ", 1)[0]
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", before_from, re.M)
+    names = set()
+    for stage in stages():
+        words = stage[0].split()
+        assert words[1] in names or words[1] == "${BASE}", stage[0]
+        if len(words) == 4 and words[2] == "AS":
+            names.add(words[3])
+    assert names, "the install runs in its own stage"
+
+
+def test_the_wheelhouse_reaches_only_the_install_stage_and_the_index_stays_the_default():
+    *earlier, image = stages()
+    (install,) = [s for s in earlier if any(line.startswith("RUN make setup") for line in s)]
+    assert "ARG PIP_NO_INDEX=0" in install  # online unless the build asks otherwise
+    assert any(re.fullmatch(r"COPY wheelhouse (\S+)", line) for line in install)
+    install_name = install[0].split()[-1]
+    for line in image:
+        assert "wheelhouse" not in line, line
+        words = line.split()
+        if words[:1] == ["COPY"]:
+            # the image takes the venv and the project from the install stage, nothing else
+            assert words[1] == f"--from={install_name}" and words[2] in (
+                "/opt/venv",
+                "/opt/video-rnn",
+            )
+    # an online build on a fresh clone needs the folder: it is in git, the wheels are not
+    tracked = subprocess.run(
+        ["git", "ls-files", "wheelhouse"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert tracked.stdout.split() == ["wheelhouse/README.md"]
+    assert "base.tar" in (REPO / ".dockerignore").read_text().split()
+
+
+def test_the_offline_build_has_no_network_and_pip_no_index():
+    (build,) = [
+        line for line in dry_run("docker-offline", "BASE=local:tag") if "docker build" in line
+    ]
+    words = shlex.split(build)
+    assert words[words.index("--network") + 1] == "none"
+    args = {words[i + 1] for i, w in enumerate(words) if w == "--build-arg"}
+    assert {"BASE=local:tag", "PIP_NO_INDEX=1"} <= args
+    download = [line for line in dry_run("wheelhouse") if "pip download" in line]
+    assert len(download) == 1 and "-r constraints.txt" in download[0]
+    # `make docker-smoke` builds offline first, then runs the smoke script on that image
+    smoke = dry_run("docker-smoke", "BASE=local:tag", "IMAGE=smoke:1")
+    assert "docker build" in smoke[0] and smoke[-1] == "sh tools/docker_smoke.sh smoke:1"
