@@ -33,7 +33,9 @@ HEAD_NAMES = tuple(Head)
 """Builders known to :func:`build_head`; ``delta`` is the default."""
 LINEAR_HEADS = frozenset({Head.TREND, Head.DELTA})
 """Linear softmax heads on clip statistics: no projection, input dropout or hidden layer."""
-ALWAYS_STANDARDIZED = frozenset({Head.DELTA})
+DELTA_RNN_HEADS = frozenset({Head.DELTA_GRU, Head.DELTA_LSTM})
+"""``delta``'s clip statistics next to a recurrent layer over the frames and their changes."""
+ALWAYS_STANDARDIZED = frozenset({Head.DELTA}) | DELTA_RNN_HEADS
 """Heads whose features are always standardized with train-split statistics (``normalize``
 or not): their statistics are part of the head."""
 
@@ -125,6 +127,32 @@ class MaskedDelta(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vrnn")
+class FrameChanges(keras.layers.Layer):
+    """Each frame next to its change from the previous real frame: ``[B, T, D]`` → ``[B, T, 2D]``.
+
+    ``[x[t], x[t] - x[t - 1]]``; the first frame and padded frames get a zero change, so a
+    recurrent layer reads *what* the clip shows and *how it moves on*, in order.
+    """
+
+    def call(self, inputs: keras.KerasTensor, mask: keras.KerasTensor) -> keras.KerasTensor:
+        """Frames and their backward differences; ``mask`` True marks real frames."""
+        x = keras.ops.cast(inputs, "float32")
+        real = keras.ops.cast(mask, "float32")
+        pairs = (real[:, 1:] * real[:, :-1])[:, :, None]
+        change = (x[:, 1:] - x[:, :-1]) * pairs
+        change = keras.ops.concatenate([keras.ops.zeros_like(x[:, :1]), change], axis=1)
+        return keras.ops.concatenate([x, change], axis=-1)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """``(batch, time, 2 * features)``."""
+        return (*input_shape[:2], 2 * input_shape[2])
+
+    def compute_mask(self, inputs: object, mask: object = None) -> object:
+        """The time axis stays, so does the mask."""
+        return mask
+
+
+@keras.saving.register_keras_serializable(package="vrnn")
 class ToFloat32(keras.layers.Layer):
     """Casts stored features (float16) to float32 before any arithmetic."""
 
@@ -134,6 +162,8 @@ class ToFloat32(keras.layers.Layer):
 
 
 def _recurrent(name: str, units: int, return_sequences: bool, index: int) -> keras.layers.Layer:
+    if name in DELTA_RNN_HEADS:
+        name = name.removeprefix("delta_")
     if name == "lstm":
         return keras.layers.LSTM(units, return_sequences=return_sequences, name=f"lstm_{index}")
     gru = keras.layers.GRU(units, return_sequences=return_sequences, name=f"gru_{index}")
@@ -157,8 +187,8 @@ def _check_options(
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     if seq_len < 1:
         raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
-    if name == "delta" and seq_len < 2:
-        raise ConfigError(f"--head delta compares frames: --seq-len must be >= 2, got {seq_len}")
+    if (name == "delta" or name in DELTA_RNN_HEADS) and seq_len < 2:
+        raise ConfigError(f"--head {name} compares frames: --seq-len must be >= 2, got {seq_len}")
     if units < 1 or layers < 1:
         raise ConfigError(f"--units and --layers must be >= 1, got {units} and {layers}")
     if not all(0.0 <= rate < 1.0 for rate in dropouts):
@@ -193,6 +223,18 @@ def _adapt(
                 yield out
 
     layer.adapt(values())
+
+
+def _delta_statistics(
+    frames: keras.KerasTensor, mask: keras.KerasTensor, standardized: bool
+) -> keras.KerasTensor:
+    """``delta``'s clip statistics: [mean, late − early third, mean |frame change|]."""
+    trend = MaskedTrend(name="masked_trend")(frames, mask=mask)
+    delta = MaskedDelta(name="masked_delta")(frames, mask=mask)
+    x = keras.layers.Concatenate(name="clip_statistics")([trend, delta])
+    if standardized:
+        x = keras.layers.Normalization(axis=-1, name="trend_norm")(x)
+    return x
 
 
 def build_head(
@@ -255,36 +297,41 @@ def build_head(
     features = keras.Input((seq_len, feature_dim), dtype="float16", name=FEATURES_INPUT)
     mask = keras.Input((seq_len,), dtype="bool", name=MASK_INPUT)  # True = real frame
     x = ToFloat32(name="to_float32")(features)
-    if name == "delta":
+    if name == "delta" or name in DELTA_RNN_HEADS:
         x = keras.layers.UnitNormalization(axis=-1, name="frame_l2")(x)
     if normalize_on is not None:
         x = keras.layers.Normalization(axis=-1, name="frame_norm")(x)
     linear = name in LINEAR_HEADS  # no projection, no hidden layer
+    statistics = None
+    if name in DELTA_RNN_HEADS:
+        statistics = _delta_statistics(x, mask, normalize_on is not None)
+        x = FrameChanges(name="frame_changes")(x, mask=mask)
     if projection > 0 and not linear:
         x = keras.layers.Dense(projection, name="projection")(x)
     if input_dropout > 0 and not linear:
         x = keras.layers.Dropout(input_dropout, name="input_dropout")(x)
     if name == "meanpool":
         x = MaskedMean(name="masked_mean")(x, mask=mask)
-    elif linear:
-        frames, x = x, MaskedTrend(name="masked_trend")(x, mask=mask)
-        if name == "delta":
-            delta = MaskedDelta(name="masked_delta")(frames, mask=mask)
-            x = keras.layers.Concatenate(name="clip_statistics")([x, delta])
+    elif name == "trend":
+        x = MaskedTrend(name="masked_trend")(x, mask=mask)
         if normalize_on is not None:
             x = keras.layers.Normalization(axis=-1, name="trend_norm")(x)
+    elif name == "delta":
+        x = _delta_statistics(x, mask, normalize_on is not None)
     else:
         for i in range(layers):
             x = _recurrent(name, units, return_sequences=i < layers - 1, index=i)(x, mask=mask)
     if dense_units > 0 and not linear:
         x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
+    if statistics is not None:
+        x = keras.layers.Concatenate(name="statistics_and_rnn")([statistics, x])
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     model = keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head")
     if normalize_on is not None:
         _adapt(model, "frame_norm", normalize_on, frames=True)
-        if linear:
+        if linear or name in DELTA_RNN_HEADS:
             _adapt(model, "trend_norm", normalize_on, frames=False)
     optimizer = (
         keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)

@@ -261,6 +261,30 @@ def test_delta_head_learns_order_and_the_kind_of_change_the_trend_baseline_canno
     assert delta_acc >= 0.8 and delta_acc >= trend_acc + 0.2, (delta_acc, trend_acc)
 
 
-def test_delta_head_needs_two_frames():
+@pytest.mark.parametrize("name", ["delta", *sorted(heads.DELTA_RNN_HEADS)])
+def test_delta_heads_need_two_frames(name):
     with pytest.raises(ConfigError, match="--seq-len must be >= 2"):
-        heads.build_head("delta", num_classes=2, seq_len=1)
+        heads.build_head(name, num_classes=2, seq_len=1)
+
+
+def test_frame_changes_layer_is_each_frame_and_its_change_from_the_previous_real_frame():
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(2, SEQ_LEN, DIM)).astype(np.float32)
+    mask = np.arange(SEQ_LEN)[None, :] < np.array([[SEQ_LEN], [3]])
+    got = np.asarray(heads.FrameChanges()(features, mask=mask))
+    np.testing.assert_allclose(got[:, :, :DIM], features, atol=1e-6)
+    np.testing.assert_allclose(got[0, 1:, DIM:], np.diff(features[0], axis=0), atol=1e-5)
+    np.testing.assert_allclose(got[1, 1:3, DIM:], np.diff(features[1, :3], axis=0), atol=1e-5)
+    assert not got[:, 0, DIM:].any() and not got[1, 3:, DIM:].any()  # first frame, padding
+
+
+@pytest.mark.parametrize("name", sorted(heads.DELTA_RNN_HEADS))
+def test_delta_rnn_heads_keep_deltas_statistics_and_learn_what_delta_learns(name):
+    train, val = kind_of_change_videos(32, seed=1), kind_of_change_videos(8, seed=2)
+    model, _ = fit(name, train, val, epochs=40, patience=10, normalize=True)
+    names = {layer.name for layer in model.layers}
+    assert {"frame_l2", "frame_norm", "clip_statistics", "trend_norm"} <= names
+    assert accuracy(model, *kind_of_change_videos(30, seed=3)) >= 0.8
+    pairs = order_videos(32, seed=1), order_videos(8, seed=2)
+    model, _ = fit(name, *pairs, epochs=40, patience=10, normalize=True)
+    assert accuracy(model, *order_videos(20, seed=3)) >= 0.9
