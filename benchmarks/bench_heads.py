@@ -37,19 +37,31 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+WEIGHTS_FILE = Path("shared") / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+WEIGHTS_CANDIDATES = (ROOT.parent / WEIGHTS_FILE, ROOT.parent.parent / WEIGHTS_FILE)
+"""Where the real ImageNet weights are looked for: beside a checkout, or beside its worktrees."""
+RANDOM_WEIGHTS = "random:0"
+"""The fallback backbone without the weights file: seeded random, *not* ImageNet features."""
 SIZE = 112
 SEQ_LEN = 16
 POOLS = {"train": 40, "val": 10, "test": 20}
 ORDER_PAIRS = (("zoom_in", "zoom_out"), ("focus_in", "focus_out"), ("fade_in", "fade_out"))
+TWO_PHASE = ("zoom_then_dim", "dim_then_zoom")
+"""Two phases in either order: zoom in, then dim to a third of the light, or the reverse. The
+first frames (wide, bright) and the last (close-up, dim) look alike in both, so the late −
+early trend cannot tell them apart; what differs is which change came first (and so whether
+the middle is a bright close-up or a dim wide view)."""
 APPEARANCE = {"texture": ("brick", "grass", "gravel"), "sky": ("hubble_deep_field", "moon")}
 SCENES = (
     "astronaut", "camera", "coffee", "chelsea", "rocket", "immunohistochemistry", "coins",
     "retina", "cell", "clock", "colorwheel", "page", "text", "stereo_motorcycle",
 )  # fmt: skip
-CLASSES = tuple(c for pair in ORDER_PAIRS for c in pair) + tuple(APPEARANCE)
-GENERATOR_VERSION = "1"
+CLASSES = tuple(c for pair in ORDER_PAIRS for c in pair) + TWO_PHASE + tuple(APPEARANCE)
+GENERATOR_VERSION = "2"
 """Bump when the clips change, so an old feature cache is not reused."""
+DEFAULT_RUNS = (
+    "old", "meanpool", "trend", "delta", "lstm", "gru", "bigru", "delta_lstm", "delta_gru",
+)  # fmt: skip
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -115,6 +127,14 @@ def render_clip(kind: str, photo: np.ndarray, rng: np.random.Generator) -> np.nd
                     photo, cy + span * r * np.sin(angle), cx + span * r * np.cos(angle), side
                 )
             )
+    elif kind in TWO_PHASE:
+        factor = rng.uniform(2.0, 3.5)
+        dim = rng.uniform(0.25, 0.45)
+        split = rng.uniform(0.4, 0.6)  # where the first phase hands over to the second
+        first, second = np.clip(ramp / split, 0, 1), np.clip((ramp - split) / (1 - split), 0, 1)
+        zoom, fade = (first, second) if kind == "zoom_then_dim" else (second, first)
+        for z, f in zip(zoom, fade, strict=True):
+            out.append(crop_resize(photo, cy, cx, side * factor ** (-z)) * (1 - (1 - dim) * f))
     else:
         base = crop_resize(photo, cy, cx, side)
         if kind == "focus":
@@ -142,13 +162,22 @@ def make_clips(seed: int = 0):
                         photo = photos[source] = load_photo(source)
                     yield label, split, render_clip("pan", photo, rng)
                     continue
-                kind, direction = name.split("_")
                 photo = photos[SCENES[int(rng.integers(len(SCENES)))]]
+                if name in TWO_PHASE:
+                    yield label, split, render_clip(name, photo, rng)
+                    continue
+                kind, direction = name.split("_")
                 clip = render_clip(kind, photo, rng)
                 yield label, split, clip[::-1] if direction == "out" else clip
 
 
-def extract_features(weights: Path, cache: Path) -> dict[str, list]:
+def default_weights() -> str:
+    """The first real ImageNet weights file found, else :data:`RANDOM_WEIGHTS`."""
+    found = [p for p in WEIGHTS_CANDIDATES if p.is_file()]
+    return str(found[0]) if found else RANDOM_WEIGHTS
+
+
+def extract_features(weights: str, cache: Path) -> dict[str, list]:
     """Per-split lists of ``[T, 1280]`` float16 features and labels, cached in ``cache``."""
     if cache.is_file():
         data = np.load(cache)
@@ -157,7 +186,7 @@ def extract_features(weights: Path, cache: Path) -> dict[str, list]:
     from pipeline.backbone import build_backbone, make_inference_fn, parse_weights
 
     started = time.perf_counter()
-    model = build_backbone(parse_weights(str(weights)), SIZE)
+    model = build_backbone(parse_weights(weights), SIZE)
     infer = make_inference_fn(model)
     arrays: dict[str, list] = {f"{s}_{k}": [] for s in POOLS for k in ("features", "labels")}
     for label, split, clip in make_clips():
@@ -192,9 +221,12 @@ def _unpack(data) -> dict[str, list]:
     return out
 
 
-def cache_path(cache_dir: Path, weights: Path) -> Path:
-    """The feature cache for these weights (by content) and this clip generator version."""
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+def cache_path(cache_dir: Path, weights: str) -> Path:
+    """The feature cache for these weights (a file by content) and this clip generator version."""
+    if weights == RANDOM_WEIGHTS:
+        digest = RANDOM_WEIGHTS.replace(":", "")
+    else:
+        digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
     return cache_dir / f"bench_heads_v{GENERATOR_VERSION}_{SIZE}px_{digest}.npz"
 
 
@@ -247,8 +279,9 @@ def draw(pool: tuple[list, np.ndarray], per_class: int, rng: np.random.Generator
     return [videos[i] for i in chosen], labels[chosen]
 
 
-def run_once(overrides: dict, data: dict, shots: int, seed: int) -> float:
-    """Test top-1 of one head trained on ``shots`` clips per class drawn with ``seed``."""
+def run_once(overrides: dict, data: dict, shots: int, seed: int) -> tuple[float, float]:
+    """Test top-1 of one head trained on ``shots`` clips per class drawn with ``seed``, and
+    its accuracy on the two-phase pair's test clips."""
     from pipeline import heads
     from pipeline.join import SplitData
     from pipeline.sequences import eval_sequences
@@ -265,15 +298,20 @@ def run_once(overrides: dict, data: dict, shots: int, seed: int) -> float:
     model, _ = fit_config(config, train, validation, len(CLASSES), train_videos[0].shape[1])
     test_videos, test_labels = data["test"]
     probs = heads.predict_proba(model, *eval_sequences(test_videos, SEQ_LEN))
-    return float(np.mean(probs.argmax(axis=1) == test_labels))
+    right = probs.argmax(axis=1) == test_labels
+    two_phase = np.isin(test_labels, [CLASSES.index(c) for c in TWO_PHASE])
+    return float(np.mean(right)), float(np.mean(right[two_phase]))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vrnn")
     parser.add_argument(
-        "--heads", default="old,delta,lstm,gru,bigru,meanpool,trend",
+        "--weights", default=default_weights(),
+        help=f"backbone weights file (default: the shared ImageNet file, else {RANDOM_WEIGHTS})",
+    )  # fmt: skip
+    parser.add_argument("--cache", type=Path, default=Path("/tmp") / "vrnn-bench-heads")
+    parser.add_argument(
+        "--heads", default=",".join(DEFAULT_RUNS),
         help="comma-separated runs: a head name (current defaults), 'old' (the pre-#18 "
         "default recipe) or label=head:key=value,... (TrainConfig overrides, ';'-separated)",
     )  # fmt: skip
@@ -281,12 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the raw accuracies here")
     args = parser.parse_args(argv)
-    if not args.weights.is_file():
-        print(
-            f"skipped: ImageNet weights {args.weights} not found (this benchmark needs real "
-            "MobileNetV2 features; pass --weights PATH)"
-        )
-        return 0
     try:
         import skimage  # noqa: F401
     except ImportError:
@@ -298,40 +330,64 @@ def main(argv: list[str] | None = None) -> int:
     data = extract_features(args.weights, cache_path(args.cache, args.weights))
     runs = [parse_run(spec) for spec in args.heads.split(";" if ";" in args.heads else ",")]
     shots = [int(n) for n in args.shots.split(",")]
-    results: dict[str, dict[int, list[float]]] = {}
+    results: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    seconds: dict[str, float] = {}
     for label, overrides in runs:
         results[label] = {}
+        started = time.perf_counter()
         for n in shots:
-            started = time.perf_counter()
             scores = [run_once(overrides, data, n, seed) for seed in range(args.seeds)]
             results[label][n] = scores
+            top1 = [s[0] for s in scores]
             print(
-                f"{label:>12} {n:>3}/class: {np.mean(scores):.3f} ± {np.std(scores, ddof=1):.3f} "
-                f"({time.perf_counter() - started:.0f} s)",
+                f"{label:>12} {n:>3}/class: {np.mean(top1):.3f} ± {_sd(top1):.3f}",
                 file=sys.stderr, flush=True,
             )  # fmt: skip
-    print(table(results, shots, args.seeds))
+        seconds[label] = time.perf_counter() - started
+    print(table(results, shots, args.seeds, seconds, args.weights))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 
-def table(results: dict[str, dict[int, list[float]]], shots: list[int], seeds: int) -> str:
-    """Markdown table: one row per run, one column per clips-per-class, mean ± sd."""
+def _sd(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def table(
+    results: dict[str, dict[int, list[tuple[float, float]]]],
+    shots: list[int],
+    seeds: int,
+    seconds: dict[str, float],
+    weights: str,
+) -> str:
+    """Markdown table: one row per run, test top-1 mean ± sd per clips-per-class, the
+    two-phase pair's accuracy at the middle shot count, and the row's training wall time."""
     chance = 1 / len(CLASSES)
+    middle = shots[len(shots) // 2]
+    features = (
+        "SEEDED RANDOM backbone (no ImageNet weights found: not real features)"
+        if weights == RANDOM_WEIGHTS
+        else "real ImageNet MobileNetV2"
+    )
     lines = [
         f"test top-1, {len(CLASSES)} classes (chance {chance:.3f}), mean ± sd over {seeds} "
-        f"seeds, {POOLS['test']} test clips per class",
+        f"seeds, {POOLS['test']} test clips per class; features: {features} at {SIZE} px",
         "",
-        "| head | " + " | ".join(f"{n} clips/class" for n in shots) + " |",
-        "|---|" + "---:|" * len(shots),
+        "| head | "
+        + " | ".join(f"{n} clips/class" for n in shots)
+        + f" | two-phase pair @ {middle} | train s |",
+        "|---|" + "---:|" * (len(shots) + 2),
     ]
     for label, by_shots in results.items():
         cells = [
-            f"{np.mean(by_shots[n]):.3f} ± {np.std(by_shots[n], ddof=1) if seeds > 1 else 0:.3f}"
+            f"{np.mean([s[0] for s in by_shots[n]]):.3f} ± {_sd([s[0] for s in by_shots[n]]):.3f}"
             for n in shots
         ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        cells.append(f"{np.mean([s[1] for s in by_shots[middle]]):.3f}")
+        cells.append(f"{seconds[label]:.0f}")
+        name = f"{label} (order-blind floor)" if label == "meanpool" else label
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

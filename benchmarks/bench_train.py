@@ -87,12 +87,13 @@ def head_only_epochs(clips: int, batch_size: int, epochs: int) -> list[np.ndarra
     """``[wall, cpu]`` s per epoch of the ``lstm`` head on random float16 features."""
     from pipeline import fit, heads
     from pipeline.sequences import TrainingSampler
+    from pipeline.train_config import TrainConfig
 
     rng = np.random.default_rng(0)
     videos = [rng.uniform(0, 6, (FRAMES, 1280)).astype(np.float16) for _ in range(clips)]
     labels = rng.integers(0, CLASSES, clips)
     fit.set_seed(0)
-    model = heads.build_head("lstm", num_classes=CLASSES, seq_len=FRAMES)
+    model = heads.build_head(TrainConfig(head="lstm", seq_len=FRAMES), num_classes=CLASSES)
     sampler = TrainingSampler(videos, labels, seq_len=FRAMES, batch_size=batch_size, seed=0)
     stamps = [now()]  # the first epoch also includes tracing, as above
     fit.fit_head(

@@ -55,6 +55,8 @@ class Head(StrEnum):
     MEANPOOL = "meanpool"
     TREND = "trend"
     DELTA = "delta"
+    DELTA_GRU = "delta_gru"
+    DELTA_LSTM = "delta_lstm"
 
 
 class ExportFormat(StrEnum):

@@ -36,6 +36,7 @@ from pipeline.errors import ConfigError, ModelError
 from pipeline.heads import (
     FEATURES_INPUT,
     MASK_INPUT,
+    FrameChanges,
     MaskedDelta,
     MaskedMean,
     MaskedTrend,
@@ -137,6 +138,8 @@ def _builtin_equivalent(layer: keras.layers.Layer) -> Callable[..., keras.KerasT
         return functools.partial(_builtin_trend, name=layer.name)
     if isinstance(layer, MaskedDelta):
         return functools.partial(_builtin_delta, name=layer.name)
+    if isinstance(layer, FrameChanges):
+        return functools.partial(_builtin_frame_changes, name=layer.name)
     return layer
 
 
@@ -156,6 +159,18 @@ def _builtin_trend(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
     )
     trend = layers.Subtract(name=f"{name}_late_minus_early")([late, early])
     return layers.Concatenate(name=name)([mean, trend])
+
+
+def _builtin_frame_changes(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
+    """:class:`~pipeline.heads.FrameChanges` on ``T >= 2`` real frames from built-in layers:
+    ``[x[t], x[t] - x[t - 1]]``, the first frame's change zero-padded."""
+    layers = keras.layers
+    x = layers.Activation("linear", dtype="float32", name=f"{name}_float32")(x)
+    later = layers.Cropping1D((1, 0), name=f"{name}_later")(x)
+    earlier = layers.Cropping1D((0, 1), name=f"{name}_earlier")(x)
+    change = layers.Subtract(name=f"{name}_change")([later, earlier])
+    change = layers.ZeroPadding1D((1, 0), name=f"{name}_first_unchanged")(change)
+    return layers.Concatenate(name=name)([x, change])
 
 
 def _builtin_delta(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:

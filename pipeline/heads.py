@@ -25,9 +25,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.choices import Head, choose
+from pipeline.choices import Head
 from pipeline.contracts import FEATURE_DIM
 from pipeline.errors import ConfigError, ModelError
+from pipeline.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ HEAD_NAMES = tuple(Head)
 """Builders known to :func:`build_head`; ``delta`` is the default."""
 LINEAR_HEADS = frozenset({Head.TREND, Head.DELTA})
 """Linear softmax heads on clip statistics: no projection, input dropout or hidden layer."""
-ALWAYS_STANDARDIZED = frozenset({Head.DELTA})
+DELTA_RNN_HEADS = frozenset({Head.DELTA_GRU, Head.DELTA_LSTM})
+"""``delta``'s clip statistics next to a recurrent layer over the frames and their changes."""
+ALWAYS_STANDARDIZED = frozenset({Head.DELTA}) | DELTA_RNN_HEADS
 """Heads whose features are always standardized with train-split statistics (``normalize``
 or not): their statistics are part of the head."""
 
@@ -127,6 +130,32 @@ class MaskedDelta(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vrnn")
+class FrameChanges(keras.layers.Layer):
+    """Each frame next to its change from the previous real frame: ``[B, T, D]`` → ``[B, T, 2D]``.
+
+    ``[x[t], x[t] - x[t - 1]]``; the first frame and padded frames get a zero change, so a
+    recurrent layer reads *what* the clip shows and *how it moves on*, in order.
+    """
+
+    def call(self, inputs: keras.KerasTensor, mask: keras.KerasTensor) -> keras.KerasTensor:
+        """Frames and their backward differences; ``mask`` True marks real frames."""
+        x = keras.ops.cast(inputs, "float32")
+        real = keras.ops.cast(mask, "float32")
+        pairs = (real[:, 1:] * real[:, :-1])[:, :, None]
+        change = (x[:, 1:] - x[:, :-1]) * pairs
+        change = keras.ops.concatenate([keras.ops.zeros_like(x[:, :1]), change], axis=1)
+        return keras.ops.concatenate([x, change], axis=-1)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """``(batch, time, 2 * features)``."""
+        return (*input_shape[:2], 2 * input_shape[2])
+
+    def compute_mask(self, inputs: object, mask: object = None) -> object:
+        """The time axis stays, so does the mask."""
+        return mask
+
+
+@keras.saving.register_keras_serializable(package="vrnn")
 class ToFloat32(keras.layers.Layer):
     """Casts stored features (float16) to float32 before any arithmetic."""
 
@@ -136,6 +165,8 @@ class ToFloat32(keras.layers.Layer):
 
 
 def _recurrent(name: str, units: int, return_sequences: bool, index: int) -> keras.layers.Layer:
+    if name in DELTA_RNN_HEADS:
+        name = name.removeprefix("delta_")
     if name == "lstm":
         return keras.layers.LSTM(units, return_sequences=return_sequences, name=f"lstm_{index}")
     gru = keras.layers.GRU(units, return_sequences=return_sequences, name=f"gru_{index}")
@@ -144,30 +175,13 @@ def _recurrent(name: str, units: int, return_sequences: bool, index: int) -> ker
     return gru
 
 
-def _check_options(
-    name: str,
-    num_classes: int,
-    seq_len: int,
-    units: int,
-    layers: int,
-    dropouts: tuple[float, ...],
-    projection: int,
-    weight_decay: float,
-) -> None:
-    choose(Head, name, "--head")
+def _check_options(config: TrainConfig, num_classes: int) -> None:
+    config.validate()
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
-    if seq_len < 1:
-        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
-    if name == "delta" and seq_len < 2:
-        raise ConfigError(f"--head delta compares frames: --seq-len must be >= 2, got {seq_len}")
-    if units < 1 or layers < 1:
-        raise ConfigError(f"--units and --layers must be >= 1, got {units} and {layers}")
-    if not all(0.0 <= rate < 1.0 for rate in dropouts):
-        raise ConfigError(f"--dropout and --input-dropout must be in [0, 1), got {dropouts}")
-    if projection < 0 or weight_decay < 0:
+    if (config.head == "delta" or config.head in DELTA_RNN_HEADS) and config.seq_len < 2:
         raise ConfigError(
-            f"--projection and --weight-decay must be >= 0, got {projection} and {weight_decay}"
+            f"--head {config.head} compares frames: --seq-len must be >= 2, got {config.seq_len}"
         )
 
 
@@ -197,23 +211,27 @@ def _adapt(
     layer.adapt(values())
 
 
+def _delta_statistics(
+    frames: keras.KerasTensor, mask: keras.KerasTensor, standardized: bool
+) -> keras.KerasTensor:
+    """``delta``'s clip statistics: [mean, late − early third, mean |frame change|]."""
+    trend = MaskedTrend(name="masked_trend")(frames, mask=mask)
+    delta = MaskedDelta(name="masked_delta")(frames, mask=mask)
+    x = keras.layers.Concatenate(name="clip_statistics")([trend, delta])
+    if standardized:
+        x = keras.layers.Normalization(axis=-1, name="trend_norm")(x)
+    return x
+
+
 def build_head(
-    name: str,
+    config: TrainConfig,
     *,
     num_classes: int,
-    seq_len: int,
     feature_dim: int = FEATURE_DIM,
-    units: int = 64,
-    layers: int = 1,
-    dropout: float = 0.0,
-    dense_units: int = 32,
-    learning_rate: float = 1e-3,
-    projection: int = 0,
-    input_dropout: float = 0.0,
-    weight_decay: float = 0.0,
     normalize_on: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> keras.Model:
-    """Build and compile a named head (Adam/AdamW, sparse categorical cross-entropy, accuracy).
+    """Build and compile the head ``config`` describes (Adam/AdamW, sparse categorical
+    cross-entropy, accuracy).
 
     Per frame: [Normalization] → [Dense(``projection``), linear] → [Dropout(``input_dropout``)].
     Then ``lstm``/``gru``: ``layers`` stacked recurrent layers of ``units``; ``bigru`` the
@@ -221,77 +239,78 @@ def build_head(
     [mean, late third − early third] (:class:`MaskedTrend`), standardized: a linear
     baseline (projection, input dropout and the hidden layer are left out); ``delta`` the
     same on L2-normalized frames (``UnitNormalization`` first) plus their mean absolute
-    frame-to-frame difference (:class:`MaskedDelta`), also linear. Then
+    frame-to-frame difference (:class:`MaskedDelta`), also linear; ``delta_gru`` /
+    ``delta_lstm`` ``delta``'s standardized statistics next to the recurrent layers run over
+    each L2-normalized, standardized frame and its change (:class:`FrameChanges`). Then
     Dense(``dense_units``, relu) → Dropout(``dropout``) → softmax.
 
     Args:
-        name: one of :data:`HEAD_NAMES`.
+        config: the run's options; the head reads ``head`` (one of :data:`HEAD_NAMES`),
+            ``seq_len`` (``T``), ``units`` (per direction for ``bigru``), ``layers``,
+            ``dropout`` (before the softmax layer), ``dense_units`` (0 leaves the hidden
+            layer out), ``learning_rate``, ``projection`` (per-frame linear projection width,
+            0 leaves it out), ``input_dropout`` (on the temporal layers' per-frame inputs)
+            and ``weight_decay`` (AdamW when > 0); the rest is the training loop's.
         num_classes: output classes (>= 2).
-        seq_len: frames per sample (``T``).
         feature_dim: width of one frame's features (``D``).
-        units: recurrent units per layer (per direction for ``bigru``).
-        layers: stacked recurrent layers.
-        dropout: dropout rate before the softmax layer, in [0, 1).
-        dense_units: width of the hidden dense layer (0 leaves it out).
-        learning_rate: Adam's learning rate.
-        projection: width of a per-frame linear projection before the temporal layers
-            (0 leaves it out).
-        input_dropout: dropout on the per-frame inputs of the temporal layers, in [0, 1).
-        weight_decay: decoupled weight decay (AdamW) when > 0.
         normalize_on: batches of ``(features [B, T, D], mask [B, T])`` training sequences
             (e.g. :class:`~pipeline.sequences.EvalBatches`; a one-item list of arrays also
             works): standardize each feature with the mean/variance of their real frames,
             inside the model (so predict and export apply the same); None: no normalization.
 
     Returns:
-        A compiled ``keras.Model`` named ``<name>_head`` with inputs ``{"features": [B, T, D]
+        A compiled ``keras.Model`` named ``<head>_head`` with inputs ``{"features": [B, T, D]
         float16, "mask": [B, T] bool}`` and output ``[B, num_classes]`` float32 probabilities.
 
     Raises:
-        ConfigError: unknown name or invalid sizes.
+        ConfigError: unknown head or invalid sizes.
     """
-    _check_options(
-        name, num_classes, seq_len, units, layers, (dropout, input_dropout), projection,
-        weight_decay,
-    )  # fmt: skip
+    _check_options(config, num_classes)
+    name, seq_len, projection = config.head, config.seq_len, config.projection
     features = keras.Input((seq_len, feature_dim), dtype="float16", name=FEATURES_INPUT)
     mask = keras.Input((seq_len,), dtype="bool", name=MASK_INPUT)  # True = real frame
     x = ToFloat32(name="to_float32")(features)
-    if name == "delta":
+    if name == "delta" or name in DELTA_RNN_HEADS:
         x = keras.layers.UnitNormalization(axis=-1, name="frame_l2")(x)
     if normalize_on is not None:
         x = keras.layers.Normalization(axis=-1, name="frame_norm")(x)
     linear = name in LINEAR_HEADS  # no projection, no hidden layer
+    statistics = None
+    if name in DELTA_RNN_HEADS:
+        statistics = _delta_statistics(x, mask, normalize_on is not None)
+        x = FrameChanges(name="frame_changes")(x, mask=mask)
     if projection > 0 and not linear:
         x = keras.layers.Dense(projection, name="projection")(x)
-    if input_dropout > 0 and not linear:
-        x = keras.layers.Dropout(input_dropout, name="input_dropout")(x)
+    if config.input_dropout > 0 and not linear:
+        x = keras.layers.Dropout(config.input_dropout, name="input_dropout")(x)
     if name == "meanpool":
         x = MaskedMean(name="masked_mean")(x, mask=mask)
-    elif linear:
-        frames, x = x, MaskedTrend(name="masked_trend")(x, mask=mask)
-        if name == "delta":
-            delta = MaskedDelta(name="masked_delta")(frames, mask=mask)
-            x = keras.layers.Concatenate(name="clip_statistics")([x, delta])
+    elif name == "trend":
+        x = MaskedTrend(name="masked_trend")(x, mask=mask)
         if normalize_on is not None:
             x = keras.layers.Normalization(axis=-1, name="trend_norm")(x)
+    elif name == "delta":
+        x = _delta_statistics(x, mask, normalize_on is not None)
     else:
-        for i in range(layers):
-            x = _recurrent(name, units, return_sequences=i < layers - 1, index=i)(x, mask=mask)
-    if dense_units > 0 and not linear:
-        x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
-    if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
+        for i in range(config.layers):
+            last = i == config.layers - 1
+            x = _recurrent(name, config.units, return_sequences=not last, index=i)(x, mask=mask)
+    if config.dense_units > 0 and not linear:
+        x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
+    if statistics is not None:
+        x = keras.layers.Concatenate(name="statistics_and_rnn")([statistics, x])
+    if config.dropout > 0:
+        x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     model = keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head")
     if normalize_on is not None:
         _adapt(model, "frame_norm", normalize_on, frames=True)
-        if linear:
+        if linear or name in DELTA_RNN_HEADS:
             _adapt(model, "trend_norm", normalize_on, frames=False)
     optimizer = (
-        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
-        if weight_decay > 0
-        else keras.optimizers.Adam(learning_rate)
+        keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
+        if config.weight_decay > 0
+        else keras.optimizers.Adam(config.learning_rate)
     )
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model

@@ -290,19 +290,7 @@ def configured_head(
     if config.normalize or config.head in heads.ALWAYS_STANDARDIZED:
         normalize_on = EvalBatches(train_videos, config.seq_len, batch_size=NORMALIZE_BATCH)
     return heads.build_head(
-        config.head,
-        num_classes=num_classes,
-        seq_len=config.seq_len,
-        feature_dim=feature_dim,
-        units=config.units,
-        layers=config.layers,
-        dropout=config.dropout,
-        dense_units=config.dense_units,
-        learning_rate=config.learning_rate,
-        projection=config.projection,
-        input_dropout=config.input_dropout,
-        weight_decay=config.weight_decay,
-        normalize_on=normalize_on,
+        config, num_classes=num_classes, feature_dim=feature_dim, normalize_on=normalize_on
     )
 
 

@@ -21,6 +21,7 @@ from pipeline.heads import FEATURES_INPUT, HEAD_NAMES, MASK_INPUT, build_head, p
 from pipeline.model_dir import load_model_dir
 from pipeline.predict import Predictor
 from pipeline.sequences import uniform_indices
+from pipeline.train_config import TrainConfig
 from pipeline.video import VideoReader
 
 SIGNATURE = "frames uint8 [B, 8, 32, 32, 3] → probabilities float32 [B, 3]"
@@ -145,7 +146,9 @@ def test_every_head_exports_with_builtin_layers_and_the_same_outputs(name):
     head's probabilities on all-real frames."""
     import keras
 
-    head = build_head(name, num_classes=4, seq_len=5, feature_dim=12, units=6, dense_units=6)
+    head = build_head(
+        TrainConfig(head=name, seq_len=5, units=6, dense_units=6), num_classes=4, feature_dim=12
+    )
     features = keras.Input((5, 12), dtype="float16")
     plain = keras.Model(features, head_without_mask(head, features))
     assert all(type(layer).__module__.startswith("keras.") for layer in plain._flatten_layers())

@@ -17,6 +17,7 @@ from pipeline import heads
 from pipeline.fit import fit_head, set_seed
 from pipeline.sequences import TrainingSampler, eval_sequences
 from pipeline.streaming import validation_batches
+from pipeline.train_config import TrainConfig
 
 
 class _KerasSampler(keras.utils.PyDataset):
@@ -55,9 +56,10 @@ def train(fit, name, validation_kind, *, epochs, patience, learning_rate):
     val_videos, val_labels = appearance_videos(5, 3, seed=2)
     set_seed(0)
     model = heads.build_head(
-        name, num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM, dropout=0.3,
-        learning_rate=learning_rate,
-    )  # fmt: skip
+        TrainConfig(head=name, seq_len=SEQ_LEN, dropout=0.3, learning_rate=learning_rate),
+        num_classes=3,
+        feature_dim=DIM,
+    )
     sampler = TrainingSampler(*train_videos, seq_len=SEQ_LEN, batch_size=8, seed=0)
     if validation_kind == "arrays":
         validation = (*eval_sequences(val_videos, SEQ_LEN), val_labels)

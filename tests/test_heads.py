@@ -19,6 +19,7 @@ from pipeline import heads
 from pipeline.errors import ConfigError
 from pipeline.fit import fit_head, set_seed
 from pipeline.sequences import EvalBatches, TrainingSampler, eval_sequences, pad_sequence
+from pipeline.train_config import TrainConfig
 
 DIM = 32
 SEQ_LEN = 8
@@ -65,9 +66,8 @@ def fit(
     """A seeded head trained on ``(videos, labels)`` pairs; returns ``(model, history)``."""
     set_seed(seed)
     model = heads.build_head(
-        name,
+        TrainConfig(head=name, seq_len=SEQ_LEN),
         num_classes=int(train[1].max()) + 1,
-        seq_len=SEQ_LEN,
         feature_dim=DIM,
         normalize_on=[eval_sequences(train[0], SEQ_LEN)] if normalize else None,
     )
@@ -84,7 +84,9 @@ def accuracy(model, videos: list, labels: np.ndarray) -> float:
 
 @pytest.mark.parametrize("name", heads.HEAD_NAMES)
 def test_heads_output_probabilities_even_for_all_padding(name):
-    model = heads.build_head(name, num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM, layers=2)
+    model = heads.build_head(
+        TrainConfig(head=name, seq_len=SEQ_LEN, layers=2), num_classes=3, feature_dim=DIM
+    )
     assert model.name == f"{name}_head"
     features = np.random.default_rng(0).normal(size=(3, SEQ_LEN, DIM)).astype(np.float16)
     mask = np.ones((3, SEQ_LEN), dtype=bool)
@@ -98,8 +100,12 @@ def test_heads_output_probabilities_even_for_all_padding(name):
 
 @pytest.mark.parametrize("name", heads.HEAD_NAMES)
 def test_extra_padding_does_not_change_a_prediction(name):
-    short = heads.build_head(name, num_classes=4, seq_len=SEQ_LEN, feature_dim=DIM)
-    long = heads.build_head(name, num_classes=4, seq_len=SEQ_LEN + 5, feature_dim=DIM)
+    short = heads.build_head(
+        TrainConfig(head=name, seq_len=SEQ_LEN), num_classes=4, feature_dim=DIM
+    )
+    long = heads.build_head(
+        TrainConfig(head=name, seq_len=SEQ_LEN + 5), num_classes=4, feature_dim=DIM
+    )
     long.set_weights(short.get_weights())  # recurrent weights do not depend on length
     frames = np.random.default_rng(1).normal(size=(5, DIM)).astype(np.float16)
     probs = []
@@ -112,13 +118,13 @@ def test_extra_padding_does_not_change_a_prediction(name):
 
 def test_bad_head_options_are_config_errors():
     with pytest.raises(ConfigError, match="--head 'transformer': choose one of lstm"):
-        heads.build_head("transformer", num_classes=2, seq_len=4)
+        heads.build_head(TrainConfig(head="transformer", seq_len=4), num_classes=2)
     with pytest.raises(ConfigError, match="--seq-len"):
-        heads.build_head("lstm", num_classes=2, seq_len=0)
+        heads.build_head(TrainConfig(head="lstm", seq_len=0), num_classes=2)
     with pytest.raises(ConfigError, match="at least 2 classes"):
-        heads.build_head("gru", num_classes=1, seq_len=4)
+        heads.build_head(TrainConfig(head="gru", seq_len=4), num_classes=1)
     with pytest.raises(ConfigError, match="--dropout"):
-        heads.build_head("gru", num_classes=2, seq_len=4, dropout=1.0)
+        heads.build_head(TrainConfig(head="gru", seq_len=4, dropout=1.0), num_classes=2)
 
 
 @pytest.mark.parametrize("name", ["gru", "bigru", "meanpool"])  # lstm: test_train_evaluate.py
@@ -159,7 +165,10 @@ def test_normalization_is_fitted_on_real_train_frames_and_saved_in_the_model(tmp
     features, mask = eval_sequences(scaled, SEQ_LEN)
     features[~mask] = 1000.0  # padding must not enter the statistics
     model = heads.build_head(
-        "lstm", num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM, normalize_on=[(features, mask)]
+        TrainConfig(head="lstm", seq_len=SEQ_LEN),
+        num_classes=3,
+        feature_dim=DIM,
+        normalize_on=[(features, mask)],
     )
     norm = model.get_layer("frame_norm")
     real = features[mask].astype(np.float64)
@@ -176,13 +185,17 @@ def test_normalization_fitted_batch_by_batch_matches_one_pass_over_the_split():
     videos, _ = appearance_videos(7, 3, seed=5)  # 3–30 frames: some padded, masked
     videos = [(v.astype(np.float32) * 30 + 50).astype(np.float16) for v in videos]
     whole = heads.build_head(
-        "delta", num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM,
+        TrainConfig(head="delta", seq_len=SEQ_LEN),
+        num_classes=3,
+        feature_dim=DIM,
         normalize_on=[eval_sequences(videos, SEQ_LEN)],
-    )  # fmt: skip
+    )
     batched = heads.build_head(
-        "delta", num_classes=3, seq_len=SEQ_LEN, feature_dim=DIM,
-        normalize_on=EvalBatches(videos, SEQ_LEN, batch_size=4),  # the last one short
-    )  # fmt: skip
+        TrainConfig(head="delta", seq_len=SEQ_LEN),
+        num_classes=3,
+        feature_dim=DIM,
+        normalize_on=EvalBatches(videos, SEQ_LEN, batch_size=4),
+    )  # the last batch is short
     for name in ("frame_norm", "trend_norm"):
         for stat in ("mean", "variance"):
             np.testing.assert_allclose(
@@ -194,16 +207,19 @@ def test_normalization_fitted_batch_by_batch_matches_one_pass_over_the_split():
 
 def test_projection_dropout_and_weight_decay_build_and_check_their_options():
     model = heads.build_head(
-        "gru", num_classes=2, seq_len=SEQ_LEN, feature_dim=DIM, projection=4,
-        input_dropout=0.3, weight_decay=1e-3,
-    )  # fmt: skip
+        TrainConfig(
+            head="gru", seq_len=SEQ_LEN, projection=4, input_dropout=0.3, weight_decay=1e-3
+        ),
+        num_classes=2,
+        feature_dim=DIM,
+    )
     assert model.get_layer("projection").units == 4
     assert model.get_layer("input_dropout").rate == 0.3
     assert isinstance(model.optimizer, keras.optimizers.AdamW)
-    with pytest.raises(ConfigError, match="--dropout and --input-dropout"):
-        heads.build_head("gru", num_classes=2, seq_len=4, input_dropout=-0.1)
+    with pytest.raises(ConfigError, match="--input-dropout"):
+        heads.build_head(TrainConfig(head="gru", seq_len=4, input_dropout=-0.1), num_classes=2)
     with pytest.raises(ConfigError, match="--projection and --weight-decay"):
-        heads.build_head("gru", num_classes=2, seq_len=4, projection=-1)
+        heads.build_head(TrainConfig(head="gru", seq_len=4, projection=-1), num_classes=2)
 
 
 def test_linear_trend_baseline_learns_appearance_and_order():
@@ -261,6 +277,30 @@ def test_delta_head_learns_order_and_the_kind_of_change_the_trend_baseline_canno
     assert delta_acc >= 0.8 and delta_acc >= trend_acc + 0.2, (delta_acc, trend_acc)
 
 
-def test_delta_head_needs_two_frames():
+@pytest.mark.parametrize("name", ["delta", *sorted(heads.DELTA_RNN_HEADS)])
+def test_delta_heads_need_two_frames(name):
     with pytest.raises(ConfigError, match="--seq-len must be >= 2"):
-        heads.build_head("delta", num_classes=2, seq_len=1)
+        heads.build_head(TrainConfig(head=name, seq_len=1), num_classes=2)
+
+
+def test_frame_changes_layer_is_each_frame_and_its_change_from_the_previous_real_frame():
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(2, SEQ_LEN, DIM)).astype(np.float32)
+    mask = np.arange(SEQ_LEN)[None, :] < np.array([[SEQ_LEN], [3]])
+    got = np.asarray(heads.FrameChanges()(features, mask=mask))
+    np.testing.assert_allclose(got[:, :, :DIM], features, atol=1e-6)
+    np.testing.assert_allclose(got[0, 1:, DIM:], np.diff(features[0], axis=0), atol=1e-5)
+    np.testing.assert_allclose(got[1, 1:3, DIM:], np.diff(features[1, :3], axis=0), atol=1e-5)
+    assert not got[:, 0, DIM:].any() and not got[1, 3:, DIM:].any()  # first frame, padding
+
+
+@pytest.mark.parametrize("name", sorted(heads.DELTA_RNN_HEADS))
+def test_delta_rnn_heads_keep_deltas_statistics_and_learn_what_delta_learns(name):
+    train, val = kind_of_change_videos(32, seed=1), kind_of_change_videos(8, seed=2)
+    model, _ = fit(name, train, val, epochs=40, patience=10, normalize=True)
+    names = {layer.name for layer in model.layers}
+    assert {"frame_l2", "frame_norm", "clip_statistics", "trend_norm"} <= names
+    assert accuracy(model, *kind_of_change_videos(30, seed=3)) >= 0.8
+    pairs = order_videos(32, seed=1), order_videos(8, seed=2)
+    model, _ = fit(name, *pairs, epochs=40, patience=10, normalize=True)
+    assert accuracy(model, *order_videos(20, seed=3)) >= 0.9
