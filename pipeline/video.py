@@ -265,20 +265,39 @@ class _Retimer(Generic[T]):
             yield self._pop()
 
     def _pop(self) -> tuple[T, float]:
-        i = 0
-        if self.presentation_pts and self.pending[0][1] is not None:
-            stamped = (k for k, (_, own) in enumerate(self.pending) if own is not None)
-            i = min(stamped, key=lambda k: self.pending[k][1])
-        picture, own = self.pending.pop(i)
-        t = heapq.heappop(self.times) if own is not None else None
+        picture, own = self.pending.pop(self._next())
+        if self.presentation_pts:  # the picture's own pts
+            t = own
+            if own is not None:
+                self.times.remove(own)
+                heapq.heapify(self.times)
+        else:  # the window's earliest pts, whichever picture this is
+            t = heapq.heappop(self.times) if own is not None else None
         if t is None:
             t = 0.0 if self.last is None else self.last + self.period
-        elif self.last is not None and t <= self.last + 1e-9:
+        elif not self._after_last(t):
             t = self.last + self.period
         if t != own:
             self.repaired += 1
         self.last = t
         return picture, t
+
+    def _next(self) -> int:
+        """Which pending picture goes next: with presentation pts, the earliest one still
+        after the last timestamp; a missing or late pts at the head goes first and is
+        repaired (so pts restarting at a splice keep the pictures in output order)."""
+        head = self.pending[0][1]
+        if not self.presentation_pts or head is None or not self._after_last(head):
+            return 0
+        stamped = [
+            k
+            for k, (_, own) in enumerate(self.pending)
+            if own is not None and self._after_last(own)
+        ]
+        return min(stamped, key=lambda k: self.pending[k][1])
+
+    def _after_last(self, t: float) -> bool:
+        return self.last is None or t > self.last + 1e-9
 
 
 class _Sampler:

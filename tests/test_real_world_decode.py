@@ -278,3 +278,29 @@ def test_stream_start_time_is_recorded_and_older_stores_read_without_it(tmp_path
     info = video_info_from_attrs(old)
     assert (info.start_time_sec, info.stream_index, info.video_streams) == (None, None, 1)
     assert info.discarded_packets == 0
+
+
+def test_pts_restarting_at_a_ts_splice_keep_the_pictures_in_output_order(tmp_path: Path) -> None:
+    """Two MPEG-TS files joined (``cat a.ts b.ts``): the second one's pts start again."""
+    parts = []
+    for name, channel in (("a.ts", 1), ("b.ts", 0)):
+        video = np.zeros((20, 48, 64, 3), np.uint8)
+        video[..., channel] = 200
+        path = tmp_path / name
+        with av.open(str(path), "w", format="mpegts") as container:
+            _, packets = _add_encoded(container, "libx264", video, FPS, bf="2", g="10")
+            for packet in packets:
+                container.mux(packet)
+        parts.append(path.read_bytes())
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(parts))
+    with av.open(str(joined)) as container:
+        output = [frame.time for frame in container.decode(video=0)]
+    assert len(output) == 40 and output[20] < output[19]  # the pts restart
+    reader = VideoReader(joined, size=32)
+    chunk = reader.read_all()
+    assert len(chunk.frames) == 40
+    assert np.all(np.diff(chunk.timestamps_sec) > 0)
+    green_first = chunk.frames[..., 1].mean(axis=(1, 2)) > chunk.frames[..., 0].mean(axis=(1, 2))
+    assert green_first.tolist() == [True] * 20 + [False] * 20  # a's pictures, then b's
+    assert reader.info.timestamps_repaired == 20  # b's restarted clock is continued
