@@ -115,8 +115,8 @@ class VideoInfo:
         corrupt_packets: packets that failed to demux or decode and were skipped.
         decoded_frames: frames the decoder output intact (before ``fps`` sampling); every
             one is kept unless sampling skips it.
-        video_packets: non-empty packets read from the stream (one per frame in every
-            codec/container pair the tests cover).
+        video_packets: non-empty packets read from the stream, ``discarded_packets`` left
+            out (one per frame in every codec/container pair the tests cover).
         timestamps_repaired: frames whose stored timestamp is not their own pts (missing,
             scrambled or not increasing; see ``video._Retimer``).
         discarded_packets: packets the container marks to be decoded but not shown (before
