@@ -115,10 +115,19 @@ class VideoInfo:
         corrupt_packets: packets that failed to demux or decode and were skipped.
         decoded_frames: frames the decoder output intact (before ``fps`` sampling); every
             one is kept unless sampling skips it.
-        video_packets: non-empty packets read from the stream (one per frame in every
-            codec/container pair the tests cover).
+        video_packets: non-empty packets read from the stream, ``discarded_packets`` left
+            out (one per frame in every codec/container pair the tests cover).
         timestamps_repaired: frames whose stored timestamp is not their own pts (missing,
             scrambled or not increasing; see ``video._Retimer``).
+        discarded_packets: packets the container marks to be decoded but not shown (before
+            an edit list's start); never counted as lost.
+        stream_index: index of the decoded stream in the container (FFmpeg's best video
+            stream); None in stores written before it was recorded.
+        video_streams: video streams in the file with more than one picture (the decoded
+            one included; cover pictures and one-picture tracks are not counted).
+        start_time_sec: the decoded stream's start time (its first pts, seconds): stored
+            timestamps are the stream's pts, so ``timestamps - start_time_sec`` is time since
+            the start of playback (MPEG-TS/PS streams rarely start at 0). None when unknown.
     """
 
     path: str
@@ -134,12 +143,20 @@ class VideoInfo:
     decoded_frames: int = 0
     video_packets: int = 0
     timestamps_repaired: int = 0
+    discarded_packets: int = 0
+    stream_index: int | None = None
+    video_streams: int = 1
+    start_time_sec: float | None = None
 
     @property
     def partial(self) -> bool:
         """True when damage cost frames: corrupt packets, or fewer frames than the container
-        claims or than packets were read (a decoder silently skipping to a keyframe)."""
-        lost = self.decoded_frames < max(self.container_frames, self.video_packets)
+        claims or than packets were read (a decoder silently skipping to a keyframe).
+
+        Frames an edit list hides (``discarded_packets``) are in the container's count but
+        were never meant to be shown: they are no loss."""
+        shown = self.container_frames - self.discarded_packets
+        lost = self.decoded_frames < max(shown, self.video_packets)
         return self.corrupt_packets > 0 or (self.decoded_frames > 0 and lost)
 
 

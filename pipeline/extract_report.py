@@ -23,7 +23,9 @@ class ExtractReport:
 
     ``skipped``: files whose content was already in the store (or staged by an interrupted
     run); ``duplicates``: files with the same content as another file of this run (stored
-    once, both paths indexed); ``extracted``: videos added to the store.
+    once, both paths indexed); ``extracted``: videos added to the store;
+    ``multi_stream_videos``: added videos whose file has several moving video streams (only
+    ``stream_index``, FFmpeg's best stream, was extracted).
     """
 
     store: str
@@ -43,10 +45,13 @@ class ExtractReport:
     partial_videos: list[dict] = field(default_factory=list)
     repaired_timestamps: int = 0
     repaired_videos: list[dict] = field(default_factory=list)
+    multi_stream: int = 0
+    multi_stream_videos: list[dict] = field(default_factory=list)
     tool_version: str = __version__
 
     def note_decodes(self, infos: Iterable[tuple[str, VideoInfo]]) -> None:
-        """Record the added videos that decoded partially or had their timestamps repaired."""
+        """Record the added videos that decoded partially, had their timestamps repaired or
+        have several moving video streams."""
         for video_id, info in infos:
             if info.partial:
                 self.partial_videos.append(
@@ -62,7 +67,17 @@ class ExtractReport:
                 self.repaired_videos.append(
                     {"path": info.path, "video_id": video_id, "frames": info.timestamps_repaired}
                 )
+            if info.video_streams > 1:
+                self.multi_stream_videos.append(
+                    {
+                        "path": info.path,
+                        "video_id": video_id,
+                        "video_streams": info.video_streams,
+                        "stream_index": info.stream_index,
+                    }
+                )
         self.partial = len(self.partial_videos)
+        self.multi_stream = len(self.multi_stream_videos)
         self.repaired_timestamps = len(self.repaired_videos)
 
     def write(self, path: Path) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import deque
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import av
 import numpy as np
@@ -23,6 +24,8 @@ from pipeline.contracts import VideoInfo
 from pipeline.errors import DecodeError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 VIDEO_EXTENSIONS = frozenset(
     {
@@ -52,7 +55,7 @@ Decode errors never stop the reader: every decodable frame after damage is kept,
 video is reported as decoded partially (see :attr:`VideoInfo.partial`)."""
 
 REORDER_WINDOW = 16
-"""Frames over which timestamps are re-sorted (H.264/HEVC reorder at most 16 frames)."""
+"""Frames over which pictures or timestamps are re-sorted (H.264/HEVC reorder at most 16)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,10 @@ def _open(path: Path) -> av.container.InputContainer:
         raise DecodeError(f"{path}: not a readable video container ({e.strerror or e})") from e
 
 
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.VideoStream:
+def _video_stream(
+    container: av.container.InputContainer, path: Path
+) -> tuple[av.video.VideoStream, list[av.video.VideoStream]]:
+    """The video stream to decode, and the file's other video streams (cover art left out)."""
     demuxer = container.format.name
     if demuxer == "image2" or demuxer.endswith("_pipe"):  # e.g. a PNG renamed to .mp4
         raise DecodeError(f"{path}: a still image ({demuxer.removesuffix('_pipe')}), not a video")
@@ -112,85 +118,186 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
         kinds = sorted({s.type for s in container.streams if s.type != "video"})
         kinds += ["cover image"] if container.streams.video else []
         raise DecodeError(f"{path}: no video stream (streams: {', '.join(kinds) or 'none'})")
-    return moving[0]
+    # FFmpeg's own rule (av_find_best_stream): the default track first, then a track with
+    # several frames over a one-picture one (a cover PNG muxed as a plain track), then the
+    # bit rate. It may name a flagged cover picture, which is never the video.
+    best = container.streams.best("video")
+    chosen = next((s for s in moving if best is not None and s.index == best.index), moving[0])
+    return chosen, [s for s in moving if s.index != chosen.index]
+
+
+@dataclass
+class _PacketStats:
+    """What reading one video stream's packets found.
+
+    Attributes:
+        corrupt: packets skipped: failed to demux or decode, or cut off at the end of a
+            truncated file (frames flagged corrupt are added by the reader).
+        packets: non-empty packets read that the container means to show.
+        discarded: packets decoded only as references for later frames (before an edit
+            list's start); FFmpeg drops their frames, so they are no loss.
+        presentation_pts: packet pts went down somewhere in demux (decode) order: they are
+            each frame's presentation time (B-frames in MP4, MKV, TS), not decode-order
+            stamps (AVI).
+        other_packets: non-empty packets of each other video stream, by stream index.
+    """
+
+    corrupt: int = 0
+    packets: int = 0
+    discarded: int = 0
+    presentation_pts: bool = False
+    other_packets: Counter[int] = field(default_factory=Counter)
+    last_pts: int | None = None
+
+    def note(self, packet: av.Packet) -> None:
+        """Count one non-empty packet of the decoded stream."""
+        if packet.is_discard:
+            self.discarded += 1
+        else:
+            self.packets += 1
+        if packet.pts is not None:
+            if self.last_pts is not None and packet.pts < self.last_pts:
+                self.presentation_pts = True
+            self.last_pts = packet.pts
+
+
+def _decode_packet(packet: av.Packet | None, stats: _PacketStats) -> Iterator[av.VideoFrame]:
+    if packet is None:
+        return
+    try:
+        yield from packet.decode()
+    except av.error.FFmpegError:
+        stats.corrupt += 1
+
+
+def _decode_last(packet: av.Packet | None, stats: _PacketStats) -> Iterator[av.VideoFrame]:
+    """Decode the stream's last data packet, unless the file ends inside it.
+
+    The demuxer flags a packet cut off by the end of the file as corrupt. Fed to FFmpeg's
+    frame-threaded decoder it fails inside a worker thread, and the frames the decoder still
+    held back for reordering never come out of the flush (the last 2 of a truncated MP4 with
+    3 threads); single-threaded decoding loses only the cut-off frame. Skipped and counted,
+    it costs just that frame, whatever the threading.
+    """
+    if packet is not None and packet.is_corrupt:
+        stats.corrupt += 1
+        return
+    yield from _decode_packet(packet, stats)
 
 
 def _decoded_frames(
-    container: av.container.InputContainer, stream: av.video.VideoStream, counter: list[int]
+    container: av.container.InputContainer,
+    stream: av.video.VideoStream,
+    others: list[av.video.VideoStream],
+    stats: _PacketStats,
 ) -> Iterator[av.VideoFrame]:
-    """Decode every frame, skipping packets FFmpeg rejects (counted in ``counter[0]``).
+    """Decode every frame of ``stream``, skipping packets FFmpeg rejects (see ``stats``).
 
-    ``counter[1]`` counts the non-empty packets read: a decoder that outputs fewer frames
-    than it was given (e.g. H.264 waiting for a keyframe after damage) lost some silently.
-
-    Damage never ends decoding early: a failed packet is skipped, a demuxer error resumes
-    at the next readable packet (up to :data:`MAX_DEMUX_ERRORS` in a row).
+    Packets of the ``others`` are only counted. Damage never ends decoding early: a failed
+    packet is skipped, a demuxer error resumes at the next readable packet (up to
+    :data:`MAX_DEMUX_ERRORS` in a row). Each packet is decoded once the next one is read,
+    so the last one is known to be last (see :func:`_decode_last`).
     """
     failed_reads = 0
+    held: av.Packet | None = None
     while failed_reads <= MAX_DEMUX_ERRORS:
-        packets = container.demux(stream)
         try:
-            for packet in packets:
+            for packet in container.demux(stream, *others):
                 failed_reads = 0
-                counter[1] += packet.size > 0
-                try:
-                    yield from packet.decode()
-                except av.error.FFmpegError:
-                    counter[0] += 1
+                # packet.stream, not stream_index: PyAV leaves the latter 0 on flush packets
+                if packet.stream.index != stream.index:
+                    stats.other_packets[packet.stream.index] += packet.size > 0
+                elif packet.size == 0:  # end of the stream: flush the decoder
+                    yield from _decode_last(held, stats)
+                    held = None
+                    yield from _decode_packet(packet, stats)
+                else:
+                    stats.note(packet)
+                    yield from _decode_packet(held, stats)
+                    held = packet
             return
         except av.error.FFmpegError:
-            counter[0] += 1
+            stats.corrupt += 1
             failed_reads += 1
             log.debug("demux error in %s", container.name, exc_info=True)
     # The demuxer cannot go on: flush the frames the decoder still holds.
+    yield from _decode_last(held, stats)
     try:
         yield from stream.codec_context.decode(None)
     except av.error.FFmpegError:
-        counter[0] += 1
+        stats.corrupt += 1
 
 
-class _Retimer:
-    """Turns decoder output into strictly increasing timestamps, never dropping a frame.
+class _Retimer(Generic[T]):
+    """Hands decoded pictures out in presentation order with strictly increasing timestamps,
+    never dropping one.
 
-    The decoder already outputs frames in presentation order, but some containers (AVI with
-    B-frames) carry decode-order timestamps, so pts arrive scrambled. The pts of a window of
-    :data:`REORDER_WINDOW` frames are sorted and handed out in order; a timestamp that is
-    missing or still not after the previous one continues the previous one's clock by one
-    nominal frame period. :attr:`repaired` counts frames whose timestamp differs from their pts.
+    Where packets carry presentation timestamps (:attr:`presentation_pts`), every picture
+    keeps its own pts, and pictures are released in pts order over a window of
+    :data:`REORDER_WINDOW`: after damage a decoder outputs pictures out of order, each with
+    its right pts. Where pts are in decode order (AVI with B-frames: the pictures come out in
+    order, the stamps scrambled), the window's pts are sorted and handed out in output order.
+    A timestamp that is missing or still not after the previous one continues the previous
+    one's clock by one nominal frame period. :attr:`repaired` counts frames whose timestamp
+    differs from their pts. The window holds what is pushed (the reader pushes scaled
+    pictures, so its memory is bounded by the output size).
     """
 
     def __init__(self, nominal_period: float) -> None:
         self.period = nominal_period or 1e-3
-        self.frames: deque[tuple[av.VideoFrame, float | None]] = deque()
-        self.times: list[float] = []  # heap of the pending frames' pts
+        self.presentation_pts = False
+        self.pending: list[tuple[T, float | None]] = []  # in decoder output order
+        self.times: list[float] = []  # heap of the pending pictures' pts
         self.last: float | None = None
         self.repaired = 0
 
-    def push(self, frame: av.VideoFrame) -> Iterator[tuple[av.VideoFrame, float]]:
-        """Add a decoded frame; yield the frames whose timestamp is now settled."""
-        own = frame.time
-        self.frames.append((frame, own))
+    def push(self, picture: T, own: float | None) -> Iterator[tuple[T, float]]:
+        """Add a decoded picture with its pts (seconds); yield those now settled."""
+        self.pending.append((picture, own))
         if own is not None:
             heapq.heappush(self.times, own)
-        if len(self.frames) > REORDER_WINDOW:
+        if len(self.pending) > REORDER_WINDOW:
             yield self._pop()
 
-    def drain(self) -> Iterator[tuple[av.VideoFrame, float]]:
-        """Yield the frames still held (at the end of the stream)."""
-        while self.frames:
+    def drain(self) -> Iterator[tuple[T, float]]:
+        """Yield the pictures still held (at the end of the stream)."""
+        while self.pending:
             yield self._pop()
 
-    def _pop(self) -> tuple[av.VideoFrame, float]:
-        frame, own = self.frames.popleft()
-        t = heapq.heappop(self.times) if own is not None else None
+    def _pop(self) -> tuple[T, float]:
+        picture, own = self.pending.pop(self._next())
+        if self.presentation_pts:  # the picture's own pts
+            t = own
+            if own is not None:
+                self.times.remove(own)
+                heapq.heapify(self.times)
+        else:  # the window's earliest pts, whichever picture this is
+            t = heapq.heappop(self.times) if own is not None else None
         if t is None:
             t = 0.0 if self.last is None else self.last + self.period
-        elif self.last is not None and t <= self.last + 1e-9:
+        elif not self._after_last(t):
             t = self.last + self.period
         if t != own:
             self.repaired += 1
         self.last = t
-        return frame, t
+        return picture, t
+
+    def _next(self) -> int:
+        """Which pending picture goes next: with presentation pts, the earliest one still
+        after the last timestamp; a missing or late pts at the head goes first and is
+        repaired (so pts restarting at a splice keep the pictures in output order)."""
+        head = self.pending[0][1]
+        if not self.presentation_pts or head is None or not self._after_last(head):
+            return 0
+        stamped = [
+            k
+            for k, (_, own) in enumerate(self.pending)
+            if own is not None and self._after_last(own)
+        ]
+        return min(stamped, key=lambda k: self.pending[k][1])
+
+    def _after_last(self, t: float) -> bool:
+        return self.last is None or t > self.last + 1e-9
 
 
 class _Sampler:
@@ -265,37 +372,41 @@ class VideoReader:
         )
 
     def _decode(self, container: av.container.InputContainer, chunk_frames: int):
-        stream = _video_stream(container, self.path)
+        stream, others = _video_stream(container, self.path)
         stream.thread_type = self.thread_type
         rate = stream.average_rate or stream.guessed_rate or Fraction(0)
         nominal_period = 1.0 / float(rate) if rate else 0.0
         sampler = _Sampler(self.fps)
         sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
-        corrupt = [0, 0]  # skipped packets, packets read
-        retimer = _Retimer(nominal_period)
+        stats = _PacketStats()
+        retimer: _Retimer[tuple[np.ndarray, int, tuple[int, int]]] = _Retimer(nominal_period)
         frames: list[np.ndarray] = []
         stamps: list[float] = []
         decoded, kept, rotation, shape = 0, 0, 0, (0, 0)
         first_t = last_t = 0.0
 
-        def settled() -> Iterator[tuple[av.VideoFrame, float]]:
+        def settled() -> Iterator[tuple[tuple[np.ndarray, int, tuple[int, int]], float]]:
             nonlocal decoded
-            for frame in _decoded_frames(container, stream, corrupt):
+            for frame in _decoded_frames(container, stream, others, stats):
                 if frame.is_corrupt:  # FFmpeg concealed damage (e.g. a cut-off last frame)
-                    corrupt[0] += 1
+                    stats.corrupt += 1
                     continue
                 decoded += 1
-                yield from retimer.push(frame)
+                # Scaled before the reorder window: it then holds output-sized pictures,
+                # never full-resolution frames.
+                turn = round(frame.rotation or 0) % 360
+                picture = (self._to_square(frame, turn, sar), turn, (frame.width, frame.height))
+                retimer.presentation_pts = stats.presentation_pts
+                yield from retimer.push(picture, frame.time)
             yield from retimer.drain()
 
         try:
-            for frame, t in settled():
+            for (image, turn, size), t in settled():
                 last_t = t
                 if not sampler.keep(t):
                     continue
-                rotation = round(frame.rotation or 0) % 360
-                frames.append(self._to_square(frame, rotation, sar))
-                shape = (frame.width, frame.height)
+                rotation, shape = turn, size
+                frames.append(image)
                 first_t = t if kept == 0 else first_t
                 stamps.append(t)
                 kept += 1
@@ -306,14 +417,15 @@ class VideoReader:
             raise DecodeError(f"{self.path}: decoding failed ({e.strerror or e})") from e
         if kept == 0:
             reason = "no decodable video frame"
-            if corrupt[0]:
-                reason += f" ({corrupt[0]} corrupt packets)"
+            if stats.corrupt:
+                reason += f" ({stats.corrupt} corrupt packets)"
             raise DecodeError(f"{self.path}: {reason}")
         if frames:
             yield FrameChunk(np.stack(frames), np.asarray(stamps, dtype=np.float64))
         if sar and sar.numerator and sar != 1:  # displayed size, as the frames are scaled
             shape = (max(1, round(shape[0] * float(sar))), shape[1])
         width, height = shape if rotation in (0, 180) else shape[::-1]
+        start = stream.start_time
         self.info = VideoInfo(
             path=str(self.path),
             fps=float(rate),
@@ -324,10 +436,14 @@ class VideoReader:
             duration_sec=float(last_t - first_t + nominal_period),
             codec=stream.codec_context.name,
             rotation=rotation,
-            corrupt_packets=corrupt[0],
+            corrupt_packets=stats.corrupt,
             decoded_frames=decoded,
-            video_packets=corrupt[1],
+            video_packets=stats.packets,
             timestamps_repaired=retimer.repaired,
+            discarded_packets=stats.discarded,
+            stream_index=stream.index,
+            video_streams=1 + sum(n > 1 for n in stats.other_packets.values()),
+            start_time_sec=None if start is None else float(start * stream.time_base),
         )
 
     def _to_square(self, frame: av.VideoFrame, rotation: int, sar: Fraction | None) -> np.ndarray:

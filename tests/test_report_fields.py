@@ -51,3 +51,24 @@ def test_report_counts_and_stored_facts_match_their_docs(tmp_path):
         assert set(s.path_index) == {str(clip), str(copy)}
     again = run_extraction([clip, copy], store, options)
     assert (again.extracted, again.skipped, again.duplicates) == (0, 2, 0)
+
+
+def test_report_names_files_with_several_videos_and_the_store_keeps_stream_facts(tmp_path):
+    from pipeline.extract import ExtractOptions, run_extraction
+    from tests.test_real_world_decode import _green_ramp, _mux_tracks
+
+    ramp = _green_ramp(12)
+    two = _mux_tracks(tmp_path / "two.mkv", [("libx264", ramp), ("mjpeg", ramp[:6])])
+    one = _mux_tracks(tmp_path / "one.mkv", [("mjpeg", ramp[:1]), ("libx264", ramp[::-1])])
+    store = tmp_path / "features.h5"
+    report = run_extraction([two, one], store, ExtractOptions(weights="random", input_size=32))
+    assert (report.extracted, report.multi_stream) == (2, 1)
+    [noted] = report.multi_stream_videos
+    assert (noted["path"], noted["video_streams"], noted["stream_index"]) == (str(two), 2, 0)
+    with av.open(str(one)) as container:
+        stream = container.streams.video[1]
+        start = float(stream.start_time * stream.time_base)
+    with open_store(store) as s:
+        by_path = {s.video_info(v).path: s.video_info(v) for v in s.video_ids}
+    assert (by_path[str(one)].stream_index, by_path[str(one)].video_streams) == (1, 1)
+    assert by_path[str(one)].start_time_sec == start

@@ -278,7 +278,8 @@ def _write_v1_store(path: Path, videos: list[VideoFeatures]) -> None:
             g.create_dataset("timestamps", data=vf.timestamps_sec, fletcher32=True)
             g.attrs["content_sha256"] = vf.content_sha256
             for key, value in asdict(vf.info).items():
-                g.attrs["source_path" if key == "path" else key] = value
+                if value is not None:  # facts not recorded then (stream_index, start time)
+                    g.attrs["source_path" if key == "path" else key] = value
             st = Path(vf.info.path).stat()
             index[vf.info.path] = [vf.video_id, st.st_size, st.st_mtime_ns]
         f.create_dataset("path_index", data=json.dumps(index))

@@ -41,8 +41,10 @@ INDEX_COLUMNS = (
     "rows",
     "fps",
     "duration_sec",
+    "start_time_sec",
 )
-"""``frames``: rows in the store; ``rows``: rows exported (fewer with ``--window``)."""
+"""``frames``: rows in the store; ``rows``: rows exported (fewer with ``--window``);
+``start_time_sec``: the stream's start (timestamps are its pts), empty when not recorded."""
 TIMESTAMPS_SUFFIX = ".timestamps"
 PENDING_NAME = ".export-pending.json"
 """Every file a running export may own; removed once ``index.csv`` is written."""
@@ -291,6 +293,7 @@ def export_store(
                     "rows": features.shape[0],
                     "fps": vf.info.fps,
                     "duration_sec": vf.info.duration_sec,
+                    "start_time_sec": vf.info.start_time_sec,
                 }
             )
             summary.videos = done

@@ -106,6 +106,8 @@ def _write_video(group: h5py.Group, vf: VideoFeatures, dtype: str) -> h5py.Group
     g.create_dataset(TIMESTAMPS, data=vf.timestamps_sec.astype(np.float64), fletcher32=True)
     g.attrs["content_sha256"] = vf.content_sha256
     for key, value in asdict(vf.info).items():
+        if value is None:  # unknown (HDF5 has no null): the attribute is left out
+            continue
         if key == "path":
             g.attrs["source_path"] = h5_text(value)
         else:
