@@ -40,3 +40,18 @@ class ClusterError(PipelineError):
 class OutputError(ConfigError):
     """An output path that may not be written: taken by something else, the wrong kind, or
     in a location that cannot be written."""
+
+
+EXCERPT_CHARS = 40
+"""The most characters of a user's input an error line quotes."""
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` as a short printable quote for a one-line message.
+
+    Control characters, NUL and undecodable bytes are escaped (as :func:`repr` does), and
+    anything past ``limit`` characters is cut with ``…``: a binary file given where text is
+    expected never fills the terminal with its bytes.
+    """
+    shown = repr(text[:limit])[1:-1]
+    return f"'{shown}…'" if len(text) > limit else f"'{shown}'"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline import fsio
 from pipeline.contracts import SPLITS, VideoRecord
-from pipeline.errors import ManifestError
+from pipeline.errors import ManifestError, excerpt
 from pipeline.splits import parse_group
 
 MANIFEST_COLUMNS = ("path", "label", "group", "split")
@@ -34,7 +34,7 @@ def _check_records(records: Iterable[VideoRecord], where: str) -> None:
     seen: dict[Path, int] = {}
     for n, record in enumerate(records, start=1):
         if record.split not in SPLITS:
-            raise ManifestError(f"{where}, record {n}: unknown split {record.split!r}")
+            raise ManifestError(f"{where}, record {n}: unknown split {excerpt(record.split)}")
         if not record.label:
             raise ManifestError(f"{where}, record {n}: empty label")
         if _SURROGATES.search(record.label):
@@ -94,11 +94,26 @@ def normalise_label(text: str) -> str:
 def _check_header(path: Path, header: list[str], required: Sequence[str]) -> None:
     missing = [name for name in required if name not in header]
     if missing:
-        found = ", ".join(header) if any(header) else "none"
+        found = ", ".join(excerpt(name) for name in header[:8]) if any(header) else "none"
+        found += f" and {len(header) - 8} more" if len(header) > 8 else ""
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)} (found: {found})")
     twice = sorted({name for name in header if name and header.count(name) > 1})
     if twice:
         raise ManifestError(f"{path}: column(s) {', '.join(twice)} appear more than once")
+
+
+def _refuse_binary(path: Path) -> None:
+    """A CSV is text: a NUL byte in its first 4 KiB means a video, an image or an archive."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot be read ({e.strerror})") from e
+    if b"\0" in head:
+        raise ManifestError(
+            f"{path}: a binary file (a video?), not a manifest CSV; pass a folder of videos "
+            "or a manifest written by `vrnn index`"
+        )
 
 
 def read_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
@@ -110,6 +125,7 @@ def read_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, 
     if not path.is_file():
         reason = "is a folder, not a CSV file" if path.is_dir() else "no such file"
         raise ManifestError(f"{path}: {reason}")
+    _refuse_binary(path)
     try:
         # -sig: tolerate Excel's BOM; surrogateescape: paths keep non-UTF-8 file names' bytes
         with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -156,7 +172,7 @@ def records_from_rows(
             raise ManifestError(f"{where}: label is not UTF-8 text")
         split = (values.get("split") or "").strip().lower()
         if split not in SPLITS and (split or split_required):
-            problem = f"unknown split {values['split']!r}" if split else "empty split"
+            problem = f"unknown split {excerpt(values['split'])}" if split else "empty split"
             raise ManifestError(f"{where}: {problem} (expected train, val or test)")
         video = abspath(base / values["path"])
         first = seen.setdefault(video, row)
