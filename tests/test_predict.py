@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import backbone, featurize, video
+from pipeline import backbone, video
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.model_dir import BACKBONE_FILE, EXTRACTOR_FILE, load_model_dir
 from pipeline.store import StoreBuilder, backbone_sidecar, open_store
@@ -294,7 +294,7 @@ def test_stop_from_another_thread_ends_predict_waiting_on_a_hung_decoder(model, 
     from pipeline.predict import Predictor
 
     hung, entered, release = model.unseen[0], threading.Event(), threading.Event()
-    original = featurize.VideoReader.chunks
+    original = video.VideoReader.chunks
 
     def chunks(self, *args, **kwargs):  # simulated hang: a read that never returns a frame
         if self.path.name == hung.name:
@@ -302,7 +302,7 @@ def test_stop_from_another_thread_ends_predict_waiting_on_a_hung_decoder(model, 
             release.wait()
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(featurize.VideoReader, "chunks", chunks)
+    monkeypatch.setattr(video.VideoReader, "chunks", chunks)
     stop, got = threading.Event(), []
     thread = threading.Thread(
         target=lambda: got.extend(Predictor(model.model_dir).predict([hung], stop=stop)),
