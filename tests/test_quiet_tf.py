@@ -10,14 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from test_predict import TrainedDir, trained_model
 
 TF_NOISE = re.compile(r"cudart_stub|cuInit|cuda_|oneDNN|absl|^[IWEF]\d{4} |tensorflow/", re.M)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, sample_dataset) -> TrainedDir:
-    return trained_model(tmp_path_factory, sample_dataset)
 
 
 def vrnn(*args: object) -> subprocess.CompletedProcess:
@@ -32,20 +26,20 @@ def vrnn(*args: object) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_predict_json_output_carries_no_tensorflow_start_up_lines(model):
-    done = vrnn("predict", model.model_dir, model.stored[0], "--json")
+def test_predict_json_output_carries_no_tensorflow_start_up_lines(trained_dir):
+    done = vrnn("predict", trained_dir.model_dir, trained_dir.stored[0], "--json")
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [r["path"] for r in records] == [str(model.stored[0])]
+    assert [r["path"] for r in records] == [str(trained_dir.stored[0])]
     assert not TF_NOISE.search(done.stderr), done.stderr
     assert "classified 1 videos, 0 failed" in done.stderr
 
 
 @pytest.mark.slow
-def test_verbose_keeps_tensorflow_logging(model):
+def test_verbose_keeps_tensorflow_logging(trained_dir):
     """``--verbose`` hides nothing: TensorFlow's own settings apply (its default shows its
     start-up lines), while stdout stays the JSON line."""
-    done = vrnn("--verbose", "predict", model.model_dir, model.stored[0], "--json")
+    done = vrnn("--verbose", "predict", trained_dir.model_dir, trained_dir.stored[0], "--json")
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 1
     assert not TF_NOISE.search(done.stdout), done.stdout
