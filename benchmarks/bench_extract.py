@@ -77,7 +77,7 @@ def cpu_breakdown(videos: list[Path], options: ExtractOptions, total: int) -> di
     import av
 
     from pipeline.backbone import build_backbone, make_inference_fn, parse_weights
-    from pipeline.featurize import DECODER_THREAD_TYPE
+    from pipeline.decoder_thread import DECODER_THREAD_TYPE
 
     def bare() -> None:
         for path in videos:

@@ -72,7 +72,7 @@ def raw_decode_fps(videos: list[Path], threads: int) -> float:
 
 def read_as_extract(path: Path, size: int) -> int:
     """Decode and scale one file to ``size`` as ``extract``'s decoders do; frames read."""
-    from pipeline.featurize import CHUNK_FRAMES, DECODER_THREAD_TYPE
+    from pipeline.decoder_thread import CHUNK_FRAMES, DECODER_THREAD_TYPE
     from pipeline.video import VideoReader
 
     reader = VideoReader(path, size=size, thread_type=DECODER_THREAD_TYPE)

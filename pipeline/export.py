@@ -33,6 +33,7 @@ from pipeline import fsio
 from pipeline.backbone import load_checked_backbone
 from pipeline.choices import ExportFormat, choose
 from pipeline.errors import ConfigError, ModelError
+from pipeline.file_names import SAVED_MODEL_FILE
 from pipeline.heads import (
     FEATURES_INPUT,
     MASK_INPUT,
@@ -256,7 +257,7 @@ def _check_output(out: Path, fmt: str) -> None:
         raise ConfigError(f"-o {out}: a {fmt} export must end with {suffix}")
     if suffix and out.is_dir():
         raise ConfigError(f"-o {out} is a directory; give a {suffix} file name")
-    if fmt == "savedmodel" and out.exists() and not (out / "saved_model.pb").is_file():
+    if fmt == "savedmodel" and out.exists() and not (out / SAVED_MODEL_FILE).is_file():
         raise ConfigError(f"-o {out} exists and is not a SavedModel; refusing to replace it")
 
 

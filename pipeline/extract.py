@@ -91,7 +91,7 @@ class ExtractOptions:
             raise ConfigError(f"--decoders must be ≥ 1 or auto, got {self.decoders}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """Everything a worker process needs to run :func:`run_task` (picklable, no h5py)."""
 
@@ -381,10 +381,10 @@ def run_extraction(
         extract_started = time.perf_counter()
         try:
             spec = TaskSpec(
-                config,
-                str(backbone_sidecar(store_path)),
-                str(builder.parts_dir),
-                options.batch_size,
+                config=config,
+                weights_file=str(backbone_sidecar(store_path)),
+                parts_dir=str(builder.parts_dir),
+                batch_size=options.batch_size,
                 decoders=options.decoders,
             )
             if plan.todo and runner is None:

@@ -1,19 +1,17 @@
 """Stage 1 engine: decode → batched backbone → one part file per video.
 
-Decoder threads (each taking whole videos) fill one bounded queue with frame chunks; the
-calling thread cuts them into fixed-size batches *across video boundaries*, so the CNN (the
-real cost) never waits on a short video's tail, and memory stays bounded however long a
-video is. Each finished video is
-written as a part file (see :mod:`pipeline.store`); nothing here touches the final store.
+Decoder threads (:mod:`pipeline.decoder_thread`, each taking whole videos) fill one bounded
+queue with typed messages; the calling thread cuts their frame chunks into fixed-size batches
+*across video boundaries*, so the CNN (the real cost) never waits on a short video's tail, and
+memory stays bounded however long a video is. Each finished video is written as a part file
+(see :mod:`pipeline.store`); nothing here touches the final store.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,23 +21,27 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.contracts import ExtractionFailure, ExtractorConfig, VideoFeatures, VideoInfo
-from pipeline.errors import ConfigError, DecodeError
+from pipeline.decoder_thread import (
+    POLL_SEC,
+    Crashed,
+    Decoded,
+    DecoderThread,
+    Failed,
+    Frames,
+    OutOfWork,
+)
+from pipeline.errors import ConfigError
 from pipeline.store import write_failure, write_part
-from pipeline.video import VideoReader
 
 log = logging.getLogger(__name__)
 
 QUEUE_CHUNKS = 8
-"""Decoded chunks buffered ahead of inference (each ≤ ``CHUNK_FRAMES`` frames), at least."""
+"""Decoded chunks buffered ahead of inference (each ≤ ``decoder_thread.CHUNK_FRAMES``
+frames), at least."""
 CHUNKS_PER_DECODER = 4
 """Queue depth per decoder thread when there are more than two (see :func:`queue_depth`)."""
-CHUNK_FRAMES = 16
-DECODER_NICE = 10
-"""Nice increment of the decoder threads (see ``_lower_thread_priority``)."""
 MAX_AUTO_DECODERS = 8
 """Most decoder threads ``--decoders auto`` starts (memory grows with the queue depth)."""
-DECODER_THREAD_TYPE = "AUTO"
-"""FFmpeg's threading inside each decoder (see docs/cluster.md, "Decoder threads")."""
 STALL_TIMEOUT_SEC = 300.0
 """A decoder that gets no frame from its video for this long is abandoned (video failed)."""
 
@@ -94,8 +96,6 @@ class TaskResult:
 
 # --------------------------------------------------------------------------- the engine
 
-POLL_SEC = 0.1
-"""How often a blocked decoder or consumer re-checks cancellation and the stall watchdog."""
 JOIN_SEC = 2.0
 """How long the end of a run waits for each decoder to exit; one stuck inside its reader is
 left behind (a daemon thread that exits at its next chunk) rather than blocking the caller."""
@@ -145,105 +145,6 @@ def decode_order(items: Sequence[WorkItem], decoders: int) -> list[int]:
     if decoders == 1:
         return list(range(len(items)))
     return sorted(range(len(items)), key=lambda i: -items[i].size)
-
-
-def _reason(error: Exception, path: str) -> str:
-    text = str(error)
-    return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
-
-
-def _lower_thread_priority() -> None:
-    """Give the calling (decoder) thread a lower CPU priority than inference, on Linux.
-
-    Called by a decoder the first time it finds the queue full, i.e. once the backbone is
-    the bottleneck: its intra-op threads wait on each other at every op, so a decoder
-    preempting one of them stalls all of them, while the decoder has a queue of chunks to
-    absorb delays. While decoding is the bottleneck (a GPU, a small input) decoders keep
-    their normal priority: on a shared machine a niced decoder would lose its share of the
-    CPU to every other process. One-way, because raising a priority again needs privileges.
-    """
-    if sys.platform == "linux":  # per-thread nice values are a Linux feature
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICE)
-
-
-class _Decoder(threading.Thread):
-    """One decoder thread: takes whole videos from ``work`` until none is left.
-
-    Sends ``(self, kind, index, payload)`` messages: ``frames`` (a chunk), then ``done``
-    (the video's info) or ``failed`` (a reason); ``exit`` when out of work, ``error`` for a
-    bug outside any one video. :attr:`busy` is ``(video index, since)`` while the thread
-    waits on the reader (not while it waits for queue space), for the stall watchdog.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[WorkItem],
-        work: queue.SimpleQueue,
-        config: ExtractorConfig,
-        out: queue.Queue,
-        stop: threading.Event,
-    ):
-        super().__init__(name="vrnn-decode", daemon=True)
-        self.items, self.work, self.config, self.out, self.stop = items, work, config, out, stop
-        self.abandoned = False  # set by the consumer when it gives up on this thread
-        self.busy: tuple[int, float] | None = None
-        self.yielding = False  # lowered its priority (once the queue was found full)
-
-    def put(self, kind: str, i: int, payload: object) -> bool:
-        """Queue one message; False once the run is stopped or this thread abandoned."""
-        self.busy = None
-        while not (self.stop.is_set() or self.abandoned):
-            try:
-                self.out.put((self, kind, i, payload), timeout=POLL_SEC)
-            except queue.Full:
-                if not self.yielding:  # inference is the bottleneck: stop competing with it
-                    self.yielding = True
-                    _lower_thread_priority()
-                continue
-            if i >= 0:
-                self.busy = (i, time.monotonic())
-            return True
-        return False
-
-    def run(self) -> None:
-        try:
-            while True:
-                try:
-                    i = self.work.get_nowait()
-                except queue.Empty:
-                    self.put("exit", -1, None)
-                    return
-                self.busy = (i, time.monotonic())
-                if not self.decode(i):
-                    return
-        except BaseException as e:  # a bug: hand it to the consumer, which re-raises it
-            self.put("error", -1, e)
-
-    def decode(self, i: int) -> bool:
-        """Send video ``i``'s chunks and its outcome; False when the run is over for us."""
-        item, config = self.items[i], self.config
-        reader = VideoReader(
-            Path(item.path),
-            size=config.input_size,
-            resize=config.resize,
-            fps=config.fps,
-            thread_type=DECODER_THREAD_TYPE,
-        )
-        try:
-            for chunk in reader.chunks(CHUNK_FRAMES):
-                if not self.put("frames", i, chunk):
-                    return False
-        except DecodeError as e:
-            return self.put("failed", i, _reason(e, item.path))
-        except MemoryError:
-            return self.put("failed", i, "out of memory while decoding")
-        except Exception as e:
-            # An unexpected error on one file (a decoder or library bug) must not stall
-            # a whole batch night after night: record it loudly and go on.
-            log.exception("unexpected error while decoding %s", item.path)
-            return self.put("failed", i, f"unexpected decoder error ({type(e).__name__}: {e})")
-        return self.put("done", i, reader.info)
 
 
 class _Assembler:
@@ -330,10 +231,11 @@ def iter_features(
     work: queue.SimpleQueue = queue.SimpleQueue()
     for i in decode_order(items, decoders):
         work.put(i)
-    live: set[_Decoder] = set()
+    live: set[DecoderThread] = set()
+    paths = [item.path for item in items]
 
     def start_decoder() -> None:
-        decoder = _Decoder(items, work, config, chunks, stop)
+        decoder = DecoderThread(paths, work, config, chunks, stop)
         live.add(decoder)
         decoder.start()
 
@@ -374,36 +276,37 @@ def iter_features(
     try:
         while live and not stop.is_set():
             try:
-                decoder, kind, i, payload = chunks.get(timeout=POLL_SEC)
+                message = chunks.get(timeout=POLL_SEC)
             except queue.Empty:  # decoders are behind: the backbone would idle anyway
                 run_batch()  # so run a partial batch rather than hold videos back
                 yield from videos.complete()
                 yield from abandon_hung()
                 continue
-            if decoder.abandoned:
+            if message.decoder.abandoned:
                 continue
-            if kind == "exit":
-                live.discard(decoder)
-            elif kind == "error":
-                raise payload
-            elif kind == "frames":
-                videos.add_frames(i, payload.timestamps_sec)
-                frames, offset = payload.frames, 0
-                while offset < len(frames):
-                    take = min(batch_size - filled, len(frames) - offset)
-                    batch[filled : filled + take] = frames[offset : offset + take]
-                    owners.append((i, take))
-                    filled += take
-                    offset += take
-                    if filled == batch_size:
-                        run_batch()
-                        yield from videos.complete()
-            elif kind == "done":
-                videos.finished[i] = payload
-                yield from videos.complete()  # now, if none of its frames await inference
-            else:  # failed
-                videos.drop(i)
-                yield i, ExtractionFailure(items[i].path, payload, items[i].video_id)
+            match message:
+                case OutOfWork(decoder):
+                    live.discard(decoder)
+                case Crashed(_, error):
+                    raise error
+                case Frames(_, i, chunk):
+                    videos.add_frames(i, chunk.timestamps_sec)
+                    frames, offset = chunk.frames, 0
+                    while offset < len(frames):
+                        take = min(batch_size - filled, len(frames) - offset)
+                        batch[filled : filled + take] = frames[offset : offset + take]
+                        owners.append((i, take))
+                        filled += take
+                        offset += take
+                        if filled == batch_size:
+                            run_batch()
+                            yield from videos.complete()
+                case Decoded(_, i, info):
+                    videos.finished[i] = info
+                    yield from videos.complete()  # now, if none of its frames await inference
+                case Failed(_, i, reason):
+                    videos.drop(i)
+                    yield i, ExtractionFailure(items[i].path, reason, items[i].video_id)
             yield from abandon_hung()
         if not stop.is_set():
             run_batch()

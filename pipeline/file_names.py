@@ -27,3 +27,6 @@ CONFUSION_IMAGE = "confusion.png"
 F1_IMAGE = "per_class_f1.png"
 EVAL_FILES = (EVAL_FILE, PER_CLASS_FILE, CONFUSION_FILE, CONFUSION_IMAGE, F1_IMAGE)
 """The files ``vrnn evaluate`` writes into its metrics directory (tables, then pictures)."""
+
+SAVED_MODEL_FILE = "saved_model.pb"
+"""The file TensorFlow writes into a ``vrnn export --format savedmodel`` directory."""

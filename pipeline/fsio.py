@@ -27,6 +27,8 @@ from pathlib import Path
 from pipeline.errors import StoreError
 
 ASIDE = ".old-"  # a previous directory moved aside by the two-rename fallback swap
+TEMP_GLOB = ".*.tmp"
+"""Every temporary of this module's scheme without a writer's suffix, as a glob pattern."""
 
 
 def _base(path: Path, suffix: str) -> str:
@@ -37,6 +39,19 @@ def _base(path: Path, suffix: str) -> str:
 def temp_path_for(path: Path, suffix: str = "") -> Path:
     """A unique hidden temporary name beside ``path`` (``.<name>.<hex>.tmp<suffix>``)."""
     return path.with_name(f".{_base(path, suffix)}.{uuid.uuid4().hex}.tmp{suffix}")
+
+
+def is_temporary(path: Path) -> bool:
+    """True for a name of this module's scheme without a writer's suffix (``.<name>.<hex>.tmp``)."""
+    return path.name.startswith(".") and path.suffix == ".tmp"
+
+
+def probe_writable(directory: Path) -> None:
+    """Create and remove one empty temporary file in ``directory``; OSError when it cannot."""
+    probe = temp_path_for(directory / ".vrnn-write-probe")
+    with open(probe, "x"):
+        pass
+    probe.unlink()
 
 
 def remove(path: Path) -> None:

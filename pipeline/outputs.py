@@ -13,12 +13,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import fsio
 from pipeline.errors import OutputError
 from pipeline.file_names import (
     CONFUSION_FILE,
@@ -27,6 +27,7 @@ from pipeline.file_names import (
     F1_IMAGE,
     MODEL_DIR_FILES,
     PER_CLASS_FILE,
+    SAVED_MODEL_FILE,
 )
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -94,9 +95,7 @@ def check_writable(path: Path) -> None:
         raise OutputError(f"cannot write {path}: {where} is not a directory")
     for directory in (where, path) if path.is_dir() else (where,):
         try:
-            fd, probe = tempfile.mkstemp(prefix=".vrnn-write-probe-", dir=directory)
-            os.close(fd)
-            os.unlink(probe)
+            fsio.probe_writable(directory)
         except OSError as e:
             raise OutputError(f"cannot write {path}: {e.strerror or e} ({directory})") from e
 
@@ -173,7 +172,7 @@ def _tflite(path: Path) -> bool:
 
 
 def _saved_model(path: Path) -> bool:
-    return not any(path.iterdir()) or (path / "saved_model.pb").is_file()
+    return not any(path.iterdir()) or (path / SAVED_MODEL_FILE).is_file()
 
 
 def _model_dir(path: Path) -> bool:
@@ -200,8 +199,7 @@ def _store_export_dir(path: Path) -> bool:
     owned = owned_files(path)  # index.csv's files (and an interrupted run's pending list)
 
     def ours(entry: Path) -> bool:
-        temporary = entry.name.startswith(".") and entry.suffix == ".tmp"
-        return entry.is_file() and (entry.name in owned or temporary)
+        return entry.is_file() and (entry.name in owned or fsio.is_temporary(entry))
 
     return owned is not None and all(ours(entry) for entry in path.iterdir())
 

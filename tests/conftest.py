@@ -5,6 +5,9 @@
   copy files elsewhere before changing them.
 * ``sample_manifest`` (session): ``manifest.csv`` indexing ``sample_dataset`` (default split),
   written beside its root.
+* ``trained_dir`` (session): one small model trained on 18 sample clips (random 32 px
+  backbone, 3 classes × 6 clips, the default head), with its store; a :class:`TrainedDir`.
+  Read-only: copy the model directory before changing it.
 * ``make_video`` (per test): a factory writing one small real video file into ``tmp_path``.
 """
 
@@ -17,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.contracts import VideoRecord
 from pipeline.encode import write_video
 from pipeline.index_sources import index_folder
 from pipeline.manifest import write_manifest
 from pipeline.sample_data import generate
+from pipeline.train_config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,44 @@ def sample_manifest(sample_dataset: SampleDataset) -> Path:
     """``manifest.csv`` for ``sample_dataset`` with the default group-aware split."""
     path = sample_dataset.root.parent / "manifest.csv"
     return write_manifest(index_folder(sample_dataset.root).records, path)
+
+
+TRAINED_CLASSES = ("brightening", "darkening", "disc")
+TRAINED_CLIPS_PER_CLASS = 6  # the first 4 train, the next 2 val
+TRAINED_CONFIG = TrainConfig(seq_len=8, units=8, dense_units=8, epochs=2, batch_size=8, patience=2)
+
+
+@dataclass(frozen=True)
+class TrainedDir:
+    """The shared model: its directory, its store, stored and never-extracted videos."""
+
+    model_dir: Path
+    store: Path
+    stored: list[Path]
+    unseen: list[Path]
+
+
+@pytest.fixture(scope="session")
+def trained_dir(tmp_path_factory: pytest.TempPathFactory, sample_dataset) -> TrainedDir:
+    """Extract 18 sample clips, train :data:`TRAINED_CONFIG`'s head on them, once a session."""
+    from pipeline.extract import ExtractOptions, run_extraction
+    from pipeline.training import train
+
+    root = tmp_path_factory.mktemp("trained_model")
+    by_class = {
+        label: [p for p in sample_dataset.files if p.parent.name == label]
+        for label in TRAINED_CLASSES
+    }
+    stored = [p for label in TRAINED_CLASSES for p in by_class[label][:TRAINED_CLIPS_PER_CLASS]]
+    unseen = [p for p in sample_dataset.files if p.parent.name not in TRAINED_CLASSES][::12]
+    result = TrainedDir(root / "model", root / "features.h5", stored, unseen)
+    records = [
+        VideoRecord(p, p.parent.name, p.stem, "train" if i % TRAINED_CLIPS_PER_CLASS < 4 else "val")
+        for i, p in enumerate(stored)
+    ]
+    run_extraction(stored, result.store, ExtractOptions(weights="random", input_size=32))
+    train(records, result.store, result.model_dir, TRAINED_CONFIG)
+    return result
 
 
 def moving_square(n_frames: int, width: int, height: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """``vrnn export``: one end-to-end model (uint8 frames → probabilities) that agrees with predict.
 
-Reuses the session's small trained model from ``test_predict.py``.
+Exports the session's small trained model (``trained_dir`` in ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import CLASSES, CONFIG, FLOAT16_ATOL, TrainedDir, errors, invoke, trained_model
+from test_predict import FLOAT16_ATOL, errors, invoke
 
 from pipeline.export import head_without_mask, load_exported
 from pipeline.heads import FEATURES_INPUT, HEAD_NAMES, MASK_INPUT, build_head, predict_proba
@@ -23,57 +23,55 @@ from pipeline.predict import Predictor
 from pipeline.sequences import uniform_indices
 from pipeline.train_config import TrainConfig
 from pipeline.video import VideoReader
+from tests.conftest import TRAINED_CLASSES, TRAINED_CONFIG
+
+SEQ_LEN = TRAINED_CONFIG.seq_len  # frames the export takes per clip
 
 SIGNATURE = "frames uint8 [B, 8, 32, 32, 3] → probabilities float32 [B, 3]"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, sample_dataset) -> TrainedDir:
-    return trained_model(tmp_path_factory, sample_dataset)
-
-
-@pytest.fixture(scope="module")
-def exported(model, tmp_path_factory) -> Path:
+def exported(trained_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "classifier.keras"
-    result = invoke("export", model.model_dir, "-o", out)
+    result = invoke("export", trained_dir.model_dir, "-o", out)
     assert result.exit_code == 0, result.output
     assert SIGNATURE in result.stdout and str(out) in result.stdout
     return out
 
 
 @pytest.fixture(scope="module")
-def clip(model) -> tuple[np.ndarray, np.ndarray]:
+def clip(trained_dir) -> tuple[np.ndarray, np.ndarray]:
     """A stored clip's frames as the export takes them (``[1, T, S, S, 3]``), and predict's
     probabilities for it."""
-    extractor = load_model_dir(model.model_dir).extractor
-    path = model.stored[1]
+    extractor = load_model_dir(trained_dir.model_dir).extractor
+    path = trained_dir.stored[1]
     reader = VideoReader(
         path, size=extractor.input_size, resize=extractor.resize, fps=extractor.fps
     )
     frames = reader.read_all().frames
-    assert len(frames) >= CONFIG.seq_len  # no padding: the export's inputs are all real frames
-    (prediction,) = Predictor(model.model_dir).predict([path])
-    return frames[uniform_indices(len(frames), CONFIG.seq_len)][None], prediction.probabilities
+    assert len(frames) >= SEQ_LEN  # no padding: the export's inputs are all real frames
+    (prediction,) = Predictor(trained_dir.model_dir).predict([path])
+    return frames[uniform_indices(len(frames), SEQ_LEN)][None], prediction.probabilities
 
 
 def test_export_writes_the_model_and_labels_beside_it(exported):
     assert exported.is_file()
     labels = exported.with_name("classifier.labels.json")
-    assert json.loads(labels.read_text()) == list(CLASSES)
+    assert json.loads(labels.read_text()) == list(TRAINED_CLASSES)
     assert not (exported.parent / "labels.json").exists()
 
 
-def test_a_second_model_exported_beside_keeps_its_own_labels(model, exported, tmp_path):
+def test_a_second_model_exported_beside_keeps_its_own_labels(trained_dir, exported, tmp_path):
     """Two models in one folder: each export has its labels file; a labels file of the same
     name listing other classes is refused before anything is written."""
     other = tmp_path / "other_model"
-    shutil.copytree(model.model_dir, other)
+    shutil.copytree(trained_dir.model_dir, other)
     (other / "labels.json").write_text(json.dumps(["x", "y", "z"]))
     folder = exported.parent
     result = invoke("export", other, "-o", folder / "other.keras")
     assert result.exit_code == 0, result.output
     assert json.loads((folder / "other.labels.json").read_text()) == ["x", "y", "z"]
-    assert json.loads((folder / "classifier.labels.json").read_text()) == list(CLASSES)
+    assert json.loads((folder / "classifier.labels.json").read_text()) == list(TRAINED_CLASSES)
 
     before = sorted(p.name for p in folder.iterdir())
     result = invoke("export", other, "-o", folder / "classifier.tflite", "--format", "tflite")
@@ -81,15 +79,13 @@ def test_a_second_model_exported_beside_keeps_its_own_labels(model, exported, tm
     (line,) = errors(result.output)
     assert "classifier.labels.json lists other classes (brightening, darkening, disc)" in line
     assert sorted(p.name for p in folder.iterdir()) == before
-    assert json.loads((folder / "classifier.labels.json").read_text()) == list(CLASSES)
+    assert json.loads((folder / "classifier.labels.json").read_text()) == list(TRAINED_CLASSES)
 
 
 def test_exported_model_gives_predicts_probabilities(exported, clip):
     frames, expected = clip
     model = load_exported(exported)
-    assert (
-        model.input_shape == (None, CONFIG.seq_len, 32, 32, 3) and model.inputs[0].dtype == "uint8"
-    )
+    assert model.input_shape == (None, SEQ_LEN, 32, 32, 3) and model.inputs[0].dtype == "uint8"
     np.testing.assert_allclose(model.predict(frames, verbose=0)[0], expected, atol=FLOAT16_ATOL)
 
 
@@ -160,22 +156,24 @@ def test_every_head_exports_with_builtin_layers_and_the_same_outputs(name):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
-def test_savedmodel_and_tflite_exports_agree(model, clip, tmp_path):
+def test_savedmodel_and_tflite_exports_agree(trained_dir, clip, tmp_path):
     import tensorflow as tf
 
     frames, expected = clip
-    result = invoke("export", model.model_dir, "-o", tmp_path / "saved", "--format", "savedmodel")
+    result = invoke(
+        "export", trained_dir.model_dir, "-o", tmp_path / "saved", "--format", "savedmodel"
+    )
     assert result.exit_code == 0 and SIGNATURE in result.stdout, result.output
     saved = load_without_package("savedmodel", tmp_path / "saved", frames, tmp_path)
     np.testing.assert_allclose(saved[0], expected, atol=FLOAT16_ATOL)
 
     out = tmp_path / "classifier.tflite"
-    result = invoke("export", model.model_dir, "-o", out, "--format", "tflite")
+    result = invoke("export", trained_dir.model_dir, "-o", out, "--format", "tflite")
     assert result.exit_code == 0, result.output
     assert SIGNATURE.replace("B", "1") in result.stdout
     interpreter = tf.lite.Interpreter(model_path=str(out))
     (given,) = interpreter.get_input_details()
-    assert list(given["shape"]) == [1, CONFIG.seq_len, 32, 32, 3] and given["dtype"] == np.uint8
+    assert list(given["shape"]) == [1, SEQ_LEN, 32, 32, 3] and given["dtype"] == np.uint8
     lite = load_without_package("tflite", out, frames, tmp_path)
     np.testing.assert_allclose(lite[0], expected, atol=1e-3)
 
@@ -202,10 +200,10 @@ BAD_EXPORTS = {
 
 
 @pytest.mark.parametrize("case", BAD_EXPORTS)
-def test_bad_exports_are_one_line_errors(case, model, tmp_path):
+def test_bad_exports_are_one_line_errors(case, trained_dir, tmp_path):
     args, message = BAD_EXPORTS[case]
     (tmp_path / "keep.txt").write_text("precious")
-    result = invoke("export", model.model_dir, *(a.format(tmp=tmp_path) for a in args))
+    result = invoke("export", trained_dir.model_dir, *(a.format(tmp=tmp_path) for a in args))
     assert result.exit_code == 1, result.output
     (line,) = errors(result.output)
     assert message in line

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import featurize
+from pipeline import decoder_thread
 from pipeline.backbone import build_backbone, parse_weights
 from pipeline.encode import write_video
 from pipeline.errors import StoreError
@@ -83,7 +83,7 @@ def test_rerun_skips_everything_without_decoding(
     def no_decoding(*args, **kwargs):
         raise AssertionError("a stored video was decoded again")
 
-    monkeypatch.setattr(featurize.VideoReader, "chunks", no_decoding)
+    monkeypatch.setattr(decoder_thread.VideoReader, "chunks", no_decoding)
     before = store.stat().st_mtime_ns
     report = run_extraction(videos, store, OPTIONS)
     assert (report.extracted, report.skipped, report.failed) == (0, 4, 0)
@@ -94,7 +94,7 @@ def test_renamed_copy_is_not_extracted_again(
     videos: list[Path], store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     copy = shutil.copy(videos[0], tmp_path / "renamed.mp4")
-    monkeypatch.setattr(featurize.VideoReader, "chunks", lambda *a, **k: iter(()))
+    monkeypatch.setattr(decoder_thread.VideoReader, "chunks", lambda *a, **k: iter(()))
     report = run_extraction([Path(copy)], store, OPTIONS)
     assert (report.extracted, report.skipped) == (0, 1)
     with open_store(store) as feature_store:
@@ -155,14 +155,14 @@ def test_variable_frame_rate_timestamps_survive_extraction(tmp_path: Path) -> No
 def test_unexpected_decoder_error_fails_only_that_video(
     videos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = featurize.VideoReader.chunks
+    original = decoder_thread.VideoReader.chunks
 
     def chunks(self, *args, **kwargs):
         if self.path == videos[1]:
             raise RuntimeError("simulated library bug")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(featurize.VideoReader, "chunks", chunks)
+    monkeypatch.setattr(decoder_thread.VideoReader, "chunks", chunks)
     report = run_extraction(videos, tmp_path / "f.h5", OPTIONS)
     assert (report.extracted, report.failed) == (3, 1)
     assert report.failures[0]["path"] == str(videos[1])

@@ -100,6 +100,18 @@ def _sample_frames(files: list[Path], size: int, frames: int) -> list[np.ndarray
     return videos
 
 
+def _conv_compute_dtypes(model) -> set[str]:
+    """The compute dtypes of ``model``'s convolutions (the backbone's arithmetic)."""
+    import keras
+
+    convs = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+    return {
+        layer.dtype_policy.compute_dtype
+        for layer in model._flatten_layers()
+        if isinstance(layer, convs)
+    }
+
+
 def test_mixed_precision_features_match_float32(sample_dataset, tmp_path: Path) -> None:
     """ImageNet weights when present (else the seeded random backbone), input 224, on CPU.
 
@@ -122,8 +134,13 @@ def test_mixed_precision_features_match_float32(sample_dataset, tmp_path: Path) 
     classes = sorted({p.parent.name for p in sample_dataset.files})
     files = [[p for p in sample_dataset.files if p.parent.name == c][:2] for c in classes]
     videos = _sample_frames([p for pair in files for p in pair], size, frames=6)
+    # The mixed model really computes in float16 (and the float32 one does not): without
+    # this the closeness below would also hold for two float32 models.
+    assert _conv_compute_dtypes(mixed) == {"float16"}
+    assert _conv_compute_dtypes(full) == {"float32"}
     f32 = [full(v, training=False).numpy() for v in videos]
     f16 = [mixed(v, training=False).numpy() for v in videos]
+    assert not all(np.array_equal(a, b) for a, b in zip(f32, f16, strict=True))
     for a, b in zip(f32, f16, strict=True):
         assert b.dtype == np.float32  # the model's output layer stays float32
         cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

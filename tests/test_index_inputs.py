@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_predict import trained_model
 from typer.testing import CliRunner
 
 from pipeline.errors import ManifestError
@@ -191,12 +190,9 @@ def test_extract_records_a_fifo_as_not_a_regular_file(with_fifo, tmp_path):
     assert "not a regular file: a FIFO" in failure["reason"]
 
 
-def test_predict_reports_fifos_and_devices_and_classifies_the_rest(
-    with_fifo, tmp_path_factory, sample_dataset
-):
+def test_predict_reports_fifos_and_devices_and_classifies_the_rest(with_fifo, trained_dir):
     """#19: a FIFO (in a folder) or a character device given as a video hung predict."""
-    model = trained_model(tmp_path_factory, sample_dataset)
-    result = invoke("predict", model.model_dir, with_fifo, "/dev/zero", "--json")
+    result = invoke("predict", trained_dir.model_dir, with_fifo, "/dev/zero", "--json")
     assert result.exit_code == 1
     assert "classified 1 videos, 2 failed" in result.stderr
     assert f'"path": "{with_fifo / "pipe.mp4"}", "error": "not a regular file: a FIFO"' in (

@@ -25,7 +25,7 @@ import pytest
 from distributed import Client, WorkerPlugin
 from typer.testing import CliRunner
 
-from pipeline import extract, featurize
+from pipeline import decoder_thread, extract, featurize
 from pipeline.contracts import ExtractorConfig
 from pipeline.encode import write_video
 from pipeline.errors import ClusterError
@@ -180,7 +180,7 @@ class _CrashOnPoison(WorkerPlugin):
 
     def setup(self, worker: object) -> None:
 
-        reader = featurize.VideoReader
+        reader = decoder_thread.VideoReader
 
         class CrashingReader(reader):
             def __init__(self, path: Path, *args: object, **kwargs: object):
@@ -188,7 +188,7 @@ class _CrashOnPoison(WorkerPlugin):
                     os.kill(os.getpid(), signal.SIGKILL)
                 super().__init__(path, *args, **kwargs)
 
-        featurize.VideoReader = CrashingReader
+        decoder_thread.VideoReader = CrashingReader
 
 
 def test_video_that_kills_workers_is_recorded_and_the_rest_extracted(
@@ -396,7 +396,10 @@ def test_workers_and_scheduler_together_are_refused(manifest: Path, tmp_path: Pa
 def test_worker_without_the_shared_filesystem_is_a_clear_error(tmp_path: Path) -> None:
     config = ExtractorConfig(weights="random:seed=0", weights_sha256="0" * 64, input_size=SIZE)
     spec = TaskSpec(
-        config, str(tmp_path / "f.h5.backbone.weights.h5"), str(tmp_path / "f.h5.parts"), 8
+        config=config,
+        weights_file=str(tmp_path / "f.h5.backbone.weights.h5"),
+        parts_dir=str(tmp_path / "f.h5.parts"),
+        batch_size=8,
     )
     with pytest.raises(ClusterError, match=r"cannot see .*f\.h5\.parts.*shared filesystem"):
         extract_task(spec, [], None)

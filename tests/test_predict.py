@@ -1,8 +1,7 @@
 """``vrnn predict`` on real sample videos: same probabilities as evaluation, streamed output,
 per-file failures, reuse of a feature store, and the one-line errors.
 
-One small model is trained once per session (random 32 px backbone, 3 classes × 6 clips,
-a tiny LSTM) by :func:`trained_model`, which ``test_export.py`` reuses.
+The model is the session's shared one (``trained_dir`` in ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -11,70 +10,27 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import backbone, featurize, video
-from pipeline.contracts import ExtractorConfig, VideoRecord
+from pipeline import backbone, video
+from pipeline.contracts import ExtractorConfig
 from pipeline.model_dir import BACKBONE_FILE, EXTRACTOR_FILE, load_model_dir
 from pipeline.store import StoreBuilder, backbone_sidecar, open_store
-from pipeline.train_config import TrainConfig
-from pipeline.training import predict_videos, train
+from pipeline.training import predict_videos
 from stages import predict as predict_stage
 from stages.cli import app
+from tests.conftest import TRAINED_CLASSES
 
-CLASSES = ("brightening", "darkening", "disc")
-CLIPS_PER_CLASS = 6  # the first 4 train, the next 2 val
-CONFIG = TrainConfig(seq_len=8, units=8, dense_units=8, epochs=2, batch_size=8, patience=2)
 FLOAT16_ATOL = 2e-3
 """Features rounded to float16 after slightly different float32 batches may differ in the last
 bit; through the head that moves a probability by far less than this."""
 RECORD_KEYS = {
     "path", "video_id", "top_k", "probabilities", "frames", "duration_sec", "elapsed_sec", "cached"
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class TrainedDir:
-    """The shared model: its directory, its store, stored and never-extracted videos."""
-
-    model_dir: Path
-    store: Path
-    stored: list[Path]
-    unseen: list[Path]
-
-
-def trained_model(tmp_path_factory: pytest.TempPathFactory, sample_dataset) -> TrainedDir:
-    """Extract 18 sample clips, train the default head on them; built once per session (on disk)."""
-    from pipeline.extract import ExtractOptions, run_extraction
-
-    root = tmp_path_factory.getbasetemp() / "predict_model"
-    by_class = {
-        label: [p for p in sample_dataset.files if p.parent.name == label] for label in CLASSES
-    }
-    stored = [p for label in CLASSES for p in by_class[label][:CLIPS_PER_CLASS]]
-    unseen = [p for p in sample_dataset.files if p.parent.name not in CLASSES][::12]
-    result = TrainedDir(root / "model", root / "features.h5", stored, unseen)
-    if (root / "done").exists():
-        return result
-    root.mkdir(exist_ok=True)
-    records = [
-        VideoRecord(p, p.parent.name, p.stem, "train" if i % CLIPS_PER_CLASS < 4 else "val")
-        for i, p in enumerate(stored)
-    ]
-    run_extraction(stored, result.store, ExtractOptions(weights="random", input_size=32))
-    train(records, result.store, result.model_dir, CONFIG)
-    (root / "done").touch()
-    return result
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, sample_dataset) -> TrainedDir:
-    return trained_model(tmp_path_factory, sample_dataset)
 
 
 def invoke(*args: object):
@@ -91,19 +47,19 @@ def errors(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def predicted(model) -> dict[str, dict]:
+def predicted(trained_dir) -> dict[str, dict]:
     """``vrnn predict --json`` on three stored clips (three codecs) and one unseen clip."""
-    videos = [*model.stored[:3], model.unseen[0]]
-    result = invoke("predict", model.model_dir, *videos, "--json", "--top-k", "2")
+    videos = [*trained_dir.stored[:3], trained_dir.unseen[0]]
+    result = invoke("predict", trained_dir.model_dir, *videos, "--json", "--top-k", "2")
     assert result.exit_code == 0, result.output
     assert "classified 4 videos, 0 failed" in result.stderr
     return {record["path"]: record for record in json_records(result.stdout)}
 
 
-def test_predict_gives_the_evaluation_probabilities(model, predicted):
-    trained = load_model_dir(model.model_dir)
-    with open_store(model.store) as store:
-        for path in model.stored[:3]:
+def test_predict_gives_the_evaluation_probabilities(trained_dir, predicted):
+    trained = load_model_dir(trained_dir.model_dir)
+    with open_store(trained_dir.store) as store:
+        for path in trained_dir.stored[:3]:
             record = predicted[str(path)]
             video_id = store.video_id_for(path)
             features = store.read(video_id).features
@@ -113,11 +69,11 @@ def test_predict_gives_the_evaluation_probabilities(model, predicted):
             assert record["video_id"] == video_id and record["frames"] == len(features)
 
 
-def test_json_records_are_complete(model, predicted):
-    assert set(predicted) == {str(p) for p in [*model.stored[:3], model.unseen[0]]}
+def test_json_records_are_complete(trained_dir, predicted):
+    assert set(predicted) == {str(p) for p in [*trained_dir.stored[:3], trained_dir.unseen[0]]}
     for record in predicted.values():
         assert set(record) == RECORD_KEYS and not record["cached"]
-        assert list(record["probabilities"]) == list(CLASSES)
+        assert list(record["probabilities"]) == list(TRAINED_CLASSES)
         assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         probs = [entry["prob"] for entry in record["top_k"]]
         assert len(probs) == 2 and probs == sorted(probs, reverse=True)
@@ -126,32 +82,32 @@ def test_json_records_are_complete(model, predicted):
 
 
 def test_table_streams_one_row_per_video_and_twins_are_classified_once(
-    model, tmp_path, monkeypatch
+    trained_dir, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(predict_stage.console.out, "width", 300)  # one line per row
     folder = tmp_path / "clips"
     folder.mkdir()
-    first = shutil.copy(model.stored[0], folder / "a.mp4")
-    shutil.copy(model.stored[0], folder / "b_same_content.mp4")
-    result = invoke("predict", model.model_dir, folder, "--top-k", "3")
+    first = shutil.copy(trained_dir.stored[0], folder / "a.mp4")
+    shutil.copy(trained_dir.stored[0], folder / "b_same_content.mp4")
+    result = invoke("predict", trained_dir.model_dir, folder, "--top-k", "3")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["video", "top-3", "frames"]
     assert [line.split()[0].endswith(".mp4") for line in lines[1:]] == [True, True]
     assert "classified 2 videos, 0 failed" in result.stderr
-    records = json_records(invoke("predict", model.model_dir, folder, "--json").stdout)
+    records = json_records(invoke("predict", trained_dir.model_dir, folder, "--json").stdout)
     assert [Path(r["path"]).name for r in records] == ["a.mp4", "b_same_content.mp4"]
     assert records[0]["probabilities"] == records[1]["probabilities"]
     assert Path(records[0]["path"]) == Path(first).absolute()
 
 
-def test_bad_files_are_reported_and_the_others_still_predicted(model, make_video, tmp_path):
+def test_bad_files_are_reported_and_the_others_still_predicted(trained_dir, make_video, tmp_path):
     good = make_video("good.mp4", n_frames=12)
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).bytes(4000))
     notes = tmp_path / "notes.txt"
     notes.write_text("not a video")
-    args = ["predict", model.model_dir, corrupt, good, tmp_path / "missing.mp4", notes]
+    args = ["predict", trained_dir.model_dir, corrupt, good, tmp_path / "missing.mp4", notes]
     result = invoke(*args, "--json")
     assert result.exit_code == 1, result.output
     records = {Path(r["path"]).name: r for r in json_records(result.stdout)}
@@ -170,8 +126,8 @@ def test_bad_files_are_reported_and_the_others_still_predicted(model, make_video
     assert "good.mp4" in table.stdout and "classified 1 videos, 3 failed" in table.stderr
 
 
-def test_features_store_is_reused_without_decoding(model, predicted, monkeypatch):
-    stored, unseen = model.stored[:3], model.unseen[0]
+def test_features_store_is_reused_without_decoding(trained_dir, predicted, monkeypatch):
+    stored, unseen = trained_dir.stored[:3], trained_dir.unseen[0]
     decoded: list[Path] = []
     chunks = video.VideoReader.chunks
 
@@ -182,8 +138,8 @@ def test_features_store_is_reused_without_decoding(model, predicted, monkeypatch
         return chunks(reader, *args, **kwargs)
 
     monkeypatch.setattr(video.VideoReader, "chunks", watched)
-    result = invoke("predict", model.model_dir, *stored, unseen, "--json", "--top-k", "2",
-                    "--features", model.store)  # fmt: skip
+    result = invoke("predict", trained_dir.model_dir, *stored, unseen, "--json", "--top-k", "2",
+                    "--features", trained_dir.store)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert decoded == [unseen]
     records = {r["path"]: r for r in json_records(result.stdout)}
@@ -208,12 +164,12 @@ def test_features_store_is_reused_without_decoding(model, predicted, monkeypatch
         )
 
 
-def test_a_store_from_another_extractor_is_one_error(model, tmp_path):
+def test_a_store_from_another_extractor_is_one_error(trained_dir, tmp_path):
     other = ExtractorConfig(weights="random:seed=1", weights_sha256="cd" * 32, input_size=32)
     with StoreBuilder(tmp_path / "other.h5", other) as builder:
         builder.commit()
     result = invoke(
-        "predict", model.model_dir, model.stored[0], "--features", tmp_path / "other.h5"
+        "predict", trained_dir.model_dir, trained_dir.stored[0], "--features", tmp_path / "other.h5"
     )
     assert result.exit_code == 1
     (line,) = errors(result.output)
@@ -228,37 +184,39 @@ def test_a_store_from_another_extractor_is_one_error(model, tmp_path):
     ],
     ids=["missing", "incomplete"],
 )
-def test_an_unusable_model_dir_is_one_error(model, tmp_path, make_dir, message):
-    result = invoke("predict", make_dir(tmp_path), model.stored[0])
+def test_an_unusable_model_dir_is_one_error(trained_dir, tmp_path, make_dir, message):
+    result = invoke("predict", make_dir(tmp_path), trained_dir.stored[0])
     assert result.exit_code == 1
     (line,) = errors(result.output)
     assert message in line and "Traceback" not in result.output
 
 
-def test_weights_that_are_not_the_models_are_a_sha_mismatch(model, tmp_path, monkeypatch):
+def test_weights_that_are_not_the_models_are_a_sha_mismatch(trained_dir, tmp_path, monkeypatch):
     from pipeline.backbone import build_backbone, parse_weights, save_weights
 
     other = tmp_path / "other.weights.h5"
     save_weights(build_backbone(parse_weights("random:1"), 32), other)
     monkeypatch.setattr(backbone, "_BACKBONES", {})  # no backbone built by earlier tests
-    result = invoke("predict", model.model_dir, model.stored[0], "--weights", other)
+    result = invoke("predict", trained_dir.model_dir, trained_dir.stored[0], "--weights", other)
     assert result.exit_code == 1
     (line,) = errors(result.output)
     assert "does not match the extractor's" in line and "random:seed=0" in line
 
 
-def test_an_older_model_dir_without_its_backbone_copy(model, predicted, tmp_path, monkeypatch):
-    old = shutil.copytree(model.model_dir, tmp_path / "old")
+def test_an_older_model_dir_without_its_backbone_copy(
+    trained_dir, predicted, tmp_path, monkeypatch
+):
+    old = shutil.copytree(trained_dir.model_dir, tmp_path / "old")
     (old / BACKBONE_FILE).unlink()
-    result = invoke("predict", old, model.stored[0])
+    result = invoke("predict", old, trained_dir.stored[0])
     assert result.exit_code == 1
     (line,) = errors(result.output)
     assert "random:seed=0 weights" in line and "--weights PATH" in line
-    result = invoke("predict", old, model.stored[0], "--json", "--top-k", "2",
-                    "--weights", backbone_sidecar(model.store))  # fmt: skip
+    result = invoke("predict", old, trained_dir.stored[0], "--json", "--top-k", "2",
+                    "--weights", backbone_sidecar(trained_dir.store))  # fmt: skip
     assert result.exit_code == 0, result.output
     (record,) = json_records(result.stdout)
-    expected = predicted[str(model.stored[0])]["probabilities"]
+    expected = predicted[str(trained_dir.stored[0])]["probabilities"]
     np.testing.assert_allclose(
         list(record["probabilities"].values()), list(expected.values()), atol=FLOAT16_ATOL
     )
@@ -272,7 +230,7 @@ def test_an_older_model_dir_without_its_backbone_copy(model, predicted, tmp_path
         raise WeightsError("not cached") from OSError("network unreachable")
 
     monkeypatch.setattr("pipeline.model_dir.imagenet_weights_file", offline)
-    result = invoke("predict", old, model.stored[0])
+    result = invoke("predict", old, trained_dir.stored[0])
     assert result.exit_code == 1
     (line,) = errors(result.output)
     assert "imagenet weights" in line and "network unreachable" in line
@@ -287,14 +245,14 @@ def test_stage_modules_do_not_import_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_stop_from_another_thread_ends_predict_waiting_on_a_hung_decoder(model, monkeypatch):
+def test_stop_from_another_thread_ends_predict_waiting_on_a_hung_decoder(trained_dir, monkeypatch):
     """#11 item 9: ``stop=`` set while the consumer waits on the queue ends the iteration."""
     import threading
 
     from pipeline.predict import Predictor
 
-    hung, entered, release = model.unseen[0], threading.Event(), threading.Event()
-    original = featurize.VideoReader.chunks
+    hung, entered, release = trained_dir.unseen[0], threading.Event(), threading.Event()
+    original = video.VideoReader.chunks
 
     def chunks(self, *args, **kwargs):  # simulated hang: a read that never returns a frame
         if self.path.name == hung.name:
@@ -302,10 +260,10 @@ def test_stop_from_another_thread_ends_predict_waiting_on_a_hung_decoder(model, 
             release.wait()
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(featurize.VideoReader, "chunks", chunks)
+    monkeypatch.setattr(video.VideoReader, "chunks", chunks)
     stop, got = threading.Event(), []
     thread = threading.Thread(
-        target=lambda: got.extend(Predictor(model.model_dir).predict([hung], stop=stop)),
+        target=lambda: got.extend(Predictor(trained_dir.model_dir).predict([hung], stop=stop)),
         daemon=True,
     )
     thread.start()

@@ -210,7 +210,7 @@ def remove_unreferenced(shards_dir: Path, referenced: set[str]) -> list[Path]:
         return []
     found = (p for pattern in STORE_FILES for p in shards_dir.glob(pattern))
     stale = [p for p in found if p.name not in referenced]
-    stale += list(shards_dir.glob(".*.tmp"))
+    stale += list(shards_dir.glob(fsio.TEMP_GLOB))
     for path in stale:
         fsio.remove(path)
     return stale

@@ -116,6 +116,6 @@ def advance_links(
             f = h5py.File(tmp, "r+")
         with f:
             if recycled:  # kept open meanwhile: nobody else can lock it
-                os.replace(shards_dir / recycled[0], tmp)
+                fsio.swap_in(shards_dir / recycled[0], tmp)
             _add_links(f, videos, -1 if since is None else since, generation)
     return name

@@ -347,6 +347,6 @@ class StoreBuilder:
         """Remove the (empty) staging directory after a successful commit."""
         with contextlib.suppress(OSError):
             (self.parts_dir / "config.json").unlink(missing_ok=True)  # an older vrnn's guard
-            for leftover in self.parts_dir.glob(".*.tmp"):  # temp files of killed writers
+            for leftover in self.parts_dir.glob(fsio.TEMP_GLOB):  # temp files of killed writers
                 leftover.unlink()
             self.parts_dir.rmdir()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import backbone, featurize
+from pipeline import backbone, decoder_thread, featurize
 from pipeline.backbone import make_inference_fn
 from pipeline.contracts import ExtractionFailure, VideoFeatures
 from pipeline.encode import write_video
@@ -89,7 +89,7 @@ def test_n_decoders_give_the_one_decoder_store(
     assert_same_store(snapshot(tmp_path / "features.h5"), snapshot(one_decoder_store))
 
 
-class _HangingReader(featurize.VideoReader):
+class _HangingReader(decoder_thread.VideoReader):
     """A reader that, for one path, blocks before its first frame until ``release`` is set."""
 
     hang_path: Path | None = None
@@ -107,7 +107,7 @@ class _HangingReader(featurize.VideoReader):
 def hanging(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_HangingReader]]:
     events = {"entered": threading.Event(), "release": threading.Event()}
     reader = type("Reader", (_HangingReader,), events)
-    monkeypatch.setattr(featurize, "VideoReader", reader)
+    monkeypatch.setattr(decoder_thread, "VideoReader", reader)
     try:
         yield reader
     finally:
@@ -190,7 +190,7 @@ def test_memory_stays_bounded_with_n_decoders_on_long_videos(tmp_path: Path) -> 
     assert done == sum(frames + i for i in range(decoders))
     # The queue, one chunk being built per decoder, one batch, and the assembled features of
     # the videos in progress (float16 + float32 rows): far below all frames at once.
-    queued = (queue_depth(decoders) + 2 * decoders) * featurize.CHUNK_FRAMES * frame_bytes
+    queued = (queue_depth(decoders) + 2 * decoders) * decoder_thread.CHUNK_FRAMES * frame_bytes
     features = decoders * (frames + decoders) * 1280 * 4  # float16 rows + their concatenation
     bound = queued + 32 * frame_bytes + features + 4 * 2**20
     assert bound < all_frames / 2  # the test can tell bounded from unbounded
