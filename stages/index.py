@@ -47,6 +47,7 @@ def command(
     check_output(output, MANIFEST, overwrite=overwrite)
     fractions = SplitFractions.from_holdout(val=val_frac, test=test_frac)
     result = index_source(source, ucf101_lists=ucf101_lists, split_id=split_id, fractions=fractions)
+    output.parent.mkdir(parents=True, exist_ok=True)  # as every other command does
     write_manifest(result.records, output)
     splits = ", ".join(f"{name} {count}" for name, count in result.split_counts().items())
     skipped = f"; skipped {result.skipped} non-video files" if result.skipped else ""

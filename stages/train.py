@@ -53,7 +53,7 @@ def command(
     head: Annotated[
         Head,
         typer.Option(
-            help="delta (the default): linear on [mean, trend, mean |frame-to-frame change|]; "
+            help="delta (the default): linear on (mean, trend, mean |frame-to-frame change|); "
             "lstm, gru, bigru; baselines meanpool and trend."
         ),
     ] = DEFAULTS.head,
@@ -117,7 +117,8 @@ def command(
         float, typer.Option(callback=bounded(0, 1), help="AdamW weight decay (0: Adam).")
     ] = DEFAULTS.weight_decay,
 ) -> None:
-    """Train an RNN head on cached features (labels and splits from the manifest)."""
+    """Train a head (linear `delta` by default, or an RNN) on cached features (labels and
+    splits from the manifest)."""
     from pipeline.join import describe_missing
     from pipeline.manifest import read_manifest
     from pipeline.outputs import MODEL_DIR, check_output
