@@ -119,7 +119,6 @@ def command(
 ) -> None:
     """Train a head (linear `delta` by default, or an RNN) on cached features (labels and
     splits from the manifest)."""
-    from pipeline.join import describe_missing
     from pipeline.manifest import read_manifest
     from pipeline.outputs import MODEL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
@@ -147,14 +146,14 @@ def command(
     budget = parse_memory_budget(memory_budget)
     records = read_manifest(manifest)
     result = train(
-        records, features, output, config, on_epoch=_epoch_line(epochs), memory_budget=budget
+        records,
+        features,
+        output,
+        config,
+        on_epoch=_epoch_line(epochs),
+        on_warning=console.warning,
+        memory_budget=budget,
     )
-    if result.missing:
-        console.warning(describe_missing(result.missing))
-    for note in result.warnings:
-        console.warning(note)
-    if not result.counts["val"]:
-        console.warning("no val split: trained without early stopping")
     last = result.history[result.best_epoch - 1]
     val = f", val_accuracy {last['val_accuracy']:.3f}" if "val_accuracy" in last else ""
     typer.echo(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import csv
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -205,12 +204,11 @@ def test_model_dir_reloads_in_a_fresh_process_with_identical_predictions(data, t
     np.testing.assert_array_equal(np.load(out), training.predict_videos(loaded, videos))
 
 
-def test_without_a_val_split_training_runs_every_epoch(data, tmp_path, caplog):
+def test_without_a_val_split_training_runs_every_epoch(data, tmp_path):
     records = [r for r in data["records"] if r.split != "val"]
     config = TrainConfig(seq_len=8, epochs=2, batch_size=16)
-    with caplog.at_level(logging.WARNING, logger="pipeline.training"):
-        result = training.train(records, data["store"], tmp_path / "m", config)
-    assert "without early stopping" in caplog.text
+    result = training.train(records, data["store"], tmp_path / "m", config)
+    assert any("without early stopping" in note for note in result.warnings)
     assert len(result.history) == 2 and result.counts["val"] == 0
     assert [r["val_loss"] for r in _rows(tmp_path / "m" / "history.csv")] == ["", ""]
 
@@ -277,6 +275,9 @@ def test_vrnn_train_and_evaluate(data, tmp_path):
     assert "1 manifest video(s) skipped: 1 not in the feature store" in result.output
     noisy = "warning: the val split has fewer than 5 clips in some class ('clap': 4); early"
     assert noisy in result.output  # 4 val clips per class
+    first_epoch = result.output.index("epoch   1/3")
+    assert result.output.index(noisy) < first_epoch  # data warnings before training starts
+    assert result.output.index("1 manifest video(s) skipped") < first_epoch
     assert f"→ {models}" in result.output
     result = runner.invoke(app, ["evaluate", str(models), str(data["manifest"]),
                                  str(data["store"]), "-o", str(metrics)])  # fmt: skip
@@ -286,6 +287,18 @@ def test_vrnn_train_and_evaluate(data, tmp_path):
     with open(metrics / "per_class.csv", newline="") as f:
         worst = min(csv.DictReader(f), key=lambda row: float(row["f1"]))
     assert f"worst F1 {float(worst['f1']):.3f} ({worst['label']}) on " in summary
+
+
+def test_train_without_val_warns_once_before_epoch_1(data, tmp_path):
+    manifest = write_manifest(
+        [r for r in data["records"] if r.split != "val"], tmp_path / "manifest.csv"
+    )
+    result = CliRunner().invoke(app, ["train", str(manifest), str(data["store"]), "-o",
+                                      str(tmp_path / "m"), "--epochs", "2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if "early stopping" in line]
+    assert len(said) == 1 and said[0].startswith("warning: "), result.output
+    assert result.output.index(said[0]) < result.output.index("epoch   1/2")
 
 
 def test_a_class_with_one_training_clip_trains_with_a_warning_naming_it(data, tmp_path):
