@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import fit, heads, metrics, plots
-from pipeline.choices import Split, choose
+from pipeline.choices import ALWAYS_STANDARDIZED, Split, choose
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError, StoreError
 from pipeline.file_names import EVAL_FILES
@@ -292,7 +292,7 @@ def configured_head(
     """The compiled head ``config`` describes; its standardization (when the head or
     ``config.normalize`` asks for one) fitted on ``train_videos``' evaluation sequences."""
     normalize_on = None
-    if config.normalize or config.head in heads.ALWAYS_STANDARDIZED:
+    if config.normalize or config.head in ALWAYS_STANDARDIZED:
         normalize_on = EvalBatches(train_videos, config.seq_len, batch_size=NORMALIZE_BATCH)
     return heads.build_head(
         config, num_classes=num_classes, feature_dim=feature_dim, normalize_on=normalize_on

@@ -142,6 +142,11 @@ def command(
         weight_decay=weight_decay,
     )
     config.validate()  # before reading anything
+    if ignored := config.ignored_options():
+        console.warning(
+            f"{', '.join(ignored)} ha{'ve' if len(ignored) > 1 else 's'} no effect "
+            f"with --head {head}"
+        )
     check_output(output, MODEL_DIR)  # before training: a refused output wastes no epochs
     budget = parse_memory_budget(memory_budget)
     records = read_manifest(manifest)

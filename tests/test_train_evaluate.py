@@ -301,6 +301,17 @@ def test_train_without_val_warns_once_before_epoch_1(data, tmp_path):
     assert result.output.index(said[0]) < result.output.index("epoch   1/2")
 
 
+def test_an_option_the_head_does_not_read_is_warned_in_one_line(data, tmp_path):
+    args = ["train", str(data["manifest"]), str(data["store"]), "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a"), "--units", "128"])
+    assert result.exit_code == 0, result.output
+    assert "warning: --units has no effect with --head delta\n" in result.output
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b"), "--head", "gru",
+                                      "--units", "16", "--normalize"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "no effect" not in result.output
+
+
 def test_a_class_with_one_training_clip_trains_with_a_warning_naming_it(data, tmp_path):
     records = [r for r in data["records"] if r.split != "train" or r.label != "jump"]
     records.append(next(r for r in data["records"] if r.split == "train" and r.label == "jump"))
