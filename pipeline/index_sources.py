@@ -54,6 +54,11 @@ class IndexResult:
         """Distinct labels, sorted."""
         return sorted({r.label for r in self.records})
 
+    def labels_missing(self, split: str) -> list[str]:
+        """Labels with no video in ``split`` (too few groups to deal one out), sorted."""
+        present = {r.label for r in self.records if r.split == split}
+        return [label for label in self.labels if label not in present]
+
 
 def _sorted(records: Iterable[VideoRecord]) -> list[VideoRecord]:
     return sorted(records, key=lambda r: (r.label, r.path.as_posix()))

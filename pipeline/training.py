@@ -100,6 +100,9 @@ class EvalResult:
         labels: class names, in index order.
         files: the metric files written.
         missing: manifest rows of the split not found in the store (excluded).
+        input_plan: whether the split was read into memory or in chunks.
+        warnings: why the scores are weaker than they look
+            (:func:`pipeline.metrics.split_warnings`).
     """
 
     summary: metrics.EvalSummary
@@ -109,6 +112,7 @@ class EvalResult:
     files: list[Path]
     missing: list[VideoRecord]
     input_plan: InputPlan
+    warnings: list[str]
 
 
 def _stop_on_non_finite_loss(
@@ -395,4 +399,7 @@ def evaluate(
     metrics.write_confusion(files[2], targets, probs.argmax(axis=1), trained.labels)
     plots.save_png(plots.confusion_figure(confusion, trained.labels), files[3])
     plots.save_png(plots.f1_figure(per_class), files[4])
-    return EvalResult(summary, per_class, confusion, trained.labels, files, joined.missing, plan)
+    notes = metrics.split_warnings(per_class, split)
+    return EvalResult(
+        summary, per_class, confusion, trained.labels, files, joined.missing, plan, notes
+    )

@@ -11,6 +11,10 @@ from pipeline.index_sources import index_source
 from pipeline.manifest import write_manifest
 from pipeline.outputs import MANIFEST, check_output
 from pipeline.splits import SplitFractions
+from stages import console
+
+MAX_NAMED = 5
+"""Labels named in one warning line; the rest are counted."""
 
 
 def command(
@@ -56,6 +60,15 @@ def command(
             f"; skipped {result.outside} videos outside any class folder "
             f"(directly in {source}; move them into SOURCE/<label>/)"
         )
+    chosen = {"val": fractions.val, "test": fractions.test}
+    for split, share in chosen.items():
+        if share and (absent := result.labels_missing(split)):
+            named = ", ".join(map(repr, absent[:MAX_NAMED]))
+            more = f" and {len(absent) - MAX_NAMED} more" if len(absent) > MAX_NAMED else ""
+            console.warning(
+                f"the {split} split has no group of label(s) {named}{more}: its scores will "
+                "not cover them; index more recordings (groups) of them"
+            )
     typer.echo(
         f"indexed {len(result.records)} videos in {len(result.labels)} labels "
         f"({splits}){skipped} → {output}"

@@ -232,3 +232,17 @@ console.show(table)
     for shown in (done.stdout, done.stderr):
         row = next(line for line in shown.splitlines() if label in line)
         assert str(path) in row and "0.98" in row, shown
+
+
+def test_index_warns_when_a_split_gets_no_group_of_some_label(make_video, tmp_path):
+    make_video("few/bikes/ride.mp4", n_frames=2)
+    for i in range(8):
+        make_video(f"few/cars/drive{i}.mp4", n_frames=2)
+    root = make_video("few/cars/drive0.mp4", n_frames=2).parents[1]
+    result = invoke("index", root, "-o", tmp_path / "m.csv")
+    assert result.exit_code == 0, result.output
+    for split in ("val", "test"):
+        assert f"warning: the {split} split has no group of label(s) 'bikes'" in result.stderr
+    assert "'cars'" not in result.stderr
+    quiet = invoke("index", root, "-o", tmp_path / "q.csv", "--val-frac", "0", "--test-frac", "0")
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr, quiet.output

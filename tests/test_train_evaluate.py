@@ -312,6 +312,21 @@ def test_an_option_the_head_does_not_read_is_warned_in_one_line(data, tmp_path):
     assert "no effect" not in result.output
 
 
+def test_evaluate_names_classes_the_split_cannot_score(data, trained, tmp_path):
+    test = [r for r in data["records"] if r.split == "test"]
+    kept = [r for r in test if r.label == "clap"] + [r for r in test if r.label == "jump"][:2]
+    manifest = write_manifest(kept, tmp_path / "manifest.csv")
+    result = CliRunner().invoke(app, ["evaluate", str(trained.model_dir), str(manifest),
+                                      str(data["store"]), "-o", str(tmp_path / "m")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: class(es) 'wave' have no test clip: left out of worst F1" in result.output
+    assert "warning: the test split has fewer than 5 clips in some class ('jump': 2)" in (
+        result.output
+    )
+    (summary,) = [line for line in result.output.splitlines() if line.startswith("test: top-1")]
+    assert "(wave)" not in summary and "worst F1" in summary
+
+
 def test_a_class_with_one_training_clip_trains_with_a_warning_naming_it(data, tmp_path):
     records = [r for r in data["records"] if r.split != "train" or r.label != "jump"]
     records.append(next(r for r in data["records"] if r.split == "train" and r.label == "jump"))
