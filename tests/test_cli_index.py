@@ -246,3 +246,36 @@ def test_index_warns_when_a_split_gets_no_group_of_some_label(make_video, tmp_pa
     assert "'cars'" not in result.stderr
     quiet = invoke("index", root, "-o", tmp_path / "q.csv", "--val-frac", "0", "--test-frac", "0")
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr, quiet.output
+
+
+@pytest.fixture
+def cuts(make_video) -> Path:
+    """``cuts/<label>/rec<R>_cut<C>.mp4``: 2 labels × 4 recordings × 3 clips cut from each."""
+    for label in ("bikes", "cars"):
+        for r in range(4):
+            for c in range(3):
+                make_video(f"cuts/{label}/rec{label[0]}{r}_cut{c}.mp4", n_frames=2)
+    return make_video("cuts/bikes/recb0_cut0.mp4", n_frames=2).parents[1]
+
+
+def test_group_by_keeps_the_clips_of_one_recording_in_one_split(cuts, tmp_path):
+    out = tmp_path / "m.csv"
+    result = invoke("index", cuts, "-o", out, "--group-by", r"^(rec\w\d)_cut")
+    assert result.exit_code == 0, result.output
+    records = read_manifest(out)
+    assert {r.group for r in records} == {f"rec{x}{r}" for x in "bc" for r in range(4)}
+    for group in {r.group for r in records}:
+        assert len({r.split for r in records if r.group == group}) == 1, group
+    assert invoke("index", cuts, "-o", tmp_path / "alone.csv").exit_code == 0
+    alone = read_manifest(tmp_path / "alone.csv")
+    assert len({r.group for r in alone}) == 24  # without it every file is its own group
+
+
+def test_group_by_refuses_files_it_does_not_match_and_bad_patterns(cuts, tmp_path, make_video):
+    make_video("cuts/cars/stray.mp4", n_frames=2)
+    result = invoke("index", cuts, "-o", tmp_path / "m.csv", "--group-by", r"^(rec\w\d)_")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: --group-by '^(rec\\w\\d)_' matches no part of 1 ")
+    assert "stray.mp4" in result.stderr and result.stderr.count("\n") == 1
+    bad = invoke("index", cuts, "-o", tmp_path / "m.csv", "--group-by", "(rec")
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: --group-by '(rec' is not a ")
