@@ -18,7 +18,8 @@ import numpy as np
 TOP5_MIN_CLASSES = 6
 """Top-5 accuracy is only reported when there are more than 5 classes (else it is always 1)."""
 MIN_SCORED_PER_CLASS = 5
-"""Below this many clips of some class in the scored split, its F1 moves by 0.2 per clip."""
+"""Below this many clips of some class in the scored split, each clip moves its recall by more
+than 0.2: the scores are flagged."""
 
 
 @dataclass(frozen=True)
