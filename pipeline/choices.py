@@ -59,6 +59,17 @@ class Head(StrEnum):
     DELTA_LSTM = "delta_lstm"
 
 
+LINEAR_HEADS = frozenset({Head.TREND, Head.DELTA})
+"""Linear softmax heads on clip statistics: no projection, input dropout or hidden layer."""
+DELTA_RNN_HEADS = frozenset({Head.DELTA_GRU, Head.DELTA_LSTM})
+"""``delta``'s clip statistics next to a recurrent layer over the frames and their changes."""
+ALWAYS_STANDARDIZED = frozenset({Head.DELTA}) | DELTA_RNN_HEADS
+"""Heads whose features are always standardized with train-split statistics (``normalize``
+or not): their statistics are part of the head."""
+RECURRENT_HEADS = frozenset(Head) - LINEAR_HEADS - {Head.MEANPOOL}
+"""Heads with recurrent layers (``units``, ``layers``)."""
+
+
 class ExportFormat(StrEnum):
     """``vrnn export --format``: a whole-model file for serving."""
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.choices import Head
+from pipeline.choices import DELTA_RNN_HEADS, LINEAR_HEADS, Head
 from pipeline.contracts import FEATURE_DIM
 from pipeline.errors import ConfigError, ModelError
 from pipeline.train_config import TrainConfig
@@ -34,14 +34,6 @@ log = logging.getLogger(__name__)
 
 HEAD_NAMES = tuple(Head)
 """Builders known to :func:`build_head`; ``delta`` is the default."""
-LINEAR_HEADS = frozenset({Head.TREND, Head.DELTA})
-"""Linear softmax heads on clip statistics: no projection, input dropout or hidden layer."""
-DELTA_RNN_HEADS = frozenset({Head.DELTA_GRU, Head.DELTA_LSTM})
-"""``delta``'s clip statistics next to a recurrent layer over the frames and their changes."""
-ALWAYS_STANDARDIZED = frozenset({Head.DELTA}) | DELTA_RNN_HEADS
-"""Heads whose features are always standardized with train-split statistics (``normalize``
-or not): their statistics are part of the head."""
-
 FEATURES_INPUT = "features"
 MASK_INPUT = "mask"
 

@@ -21,7 +21,7 @@ from pipeline.manifest import (
     read_rows,
     records_from_rows,
 )
-from pipeline.splits import UNSPLIT, SplitFractions, assign_splits, parse_group
+from pipeline.splits import UNSPLIT, SplitFractions, assign_splits, group_rule, parse_group
 from pipeline.video import is_video_path
 from pipeline.walk import walk
 
@@ -53,6 +53,11 @@ class IndexResult:
     def labels(self) -> list[str]:
         """Distinct labels, sorted."""
         return sorted({r.label for r in self.records})
+
+    def labels_missing(self, split: str) -> list[str]:
+        """Labels with no video in ``split`` (too few groups to deal one out), sorted."""
+        present = {r.label for r in self.records if r.split == split}
+        return [label for label in self.labels if label not in present]
 
 
 def _sorted(records: Iterable[VideoRecord]) -> list[VideoRecord]:
@@ -87,7 +92,9 @@ def source_videos(source: Path) -> list[Path]:
     return list(dict.fromkeys(record.path for record in read_manifest(source)))
 
 
-def index_folder(root: Path, fractions: SplitFractions = SplitFractions()) -> IndexResult:
+def index_folder(
+    root: Path, fractions: SplitFractions = SplitFractions(), group_by: str | None = None
+) -> IndexResult:
     """Index a class-per-folder tree ``root/<label>/**/<video files>``.
 
     Class folders may be symlinks; the tree is walked by :func:`pipeline.walk.walk`. Hidden
@@ -98,14 +105,18 @@ def index_folder(root: Path, fractions: SplitFractions = SplitFractions()) -> In
     Args:
         root: the dataset folder.
         fractions: shares of groups per split.
+        group_by: a :func:`~pipeline.splits.group_rule` pattern naming each file's group from
+            its path under the class folder; None: :func:`~pipeline.splits.parse_group`.
 
     Returns:
         The records and the number of skipped files.
 
     Raises:
-        ManifestError: ``root`` missing or without class folders, or a class folder without
-            videos.
+        ManifestError: ``root`` missing or without class folders, a class folder without
+            videos, or files ``group_by`` does not match.
+        ConfigError: ``group_by`` is not a regular expression.
     """
+    rule = group_rule(group_by) if group_by is not None else None
     root = abspath(Path(root))
     if not root.is_dir():
         reason = "is a file, not a folder" if root.exists() else "no such folder"
@@ -121,7 +132,7 @@ def index_folder(root: Path, fractions: SplitFractions = SplitFractions()) -> In
     for p in entries:
         if p.parent != root and not p.is_dir():
             by_label[root / p.relative_to(root).parts[0]].append(p)
-    records = []
+    records, unmatched = [], []
     for label_dir in label_dirs:
         files = by_label[label_dir]
         videos = [p for p in files if is_video_path(p)]
@@ -132,7 +143,17 @@ def index_folder(root: Path, fractions: SplitFractions = SplitFractions()) -> In
             )
         skipped += len(files) - len(videos)
         label = normalise_label(label_dir.name)
-        records += [VideoRecord(p, label, parse_group(p), UNSPLIT) for p in videos]
+        for p in videos:
+            group = parse_group(p) if rule is None else rule(p.relative_to(label_dir).as_posix())
+            if group is None:
+                unmatched.append(p)
+            else:
+                records.append(VideoRecord(p, label, group, UNSPLIT))
+    if unmatched:
+        raise ManifestError(
+            f"--group-by '{group_by}' matches no part of {len(unmatched)} file path(s) under "
+            f"their class folder (first: {unmatched[0]}); every file needs a group"
+        )
     if skipped or outside:
         log.info("%s: skipped %d non-video files, %d videos outside", root, skipped, outside)
     return IndexResult(_sorted(assign_splits(records, fractions)), skipped, outside)
@@ -262,6 +283,7 @@ def index_source(
     ucf101_lists: Path | None = None,
     split_id: int | None = None,
     fractions: SplitFractions = SplitFractions(),
+    group_by: str | None = None,
 ) -> IndexResult:
     """Index whatever ``source`` is: a ``.csv`` file, a UCF101 video root, or a class tree.
 
@@ -270,18 +292,24 @@ def index_source(
         ucf101_lists: folder of the UCF101 lists; when given, ``source`` is the video root.
         split_id: UCF101 official split (1-3, default 1), only with ``ucf101_lists``.
         fractions: shares of groups per split, where the source gives none.
+        group_by: a folder tree's group pattern (see :func:`index_folder`).
 
     Returns:
         The records and the number of skipped files.
 
     Raises:
-        ConfigError: ``split_id`` without ``ucf101_lists``.
+        ConfigError: ``split_id`` without ``ucf101_lists``; ``group_by`` with another source.
     """
     source = Path(source)
+    if group_by is not None and (ucf101_lists is not None or not source.is_dir()):
+        raise ConfigError(
+            "--group-by applies to a class-per-folder tree; a CSV names groups in its "
+            "group column, UCF101 in its file names"
+        )
     if ucf101_lists is not None:
         return index_ucf101(source, ucf101_lists, split_id or 1, fractions)
     if split_id is not None:
         raise ConfigError("--split-id needs --ucf101-lists (it picks an official UCF101 split)")
     if source.suffix.lower() == ".csv" and not source.is_dir():
         return index_csv(source, fractions)
-    return index_folder(source, fractions)
+    return index_folder(source, fractions, group_by)

@@ -17,6 +17,9 @@ import numpy as np
 
 TOP5_MIN_CLASSES = 6
 """Top-5 accuracy is only reported when there are more than 5 classes (else it is always 1)."""
+MIN_SCORED_PER_CLASS = 5
+"""Below this many clips of some class in the scored split, each clip moves its recall by more
+than 0.2: the scores are flagged."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,32 @@ def summarize(
         macro_f1=macro_f1(matrix, labels),
     )
     return summary, per_class_scores(matrix, labels), matrix
+
+
+def worst_class(scores: Sequence[ClassScores]) -> ClassScores | None:
+    """The class with the lowest F1 among those the split holds (support > 0), or None."""
+    return min((s for s in scores if s.support), key=lambda s: s.f1, default=None)
+
+
+def split_warnings(scores: Sequence[ClassScores], split: str) -> list[str]:
+    """One line per reason the scores of ``split`` are weaker than they look: classes with
+    no clip in it (unscored, left out of the worst F1), and fewer than
+    :data:`MIN_SCORED_PER_CLASS` clips in some class."""
+    notes = []
+    absent = [s.label for s in scores if not s.support]
+    if absent:
+        notes.append(
+            f"class(es) {', '.join(map(repr, absent))} have no {split} clip: left out of "
+            "worst F1 and unscored; give the split groups of every class (vrnn index)"
+        )
+    present = [s for s in scores if s.support]
+    fewest = min(present, key=lambda s: s.support, default=None)
+    if fewest is not None and fewest.support < MIN_SCORED_PER_CLASS:
+        notes.append(
+            f"the {split} split has fewer than {MIN_SCORED_PER_CLASS} clips in some class "
+            f"({fewest.label!r}: {fewest.support}); its scores move by whole clips"
+        )
+    return notes
 
 
 def write_summary(path: Path, summary: EvalSummary) -> None:

@@ -10,7 +10,7 @@ import hashlib
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,6 +71,30 @@ def parse_group(path: Path | str) -> str:
     stem = Path(path).stem
     match = _UCF_NAME.match(stem)
     return f"{match['cls']}_g{match['group']}" if match else stem
+
+
+def group_rule(pattern: str) -> Callable[[str], str | None]:
+    """``--group-by``: a file's path under its class folder → the recording it was cut from.
+
+    ``pattern`` is a regular expression searched in that path (posix separators); its first
+    group, or the whole match when it has none, names the group: ``^(.+?)_cut`` groups
+    ``rec7_cut3.mp4`` as ``rec7``, ``^([^/]+)/`` by the sub-folder. None: no match.
+
+    Raises:
+        ConfigError: ``pattern`` is not a regular expression.
+    """
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"--group-by '{pattern}' is not a regular expression: {e}") from None
+
+    def group(relative: str) -> str | None:
+        found = compiled.search(relative)
+        if found is None:
+            return None
+        return (found[1] if compiled.groups else found[0]) or None  # "" names nothing
+
+    return group
 
 
 def _split_counts(n_groups: int, fractions: SplitFractions) -> list[int]:

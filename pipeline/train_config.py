@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from pipeline.choices import Head, choose
+from pipeline.choices import ALWAYS_STANDARDIZED, LINEAR_HEADS, RECURRENT_HEADS, Head, choose
 from pipeline.errors import ConfigError
 from pipeline.sequences import MIN_CROP_FRACTION, check_seq_len
+
+IGNORED_BY = {
+    "units": frozenset(Head) - RECURRENT_HEADS,
+    "layers": frozenset(Head) - RECURRENT_HEADS,
+    "projection": LINEAR_HEADS,
+    "input_dropout": LINEAR_HEADS,
+    "dense_units": LINEAR_HEADS,
+    "normalize": ALWAYS_STANDARDIZED,
+}
+"""Option → the heads whose model it does not change (``tests/test_heads.py`` builds each head
+with each option changed to prove it): no recurrent layer reads ``units``/``layers``; the
+linear heads leave out the projection, input dropout and hidden layer; the delta heads
+always standardize."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +40,7 @@ class TrainConfig:
         seed: seeds weight init, shuffling and temporal crops.
         min_crop_fraction: shortest random training crop, as a fraction of a video.
         normalize: standardize features with train-split statistics inside the model
-            (always on for :data:`pipeline.heads.ALWAYS_STANDARDIZED` heads).
+            (always on for :data:`pipeline.choices.ALWAYS_STANDARDIZED` heads).
         projection: per-frame linear projection width before the temporal layers (0: none).
         input_dropout: dropout on the per-frame inputs of the temporal layers.
         weight_decay: AdamW's decoupled weight decay (0: plain Adam).
@@ -70,6 +83,16 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0, got {self.learning_rate}")
         if not 0.0 < self.min_crop_fraction <= 1.0:
             raise ConfigError(f"min_crop_fraction must be in (0, 1], got {self.min_crop_fraction}")
+
+    def ignored_options(self) -> list[str]:
+        """The options set to a non-default value that have no effect on this head, as
+        ``--flags`` (e.g. ``["--units"]`` for ``head="delta", units=128``)."""
+        default = TrainConfig()
+        return [
+            f"--{name.replace('_', '-')}"
+            for name, heads in IGNORED_BY.items()
+            if self.head in heads and getattr(self, name) != getattr(default, name)
+        ]
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict."""

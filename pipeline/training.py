@@ -8,7 +8,6 @@ the training options and the per-epoch history (:mod:`pipeline.model_dir`).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -18,13 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import fit, heads, metrics, plots
-from pipeline.choices import Split, choose
+from pipeline.choices import ALWAYS_STANDARDIZED, Split, choose
 from pipeline.contracts import ExtractorConfig, VideoRecord
 from pipeline.errors import ConfigError, ManifestError, ModelError, StoreError
 from pipeline.file_names import EVAL_FILES
 from pipeline.join import (
     SplitData,
     class_labels,
+    describe_missing,
     feature_reader,
     join_manifest,
     read_ahead,
@@ -54,8 +54,6 @@ from pipeline.train_config import TrainConfig
 if TYPE_CHECKING:
     import keras
 
-log = logging.getLogger(__name__)
-
 MIN_VAL_PER_CLASS = 5
 NORMALIZE_BATCH = 64
 """Videos per batch when fitting the standardization. Its temporaries stay in the process's
@@ -76,7 +74,9 @@ class TrainResult:
         best_epoch: 1-based epoch whose weights were kept.
         missing: train/val manifest rows not found in the store (excluded).
         input_plan: whether the features were held in memory or streamed, and why.
-        warnings: one-line notes on splits too small to train or stop well on.
+        warnings: one-line notes on the data, found before training: missing videos, the
+            input path when it was not the user's choice, splits too small to train or stop
+            well on.
     """
 
     model_dir: Path
@@ -100,6 +100,9 @@ class EvalResult:
         labels: class names, in index order.
         files: the metric files written.
         missing: manifest rows of the split not found in the store (excluded).
+        input_plan: whether the split was read into memory or in chunks.
+        warnings: why the scores are weaker than they look
+            (:func:`pipeline.metrics.split_warnings`).
     """
 
     summary: metrics.EvalSummary
@@ -109,6 +112,7 @@ class EvalResult:
     files: list[Path]
     missing: list[VideoRecord]
     input_plan: InputPlan
+    warnings: list[str]
 
 
 def _stop_on_non_finite_loss(
@@ -188,6 +192,7 @@ def train(
     config: TrainConfig,
     *,
     on_epoch: fit.EpochCallback | None = None,
+    on_warning: Callable[[str], None] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> TrainResult:
     """Train a head on the manifest's train split, stopping early on its val split.
@@ -198,6 +203,7 @@ def train(
         model_dir: output directory, replaced atomically at the end.
         config: training options.
         on_epoch: called after every epoch with its index and logs.
+        on_warning: called before the first epoch with each of the result's ``warnings``.
         memory_budget: train + val features up to this many bytes are held in memory;
             above it they are streamed from a memory-mapped frame cache (same result).
 
@@ -228,16 +234,21 @@ def train(
         val_data = read_split(store, joined.videos, "val", labels, cache)
         extractor = store.config
     sidecar = checked_sidecar(Path(store_path), extractor)
+    notes = [describe_missing(joined.missing)] if joined.missing else []
+    notes += [plan.note] if plan.note else []
+    notes += small_split_warnings(labels, train_data.targets, val_data.targets)
     validation = None
     if len(val_data.features):
         validation = validation_batches(
             val_data.features, val_data.targets, config.seq_len, config.batch_size
         )
     else:
-        log.warning(
-            "no val videos in the store: training all %d epochs without early stopping",
-            config.epochs,
+        notes.append(
+            f"no val videos in the store: training all {config.epochs} epochs without "
+            "early stopping"
         )
+    for note in notes if on_warning is not None else ():
+        on_warning(note)  # before epoch 1: a user can stop a run that cannot go well
     model, history = fit_config(
         config,
         train_data,
@@ -250,8 +261,6 @@ def train(
     write_model_dir(model_dir, model, labels, extractor, config, history, sidecar)
     best = kept_epoch(history)
     counts = {"train": len(train_data.videos), "val": len(val_data.videos)}
-    notes = [plan.note] if plan.note else []
-    notes += small_split_warnings(labels, train_data.targets, val_data.targets)
     return TrainResult(Path(model_dir), labels, counts, history, best, joined.missing, plan, notes)
 
 
@@ -287,7 +296,7 @@ def configured_head(
     """The compiled head ``config`` describes; its standardization (when the head or
     ``config.normalize`` asks for one) fitted on ``train_videos``' evaluation sequences."""
     normalize_on = None
-    if config.normalize or config.head in heads.ALWAYS_STANDARDIZED:
+    if config.normalize or config.head in ALWAYS_STANDARDIZED:
         normalize_on = EvalBatches(train_videos, config.seq_len, batch_size=NORMALIZE_BATCH)
     return heads.build_head(
         config, num_classes=num_classes, feature_dim=feature_dim, normalize_on=normalize_on
@@ -390,4 +399,7 @@ def evaluate(
     metrics.write_confusion(files[2], targets, probs.argmax(axis=1), trained.labels)
     plots.save_png(plots.confusion_figure(confusion, trained.labels), files[3])
     plots.save_png(plots.f1_figure(per_class), files[4])
-    return EvalResult(summary, per_class, confusion, trained.labels, files, joined.missing, plan)
+    notes = metrics.split_warnings(per_class, split)
+    return EvalResult(
+        summary, per_class, confusion, trained.labels, files, joined.missing, plan, notes
+    )

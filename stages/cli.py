@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
+from typer import rich_utils
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # Typer's vendored Click
 from typer.core import TyperGroup
 
@@ -25,6 +26,9 @@ from pipeline.errors import PipelineError
 from stages import console, evaluate, export, extract, index, predict, sample_data, store, train
 from stages.quiet_tf import quiet_tensorflow
 
+_TYPER_HELP_WIDTH = rich_utils.MAX_WIDTH
+"""Typer's own help width (``TERMINAL_WIDTH``), None when unset."""
+
 
 class _OneLineUsageErrors(TyperGroup):
     """Usage errors as one ``error: …`` line and exit 1, like every other error."""
@@ -32,6 +36,7 @@ class _OneLineUsageErrors(TyperGroup):
     def main(self, args: Sequence[str] | None = None, *a: Any, **kw: Any) -> Any:
         """Run the app; ``standalone_mode`` is handled here, not by Click's panels."""
         kw.pop("standalone_mode", None)
+        rich_utils.MAX_WIDTH = _TYPER_HELP_WIDTH or console.help_width()  # uncut in a log
         try:
             code = super().main(args, *a, standalone_mode=False, **kw)
         except NoArgsIsHelpError as e:
@@ -51,7 +56,8 @@ class _OneLineUsageErrors(TyperGroup):
 app = typer.Typer(
     cls=_OneLineUsageErrors,
     name="vrnn",
-    help="Video classification: cache frozen MobileNetV2 features, train light RNN heads.",
+    help="Video classification: cache frozen MobileNetV2 features, train light heads "
+    "(linear by default, LSTM/GRU).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
@@ -98,7 +104,7 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
     ] = False,
 ) -> None:
-    """Video classification: cache frozen MobileNetV2 features, train light RNN heads."""
+    """Video classification: cache frozen MobileNetV2 features, train light heads."""
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as its bytes
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="surrogateescape")

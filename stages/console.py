@@ -8,6 +8,9 @@ checks that no other module in ``stages/`` creates a console or calls ``.print``
 
 from __future__ import annotations
 
+import os
+import sys
+
 from rich.console import Console, RenderableType
 from rich.text import Text
 
@@ -15,6 +18,37 @@ out = Console(highlight=False)
 """stdout: results (predict's table)."""
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 """stderr: diagnostics; soft_wrap keeps a long path + reason one greppable line in logs."""
+
+
+OFF_TERMINAL_HELP_WIDTH = 120
+"""``--help``'s width when stdout is not a terminal (a log, a pipe, a file): Rich's default
+80 columns cut option names short (``--mixed-precis…``); every option fits in 120."""
+OFF_TERMINAL_TABLE_WIDTH = 10_000
+"""A table's width limit when its stream is not a terminal: each table keeps its natural
+width, so no class name is cut (``b…``) and no path is wrapped in a log."""
+
+
+def _chosen_width() -> bool:
+    """Whether the user set the width (``COLUMNS``, or Typer's ``TERMINAL_WIDTH``)."""
+    return bool(os.environ.get("COLUMNS") or os.environ.get("TERMINAL_WIDTH"))
+
+
+def help_width() -> int | None:
+    """The width for Typer's help: None (Rich measures the terminal, or the user's choice)
+    on a terminal or with a width set; :data:`OFF_TERMINAL_HELP_WIDTH` otherwise."""
+    if _chosen_width() or sys.stdout.isatty():
+        return None
+    return OFF_TERMINAL_HELP_WIDTH
+
+
+def _sized(console: Console) -> Console:
+    """``console``, measuring its terminal, or :data:`OFF_TERMINAL_TABLE_WIDTH` wide when its
+    stream is not one (decided per print: tests and redirections swap the streams)."""
+    if not _chosen_width():
+        console.width = None  # type: ignore[assignment]  # Rich: None = measure again
+        if not console.is_terminal:
+            console.width = OFF_TERMINAL_TABLE_WIDTH
+    return console
 
 
 def plain(text: object) -> Text:
@@ -25,7 +59,7 @@ def plain(text: object) -> Text:
 def line(message: object, *, tag: str = "", style: str = "", to_stdout: bool = False) -> None:
     """Print ``[tag] message`` on stderr (stdout with ``to_stdout``): ``tag`` in ``style``."""
     text = Text.assemble((tag, style), " " if tag and str(message) else "", str(message))
-    (out if to_stdout else err).print(text)
+    _sized(out if to_stdout else err).print(text)
 
 
 def error(message: object) -> None:
@@ -39,5 +73,5 @@ def warning(message: object) -> None:
 
 
 def show(renderable: RenderableType, *, to_stdout: bool = False) -> None:
-    """Print a table built from :func:`plain` cells."""
-    (out if to_stdout else err).print(renderable)
+    """Print a table built from :func:`plain` cells (at its natural width off a terminal)."""
+    _sized(out if to_stdout else err).print(renderable)

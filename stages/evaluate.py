@@ -47,6 +47,7 @@ def command(
     """
     from pipeline.join import describe_missing
     from pipeline.manifest import read_manifest
+    from pipeline.metrics import worst_class
     from pipeline.outputs import EVAL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
     from pipeline.training import evaluate
@@ -57,6 +58,8 @@ def command(
     result = evaluate(model_dir, records, features, output, split=split, memory_budget=budget)
     if result.missing:
         console.warning(describe_missing(result.missing))
+    for note in result.warnings:
+        console.warning(note)
     s = result.summary
     split = s.split
     table = Table(title=console.plain(f"{split}: {s.n} videos, {len(result.labels)} classes"))
@@ -71,7 +74,7 @@ def command(
             str(row.support),
         )
     top5 = f", top-5 {s.top5:.3f}" if s.top5 is not None else ""
-    worst = min(result.per_class, key=lambda r: r.f1, default=None)
+    worst = worst_class(result.per_class)
     worst_f1 = f", worst F1 {worst.f1:.3f} ({worst.label})" if worst is not None else ""
     table.caption = console.plain(
         f"classes sorted by F1, worst first (at most {MAX_CLASS_ROWS} shown)"

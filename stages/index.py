@@ -11,6 +11,10 @@ from pipeline.index_sources import index_source
 from pipeline.manifest import write_manifest
 from pipeline.outputs import MANIFEST, check_output
 from pipeline.splits import SplitFractions
+from stages import console
+
+MAX_NAMED = 5
+"""Labels named in one warning line; the rest are counted."""
 
 
 def command(
@@ -39,6 +43,16 @@ def command(
             "(ignored with --ucf101-lists: the test list is the test split).",
         ),
     ] = 0.15,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            metavar="REGEX",
+            help="Folder trees: the recording a file was cut from, so its clips share a split. "
+            "A regular expression searched in the file's path under its class folder; its "
+            "first group (or the whole match) is the group: '^(.+?)_cut' or '^([^/]+)/' (the "
+            "sub-folder). Default: each file is its own group, UCF101 names by <Class>_g<NN>.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an -o file that is not a manifest vrnn wrote.")
     ] = False,
@@ -46,7 +60,14 @@ def command(
     """Index a video collection into a manifest, with a deterministic group-aware split."""
     check_output(output, MANIFEST, overwrite=overwrite)
     fractions = SplitFractions.from_holdout(val=val_frac, test=test_frac)
-    result = index_source(source, ucf101_lists=ucf101_lists, split_id=split_id, fractions=fractions)
+    result = index_source(
+        source,
+        ucf101_lists=ucf101_lists,
+        split_id=split_id,
+        fractions=fractions,
+        group_by=group_by,
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)  # as every other command does
     write_manifest(result.records, output)
     splits = ", ".join(f"{name} {count}" for name, count in result.split_counts().items())
     skipped = f"; skipped {result.skipped} non-video files" if result.skipped else ""
@@ -55,6 +76,15 @@ def command(
             f"; skipped {result.outside} videos outside any class folder "
             f"(directly in {source}; move them into SOURCE/<label>/)"
         )
+    chosen = {"val": fractions.val, "test": fractions.test}
+    for split, share in chosen.items():
+        if share and (absent := result.labels_missing(split)):
+            named = ", ".join(map(repr, absent[:MAX_NAMED]))
+            more = f" and {len(absent) - MAX_NAMED} more" if len(absent) > MAX_NAMED else ""
+            console.warning(
+                f"the {split} split has no group of label(s) {named}{more}: its scores will "
+                "not cover them; index more recordings (groups) of them"
+            )
     typer.echo(
         f"indexed {len(result.records)} videos in {len(result.labels)} labels "
         f"({splits}){skipped} → {output}"

@@ -53,7 +53,7 @@ def command(
     head: Annotated[
         Head,
         typer.Option(
-            help="delta (the default): linear on [mean, trend, mean |frame-to-frame change|]; "
+            help="delta (the default): linear on (mean, trend, mean |frame-to-frame change|); "
             "lstm, gru, bigru; baselines meanpool and trend."
         ),
     ] = DEFAULTS.head,
@@ -117,8 +117,8 @@ def command(
         float, typer.Option(callback=bounded(0, 1), help="AdamW weight decay (0: Adam).")
     ] = DEFAULTS.weight_decay,
 ) -> None:
-    """Train an RNN head on cached features (labels and splits from the manifest)."""
-    from pipeline.join import describe_missing
+    """Train a head (linear `delta` by default, or an RNN) on cached features (labels and
+    splits from the manifest)."""
     from pipeline.manifest import read_manifest
     from pipeline.outputs import MODEL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
@@ -142,18 +142,23 @@ def command(
         weight_decay=weight_decay,
     )
     config.validate()  # before reading anything
+    if ignored := config.ignored_options():
+        console.warning(
+            f"{', '.join(ignored)} ha{'ve' if len(ignored) > 1 else 's'} no effect "
+            f"with --head {head}"
+        )
     check_output(output, MODEL_DIR)  # before training: a refused output wastes no epochs
     budget = parse_memory_budget(memory_budget)
     records = read_manifest(manifest)
     result = train(
-        records, features, output, config, on_epoch=_epoch_line(epochs), memory_budget=budget
+        records,
+        features,
+        output,
+        config,
+        on_epoch=_epoch_line(epochs),
+        on_warning=console.warning,
+        memory_budget=budget,
     )
-    if result.missing:
-        console.warning(describe_missing(result.missing))
-    for note in result.warnings:
-        console.warning(note)
-    if not result.counts["val"]:
-        console.warning("no val split: trained without early stopping")
     last = result.history[result.best_epoch - 1]
     val = f", val_accuracy {last['val_accuracy']:.3f}" if "val_accuracy" in last else ""
     typer.echo(

@@ -81,3 +81,17 @@ def test_every_readme_link_reaches_a_file() -> None:
     docs = {p.name for p in (REPO / "docs").glob("*.md")}
     linked = {Path(t).name for t in local if t.startswith("docs/")}
     assert "index.md" in linked and {"architecture.md", "performance.md"} <= linked & docs
+
+
+def test_params_yaml_states_where_it_differs_from_the_cli_defaults() -> None:
+    """DVC trains as `vrnn train` does, except where params.yaml's header says otherwise."""
+    import yaml
+
+    from pipeline.train_config import TrainConfig
+
+    text = (REPO / "params.yaml").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    defaults = TrainConfig().to_dict() | {"lr": TrainConfig().learning_rate}
+    for key, value in yaml.safe_load(text)["train"].items():
+        if value != defaults[key]:
+            assert f"{key} {value} (CLI {defaults[key]})" in header, key

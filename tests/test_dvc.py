@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,7 +38,7 @@ def _ran(output: str) -> set[str]:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC repo with this project's pipeline and tiny, fast parameters."""
     root = tmp_path_factory.mktemp("dvcrepo")
-    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy(REPO / name, root / name)
     for folder in ("pipeline", "stages", ".dvc"):
         shutil.copytree(
@@ -99,3 +100,33 @@ def test_bad_param_fails_in_the_stage_with_one_line(repo: Path) -> None:
     output = failed.stdout + failed.stderr
     assert "error:" in output and "transformer" in output
     assert "Traceback" not in output
+
+
+def _exp_metrics(repo: Path) -> dict[str, dict]:
+    """``dvc exp show --json``: each experiment's name → its metrics/eval.json values."""
+    shown = json.loads(_run(repo, "exp", "show", "--json").stdout)
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                files = data.get("metrics") or {}
+                found[rev.get("name") or rev["rev"]] = (
+                    files.get("metrics/eval.json", {}).get("data") or {}
+                )
+    return found
+
+
+def test_experiments_carry_their_metrics(repo: Path) -> None:
+    for key, value in (("user.name", "ci"), ("user.email", "ci@example.invalid")):
+        subprocess.run(["git", "config", key, value], cwd=repo, check=True)
+    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=repo, check=True)
+    _run(repo, "repro")
+    _run(repo, "exp", "run", "-n", "seed1", "-S", "train.seed=1")
+    _run(repo, "exp", "run", "-n", "meanpool", "-S", "train.head=meanpool")
+    found = _exp_metrics(repo)
+    assert {"seed1", "meanpool"} <= set(found), found
+    for name in ("seed1", "meanpool"):
+        assert {"top1", "macro_f1"} <= set(found[name]), (name, found[name])
+    diff = _run(repo, "exp", "diff", "seed1", "meanpool").stdout
+    assert "top1" in diff and "macro_f1" in diff, diff

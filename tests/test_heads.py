@@ -11,6 +11,9 @@ synthetic tasks at a small feature width:
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import keras
 import numpy as np
 import pytest
@@ -304,3 +307,28 @@ def test_delta_rnn_heads_keep_deltas_statistics_and_learn_what_delta_learns(name
     pairs = order_videos(32, seed=1), order_videos(8, seed=2)
     model, _ = fit(name, *pairs, epochs=40, patience=10, normalize=True)
     assert accuracy(model, *order_videos(20, seed=3)) >= 0.9
+
+
+CHANGED = {"units": 9, "layers": 2, "projection": 6, "input_dropout": 0.3, "dense_units": 7,
+           "normalize": True}  # fmt: skip
+"""A value other than the default for each option only some heads read."""
+
+
+def _model_json(config: TrainConfig) -> str:
+    from pipeline.training import configured_head
+
+    videos = [np.random.default_rng(i).normal(size=(10, 8)).astype("float16") for i in range(4)]
+    model = configured_head(config, num_classes=3, feature_dim=8, train_videos=videos)
+    return json.dumps(model.get_config(), sort_keys=True)  # the architecture, not the compile
+
+
+@pytest.mark.parametrize("name", heads.HEAD_NAMES)
+def test_an_option_is_ignored_exactly_when_the_config_says_so(name):
+    """Each option either changes the model built for the head, or is named as ignored."""
+    base = TrainConfig(head=name, seq_len=8)
+    built = _model_json(base)
+    for option, value in CHANGED.items():
+        config = replace(base, **{option: value})
+        ignored = f"--{option.replace('_', '-')}" in config.ignored_options()
+        assert (_model_json(config) == built) == ignored, (name, option)
+    assert base.ignored_options() == []

@@ -129,9 +129,10 @@ def test_readme_dvc_block_runs_in_a_fresh_shell(demo):
     done = fresh_shell(script, repo, home)
     output = done.stdout + done.stderr
     results = {}
-    for match in re.finditer(rf"^{marker} (\d+) (\d+) (.*)$", done.stdout, re.M):
+    matches = list(re.finditer(rf"^{marker} (\d+) (\d+) (.*)$", done.stdout, re.M))
+    for match in matches:
         results[lines[int(match[1])].split("#")[0].strip()] = (int(match[2]), json.loads(match[3]))
-    assert len(results) == len(lines), output[-4000:]
+    assert len(matches) == len(lines), output[-4000:]
     for command, (status, _) in results.items():
         if "extract.weights=imagenet" in command and status != 0:
             # offline: one line naming the weights file and the alternatives, nothing else
@@ -146,3 +147,11 @@ def test_readme_dvc_block_runs_in_a_fresh_shell(demo):
     meanpool = results["dvc exp run -S train.head=meanpool"][1]["top1"]
     assert lo <= round(meanpool, 2) <= hi, f"meanpool top-1 {meanpool}, README says {lo}–{hi}"
     assert (repo / "dvc_plots/index.html").is_file()
+    shown = fresh_shell("source .venv/bin/activate && dvc exp show --json", repo, home)
+    experiments = [rev for base in json.loads(shown.stdout) for exp in base["experiments"] or []
+                   for rev in exp["revs"] if rev.get("data")]  # fmt: skip
+    compared = [rev["data"]["params"]["params.yaml"]["data"]["train"] for rev in experiments
+                if "top1" in ((rev["data"].get("metrics") or {}).get("metrics/eval.json") or {})
+                .get("data", {})]  # fmt: skip
+    assert {"lr": 0.003} in [{"lr": p["lr"]} for p in compared], compared
+    assert "meanpool" in [p["head"] for p in compared], compared

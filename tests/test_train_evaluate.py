@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import csv
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -205,12 +204,11 @@ def test_model_dir_reloads_in_a_fresh_process_with_identical_predictions(data, t
     np.testing.assert_array_equal(np.load(out), training.predict_videos(loaded, videos))
 
 
-def test_without_a_val_split_training_runs_every_epoch(data, tmp_path, caplog):
+def test_without_a_val_split_training_runs_every_epoch(data, tmp_path):
     records = [r for r in data["records"] if r.split != "val"]
     config = TrainConfig(seq_len=8, epochs=2, batch_size=16)
-    with caplog.at_level(logging.WARNING, logger="pipeline.training"):
-        result = training.train(records, data["store"], tmp_path / "m", config)
-    assert "without early stopping" in caplog.text
+    result = training.train(records, data["store"], tmp_path / "m", config)
+    assert any("without early stopping" in note for note in result.warnings)
     assert len(result.history) == 2 and result.counts["val"] == 0
     assert [r["val_loss"] for r in _rows(tmp_path / "m" / "history.csv")] == ["", ""]
 
@@ -277,6 +275,9 @@ def test_vrnn_train_and_evaluate(data, tmp_path):
     assert "1 manifest video(s) skipped: 1 not in the feature store" in result.output
     noisy = "warning: the val split has fewer than 5 clips in some class ('clap': 4); early"
     assert noisy in result.output  # 4 val clips per class
+    first_epoch = result.output.index("epoch   1/3")
+    assert result.output.index(noisy) < first_epoch  # data warnings before training starts
+    assert result.output.index("1 manifest video(s) skipped") < first_epoch
     assert f"→ {models}" in result.output
     result = runner.invoke(app, ["evaluate", str(models), str(data["manifest"]),
                                  str(data["store"]), "-o", str(metrics)])  # fmt: skip
@@ -286,6 +287,44 @@ def test_vrnn_train_and_evaluate(data, tmp_path):
     with open(metrics / "per_class.csv", newline="") as f:
         worst = min(csv.DictReader(f), key=lambda row: float(row["f1"]))
     assert f"worst F1 {float(worst['f1']):.3f} ({worst['label']}) on " in summary
+
+
+def test_train_without_val_warns_once_before_epoch_1(data, tmp_path):
+    manifest = write_manifest(
+        [r for r in data["records"] if r.split != "val"], tmp_path / "manifest.csv"
+    )
+    result = CliRunner().invoke(app, ["train", str(manifest), str(data["store"]), "-o",
+                                      str(tmp_path / "m"), "--epochs", "2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if "early stopping" in line]
+    assert len(said) == 1 and said[0].startswith("warning: "), result.output
+    assert result.output.index(said[0]) < result.output.index("epoch   1/2")
+
+
+def test_an_option_the_head_does_not_read_is_warned_in_one_line(data, tmp_path):
+    args = ["train", str(data["manifest"]), str(data["store"]), "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a"), "--units", "128"])
+    assert result.exit_code == 0, result.output
+    assert "warning: --units has no effect with --head delta\n" in result.output
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b"), "--head", "gru",
+                                      "--units", "16", "--normalize"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "no effect" not in result.output
+
+
+def test_evaluate_names_classes_the_split_cannot_score(data, trained, tmp_path):
+    test = [r for r in data["records"] if r.split == "test"]
+    kept = [r for r in test if r.label == "clap"] + [r for r in test if r.label == "jump"][:2]
+    manifest = write_manifest(kept, tmp_path / "manifest.csv")
+    result = CliRunner().invoke(app, ["evaluate", str(trained.model_dir), str(manifest),
+                                      str(data["store"]), "-o", str(tmp_path / "m")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: class(es) 'wave' have no test clip: left out of worst F1" in result.output
+    assert "warning: the test split has fewer than 5 clips in some class ('jump': 2)" in (
+        result.output
+    )
+    (summary,) = [line for line in result.output.splitlines() if line.startswith("test: top-1")]
+    assert "(wave)" not in summary and "worst F1" in summary
 
 
 def test_a_class_with_one_training_clip_trains_with_a_warning_naming_it(data, tmp_path):
