@@ -1,6 +1,8 @@
 """What the PNG plots add to a demo run: matplotlib's first import plus each image drawn.
 
 Run:  python benchmarks/bench_plots.py [--epochs 60] [--classes 6] [--repeats 3]
+      python benchmarks/bench_plots.py --demo DIR [--repeats 3]
+
 
 ``vrnn train`` and ``vrnn evaluate`` are separate processes, so each pays the import once:
 train draws the curves, evaluate the confusion matrix and the F1 bars. Each repeat runs in a
@@ -8,14 +10,28 @@ fresh interpreter (``python -c``), so the import is cold in the process (warm in
 cache, as on a second demo run). Defaults are the demo's sizes (params.yaml: 60 epochs at
 most, 6 classes). Medians over the repeats, wall and CPU seconds (on a busy machine CPU
 seconds are the honest cost); the budget is the issue's 2 s.
+
+``--demo DIR`` measures the same cost end to end: in DIR, a checkout after ``make demo``, it
+runs the demo's own train and evaluate commands (dvc.yaml's, with params.yaml's values) into a
+temporary folder, alternately as they are and with the three drawing functions replaced by
+no-ops (so matplotlib is never imported), and prints the medians of both and their difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import resource
+import shlex
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
 
 BUDGET_S = 2.0
 
@@ -50,12 +66,70 @@ print(json.dumps(times))
 """
 
 
+LAUNCH = """
+import sys
+from pipeline import plots
+if {no_plots}:
+    plots.save_png = lambda figure, path: None
+    plots.curves_figure = plots.confusion_figure = plots.f1_figure = lambda *a, **k: None
+from stages.cli import app
+app(prog_name="vrnn")
+"""
+
+
+def demo_commands(repo: Path, out: Path) -> list[tuple[dict[str, str], list[str]]]:
+    """dvc.yaml's train and evaluate commands with params.yaml's values, writing under out."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    commands = []
+    for stage in ("train", "evaluate"):
+        cmd = re.sub(r"\$\{(\w+)\.(\w+)\}", lambda m: str(params[m[1]][m[2]]), stages[stage]["cmd"])
+        words = shlex.split(cmd)
+        env = dict(word.split("=", 1) for word in words if re.match(r"^[A-Z_]+=", word))
+        args = words[words.index("vrnn") + 1 :]
+        args = [str(out / a) if a in ("models", "metrics") else a for a in args]
+        commands.append((env, args))
+    return commands
+
+
+def time_demo(repo: Path, repeats: int) -> None:
+    """Median wall and CPU seconds of the demo's train + evaluate, with and without drawing."""
+    seconds: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for _ in range(repeats):
+        for draw in (True, False):
+            with tempfile.TemporaryDirectory() as tmp:
+                start, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+                for env, args in demo_commands(repo, Path(tmp)):
+                    code = LAUNCH.format(no_plots=not draw)
+                    subprocess.run([sys.executable, "-c", code, *args], cwd=repo,
+                                   env={**os.environ, **env}, check=True,
+                                   stdout=subprocess.DEVNULL)  # fmt: skip
+                cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+                seconds[draw].append((time.perf_counter() - start, cpu))
+    median = {
+        draw: [sorted(run[i] for run in runs)[len(runs) // 2] for i in (0, 1)]
+        for draw, runs in seconds.items()
+    }
+    print(f"demo train + evaluate in {repo}, median of {repeats} alternating runs")
+    print(f"{'run':<34}{'wall s':>9}{'CPU s':>9}")
+    for draw, name in ((True, "with the PNGs"), (False, "drawing replaced by no-ops")):
+        print(f"{name:<34}{median[draw][0]:>9.3f}{median[draw][1]:>9.3f}")
+    wall, cpu = (median[True][i] - median[False][i] for i in (0, 1))
+    print(f"{'added by the plots':<34}{wall:>9.3f}{cpu:>9.3f}   (budget {BUDGET_S} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--demo", type=Path, help="a checkout after `make demo`: time its "
+                        "train + evaluate with and without drawing")  # fmt: skip
     args = parser.parse_args()
+    if args.demo:
+        time_demo(args.demo.resolve(), args.repeats)
+        return
     code = PROBE.format(epochs=args.epochs, classes=args.classes)
     runs = [
         json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
