@@ -33,12 +33,12 @@ RUN make setup VENV=/opt/venv EXTRAS=dvc
 
 FROM system
 ARG BAKE_IMAGENET_WEIGHTS=0
+COPY --from=install /opt/venv /opt/venv
+COPY --from=install /opt/video-rnn /opt/video-rnn
 # A run writes nothing outside the mounted folder (the smoke test checks it with docker diff):
 # `docker run --user UID` has no home directory, so the project's bytecode and matplotlib's
 # font cache (Keras imports matplotlib) are made here, and no .pyc is written at run time
 # (TensorFlow's autograph imports modules it generates in /tmp).
-COPY --from=install /opt/venv /opt/venv
-COPY --from=install /opt/video-rnn /opt/video-rnn
 ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/opt/matplotlib
 RUN mkdir -p "$KERAS_HOME" "$MPLCONFIGDIR" \
