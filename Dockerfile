@@ -35,12 +35,21 @@ FROM system
 ARG BAKE_IMAGENET_WEIGHTS=0
 COPY --from=install /opt/venv /opt/venv
 COPY --from=install /opt/video-rnn /opt/video-rnn
-RUN mkdir -p "$KERAS_HOME" \
+# A run writes nothing outside the mounted folder (the smoke test checks it with docker diff):
+# `docker run --user UID` has no home directory, so the project's bytecode and matplotlib's
+# font cache (Keras imports matplotlib) are made here, and no .pyc is written at run time
+# (TensorFlow's autograph imports modules it generates in /tmp).
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    MPLCONFIGDIR=/opt/matplotlib
+RUN mkdir -p "$KERAS_HOME" "$MPLCONFIGDIR" \
+    && python -m compileall -q /opt/video-rnn \
+    && python -c "import matplotlib.font_manager" \
     && if [ "$BAKE_IMAGENET_WEIGHTS" = "1" ]; then \
          python -c "from pipeline.backbone import IMAGENET_SIZES, imagenet_weights_file; [imagenet_weights_file(s) for s in IMAGENET_SIZES]"; \
        fi \
     && useradd --create-home --uid 1000 vrnn \
-    && chmod -R a+rX "$KERAS_HOME"
+    && chmod -R a+rX "$KERAS_HOME" \
+    && chmod 1777 "$MPLCONFIGDIR"
 
 USER vrnn
 WORKDIR /work

@@ -2,8 +2,10 @@
 
 Each builder returns a matplotlib ``Figure`` and :func:`save_png` renders it with the Agg
 rasteriser, so nothing needs a display, a browser or the network, and no pyplot state is
-shared between calls. This is the only module that imports matplotlib, and it does so on
-first use: commands that draw nothing never pay its import (about 0.3 s).
+shared between calls. This is the only project module that imports matplotlib, on first
+use, so ``vrnn --help`` and ``vrnn index`` never load it. Keras itself imports
+``matplotlib.pyplot`` when matplotlib is installed, so every TensorFlow command pays that
+import anyway (measured in docs/plots.md).
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ in_container() {
 }
 
 in_container --help >/dev/null
-in_container sample-data videos --classes 4 --per-class 6 --seed 0
-in_container index videos -o manifest.csv --val-frac 0.2 --test-frac 0.2
+in_container sample-data videos --classes 4 --per-class 9 --seed 0  # 9: every split gets each class
+in_container index videos -o manifest.csv
 in_container extract videos -o features/features.h5 --weights random --input-size 96 \
     --dtype float16
 in_container train manifest.csv features/features.h5 -o models --epochs 5 --batch-size 4 \
