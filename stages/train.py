@@ -54,7 +54,8 @@ def command(
         Head,
         typer.Option(
             help="delta (the default): linear on (mean, trend, mean |frame-to-frame change|); "
-            "lstm, gru, bigru; baselines meanpool and trend."
+            "lstm, gru, bigru; delta_gru, delta_lstm (delta's statistics next to an RNN); "
+            "baselines meanpool and trend."
         ),
     ] = DEFAULTS.head,
     seq_len: Annotated[
