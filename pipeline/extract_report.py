@@ -23,7 +23,8 @@ class ExtractReport:
 
     ``skipped``: files whose content was already in the store (or staged by an interrupted
     run); ``duplicates``: files with the same content as another file of this run (stored
-    once, both paths indexed); ``extracted``: videos added to the store.
+    once, both paths indexed); ``extracted``: videos added to the store; ``foreign_parts``:
+    staged parts the commit refused and left in ``<store>.parts/``.
     """
 
     store: str
@@ -43,6 +44,8 @@ class ExtractReport:
     partial_videos: list[dict] = field(default_factory=list)
     repaired_timestamps: int = 0
     repaired_videos: list[dict] = field(default_factory=list)
+    foreign_parts: int = 0
+    """Staged parts the commit refused (another extractor's, or unreadable): left staged."""
     tool_version: str = __version__
 
     def note_decodes(self, infos: Iterable[tuple[str, VideoInfo]]) -> None:
