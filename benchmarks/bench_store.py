@@ -1,6 +1,7 @@
 """Feature store v3: does appending cost O(new data) whatever the store's size?
 
 Run:  python benchmarks/bench_store.py [--sizes 2000 10000 20000] [--frames 180] [--append 20]
+      python benchmarks/bench_store.py --commit-cost [--sizes 1000 10000 100000] [--repeats 7]
 
 Synthetic stores (no decoding), grown in place from the smallest size to the largest: filler
 videos in shards of 1,000 plus a rebuilt base index (``publish(rebuild=True)``, as after a
@@ -17,6 +18,12 @@ appending once to every copy), at each size:
                     random videos, next to the same process's RSS before opening it.
 Filler videos have cheap, very compressible features (so building 20k stays quick); the
 appended ones have ReLU-like random features (about half zeros, like real pooled features).
+
+``--commit-cost``: the CPU time (``time.process_time``) of one 1-video commit at each store
+size, side by side (each round commits once to every store; median and most of the rounds),
+next to the CPU time of opening the store for writing (``StoreBuilder``: the lock and the
+one read of the index). Filler videos have one frame each (``--frames`` is ignored), so a
+100k-video store builds in a few minutes.
 """
 
 from __future__ import annotations
@@ -147,24 +154,80 @@ def _measure_append(store: Path, start: int, count: int, frames: int) -> dict:
     }
 
 
+def _build_stores(tmp: Path, sizes: list[int], frames: int) -> tuple[dict, dict]:
+    """A copy of one store grown to each size: ``{size: store}``, ``{size: row}``."""
+    growing = tmp / "growing" / "features.h5"
+    growing.parent.mkdir()
+    (tmp / "sources").mkdir()
+    stores, rows = {}, {}
+    for target in sorted(sizes):
+        t = time.perf_counter()
+        _grow(growing, target, frames)
+        stores[target] = _copy(growing, tmp / f"store{target}")
+        rows[target] = {"videos": target, "build_s": time.perf_counter() - t}
+    return stores, rows
+
+
+def _measure_commit(store: Path, n: int) -> tuple[float, float]:
+    """CPU seconds of opening ``store`` for writing, and of committing one staged video."""
+    vf = _video(store.parent.parent, n, 30, True, np.random.default_rng(n))
+    t = time.process_time()
+    with StoreBuilder(store, CONFIG) as builder:
+        opened = time.process_time() - t
+        write_part(builder.parts_dir, CONFIG, vf)
+        t = time.process_time()
+        builder.commit()
+        committed = time.process_time() - t
+        builder.discard_staging()
+    return opened, committed
+
+
+def commit_cost(args: argparse.Namespace) -> None:
+    """Print the table of 1-video commit CPU time against the store's size."""
+    sizes = args.sizes if args.sizes != DEFAULT_SIZES else [1000, 10000, 100000]
+    with tempfile.TemporaryDirectory(dir=args.root) as tmp:
+        stores, rows = _build_stores(Path(tmp), sizes, 1)
+        cpu: dict[int, list[tuple[float, float]]] = {size: [] for size in stores}
+        next_id = 10**9
+        for _ in range(args.repeats):
+            for size, store in stores.items():
+                cpu[size].append(_measure_commit(store, next_id))
+                next_id += 1
+    print(f"\n1-video commit, CPU ms (time.process_time), median (most) of {args.repeats}")
+    print("| stored videos | build s | open for writing ms | commit ms | commit ÷ smallest |")
+    print("|---:|---:|---:|---:|---:|")
+    smallest = float(np.median([c for _, c in cpu[min(cpu)]]))
+    for size in sorted(cpu):
+        opened, committed = (np.array(x) * 1e3 for x in zip(*cpu[size], strict=True))
+        median = float(np.median(committed))
+        print(
+            f"| {size:,} | {rows[size]['build_s']:.0f} | {np.median(opened):.1f} "
+            f"({opened.max():.1f}) | {median:.1f} ({committed.max():.1f}) | "
+            f"{median / (smallest * 1e3):.2f}× |"
+        )
+    largest = float(np.median([c for _, c in cpu[max(cpu)]]))
+    print(f"\n{max(cpu):,} vs {min(cpu):,} videos: commit CPU {largest / smallest:.2f}×")
+
+
+DEFAULT_SIZES = [2000, 10000, 20000]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
     parser.add_argument("--frames", type=int, default=180)
     parser.add_argument("--append", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="appends per size (best of)")
     parser.add_argument("--root", type=Path, default=None, help="where to build (default: tmp)")
+    parser.add_argument(
+        "--commit-cost", action="store_true", help="1-video commit CPU time per store size"
+    )
     args = parser.parse_args()
+    if args.commit_cost:
+        commit_cost(args)
+        return
     with tempfile.TemporaryDirectory(dir=args.root) as tmp:
-        growing = Path(tmp) / "growing" / "features.h5"
-        growing.parent.mkdir()
-        (Path(tmp) / "sources").mkdir()
-        stores, rows = {}, {}
-        for target in sorted(args.sizes):
-            t = time.perf_counter()
-            _grow(growing, target, args.frames)
-            stores[target] = _copy(growing, Path(tmp) / f"store{target}")
-            rows[target] = {"videos": target, "build_s": time.perf_counter() - t}
+        stores, rows = _build_stores(Path(tmp), args.sizes, args.frames)
         # Side by side: each round appends once to every store, so load changes hit all sizes.
         appends: dict[int, list[dict]] = {size: [] for size in stores}
         next_id = 10**9

@@ -403,6 +403,7 @@ def run_extraction(
             report.frames = summary.frames_added
             report.failed = len(summary.failures)
             report.failures = [asdict(f) for f in summary.failures]
+            report.foreign_parts = summary.foreign
             now = time.perf_counter()
             report.seconds = round(now - started, 3)
             if summary.frames_added:

@@ -25,7 +25,8 @@ class ExtractReport:
     run); ``duplicates``: files with the same content as another file of this run (stored
     once, both paths indexed); ``extracted``: videos added to the store;
     ``multi_stream_videos``: added videos whose file has several moving video streams (only
-    ``stream_index``, FFmpeg's best stream, was extracted).
+    ``stream_index``, FFmpeg's best stream, was extracted); ``foreign_parts``: staged parts
+    the commit refused and left in ``<store>.parts/``.
     """
 
     store: str
@@ -47,6 +48,8 @@ class ExtractReport:
     repaired_videos: list[dict] = field(default_factory=list)
     multi_stream: int = 0
     multi_stream_videos: list[dict] = field(default_factory=list)
+    foreign_parts: int = 0
+    """Staged parts the commit refused (another extractor's, or unreadable): left staged."""
     tool_version: str = __version__
 
     def note_decodes(self, infos: Iterable[tuple[str, VideoInfo]]) -> None:

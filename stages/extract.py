@@ -21,6 +21,7 @@ from pipeline.choices import Backbone, FeatureDtype, Resize
 from pipeline.extract import ExtractOptions
 from pipeline.index_sources import source_videos
 from pipeline.outputs import EXTRACT_REPORT, FEATURE_STORE, check_output
+from pipeline.store import parts_dir_for
 from stages import console
 from stages.options import MAX_BATCH, MAX_COUNT, MAX_FPS, MAX_SECONDS, bounded
 
@@ -245,6 +246,11 @@ def command(
         for count, what in [
             (result.partial, "decoded partially"),
             (result.repaired_timestamps, "with repaired timestamps"),
+            (
+                result.foreign_parts,
+                f"staged part(s) refused (another extractor's or unreadable; left in "
+                f"{parts_dir_for(output)})",
+            ),
         ]
         if count
     )

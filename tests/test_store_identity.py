@@ -4,6 +4,7 @@ races are provoked with an injected hook, never by timing."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,11 +14,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from pipeline import extract
 from pipeline.contracts import ExtractorConfig, VideoFeatures, VideoInfo
 from pipeline.errors import StoreError
 from pipeline.extract import hash_files, plan_extraction
 from pipeline.identity import file_sha256, video_id_from_sha256
-from pipeline.store import StoreBuilder, compact, open_store, shards_dir_for, write_part
+from pipeline.store import (
+    StoreBuilder,
+    compact,
+    open_store,
+    parts_dir_for,
+    shards_dir_for,
+    write_part,
+)
 from pipeline.store import read as store_read
 from stages.cli import app
 
@@ -240,3 +249,35 @@ def test_compact_with_a_missing_or_unreadable_shard_is_one_error_line(
     assert result.exit_code == 1, result.output
     assert shard.name in result.output and "features.h5 is unchanged" in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("refused", ["another extractor", "unreadable"])
+def test_extract_reports_the_staged_parts_its_commit_refused(
+    tmp_path: Path, make_video, monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    clip = make_video("videos/clip.mp4", n_frames=4)
+    store_path = tmp_path / "features.h5"
+    parts = parts_dir_for(store_path)
+    stray = _source(tmp_path, "stray.mp4", b"S" * 40)
+    if refused == "unreadable":  # e.g. a part damaged on disk before this run
+        parts.mkdir()
+        (parts / f"{stray.video_id}.h5").write_bytes(b"not hdf5")
+    else:  # a stale worker of another run stages its part while this run extracts
+        real_run_task = extract.run_task
+
+        def run_task_beside_a_stale_worker(*args, **kwargs):
+            write_part(parts, OTHER, stray)
+            return real_run_task(*args, **kwargs)
+
+        monkeypatch.setattr(extract, "run_task", run_task_beside_a_stale_worker)
+    args = ["extract", str(clip.parent), "-o", str(store_path), "--weights", "random"]
+    result = CliRunner().invoke(app, [*args, "--input-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert f"1 staged part(s) refused (another extractor's or unreadable; left in {parts})" in (
+        result.output
+    )
+    report = json.loads((tmp_path / "features.h5.report.json").read_text())
+    assert (report["extracted"], report["foreign_parts"]) == (1, 1)
+    assert (parts / f"{stray.video_id}.h5").exists()
+    with open_store(store_path) as store:
+        assert stray.video_id not in store and len(store) == 1
