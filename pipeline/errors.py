@@ -46,12 +46,13 @@ EXCERPT_CHARS = 40
 """The most characters of a user's input an error line quotes."""
 
 
-def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+def excerpt(text: str, limit: int = EXCERPT_CHARS, *, quoted: bool = True) -> str:
     """``text`` as a short printable quote for a one-line message.
 
     Control characters, NUL and undecodable bytes are escaped (as :func:`repr` does), and
     anything past ``limit`` characters is cut with ``…``: a binary file given where text is
-    expected never fills the terminal with its bytes.
+    expected never fills the terminal with its bytes. ``quoted=False`` leaves out the quotes
+    (for names listed after a colon).
     """
-    shown = repr(text[:limit])[1:-1]
-    return f"'{shown}…'" if len(text) > limit else f"'{shown}'"
+    shown = repr(text[:limit])[1:-1] + ("…" if len(text) > limit else "")
+    return f"'{shown}'" if quoted else shown

@@ -198,7 +198,8 @@ def test_index_creates_the_output_folder(tree):
     assert len(read_manifest(out)) == 12
 
 
-def test_help_texts_keep_their_words():
+def test_help_texts_keep_their_words(monkeypatch):
+    _off_terminal_defaults(monkeypatch)
     train_help = invoke("train", "--help").output
     assert "linear on" in train_help and "mean |frame-to-frame change|" in train_help
     assert "Train an RNN head" not in train_help
@@ -206,7 +207,14 @@ def test_help_texts_keep_their_words():
     assert "light RNN heads" not in top and "linear" in top
 
 
-def test_help_is_not_truncated_when_stdout_is_not_a_terminal():
+def _off_terminal_defaults(monkeypatch) -> None:
+    """No width chosen by the user (pytest-xdist workers inherit COLUMNS=80)."""
+    for name in ("COLUMNS", "TERMINAL_WIDTH"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_help_is_not_truncated_when_stdout_is_not_a_terminal(monkeypatch):
+    _off_terminal_defaults(monkeypatch)
     for command in ("extract", "train", "evaluate", "predict", "index", "export", "store"):
         shown = invoke(command, "--help").output
         assert "…" not in shown, shown

@@ -128,19 +128,20 @@ def test_readme_dvc_block_runs_in_a_fresh_shell(demo):
     )
     done = fresh_shell(script, repo, home)
     output = done.stdout + done.stderr
-    results = {}
     matches = list(re.finditer(rf"^{marker} (\d+) (\d+) (.*)$", done.stdout, re.M))
-    for match in matches:
-        results[lines[int(match[1])].split("#")[0].strip()] = (int(match[2]), json.loads(match[3]))
     assert len(matches) == len(lines), output[-4000:]
-    for command, (status, _) in results.items():
+    # one entry per line, in order: a command may appear twice (git checkout params.yaml)
+    ran = [(lines[int(m[1])].split("#")[0].strip(), int(m[2]), json.loads(m[3])) for m in matches]
+    results = {command: (status, metrics) for command, status, metrics in ran}
+    for command, status, _ in ran:
         if "extract.weights=imagenet" in command and status != 0:
             # offline: one line naming the weights file and the alternatives, nothing else
             assert "could not be downloaded" in output, output[-4000:]
             continue
         assert status == 0, f"{command!r} failed:\n{output[-4000:]}"
     # each line's stdout lies between the previous marker and its own
-    said = dict(zip(results, re.split(rf"^{marker} .*$", done.stdout, flags=re.M), strict=False))
+    segments = re.split(rf"^{marker} .*$", done.stdout, flags=re.M)
+    said = dict(zip((command for command, _, _ in ran), segments, strict=False))
     shown = said["dvc metrics show"]
     assert "metrics/eval.json" in shown and "extract_report" not in shown, shown
     lo, hi = demo_figures()["meanpool"]
