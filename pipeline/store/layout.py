@@ -64,7 +64,10 @@ def open_store_file(path: Path) -> h5py.File:
     except FileNotFoundError:
         raise StoreError(f"{path}: feature store not found") from None
     except OSError as e:
-        raise StoreError(f"{path}: not a readable HDF5 feature store ({e})") from e
+        raise StoreError(
+            f"{path}: not a readable HDF5 feature store ({e}); if it is a damaged store's "
+            "root file, restore it from a copy or re-extract"
+        ) from e
 
 
 def parts_dir_for(store_path: Path) -> Path:
