@@ -94,7 +94,8 @@ def normalise_label(text: str) -> str:
 def _check_header(path: Path, header: list[str], required: Sequence[str]) -> None:
     missing = [name for name in required if name not in header]
     if missing:
-        found = ", ".join(excerpt(name, quoted=False) for name in header[:8]) if any(header) else "none"
+        names = ", ".join(excerpt(name, quoted=False) for name in header[:8])
+        found = names if any(header) else "none"
         found += f" and {len(header) - 8} more" if len(header) > 8 else ""
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)} (found: {found})")
     twice = sorted({name for name in header if name and header.count(name) > 1})

@@ -142,10 +142,13 @@ def verify(store: StorePath) -> None:
             tag=f"{problem.kind}:",
             style="bold red",
         )
+    for line in report.damaged_files:
+        console.line(line, tag="damaged:", style="bold red")
     if not report.clean:
-        console.error(
-            f"{store}: {len(report.problems)} of {report.videos} videos missing or corrupt"
-        )
+        found = [f"{len(report.problems)} of {report.videos} videos missing or corrupt"]
+        if report.damaged_files:
+            found.append(f"{len(report.damaged_files)} store file(s) damaged")
+        console.error(f"{store}: {'; '.join(found)}")
         raise typer.Exit(1)
     typer.echo(f"{store}: all {report.videos} videos intact ({report.frames:,} frames read)")
 

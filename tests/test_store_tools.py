@@ -144,6 +144,33 @@ def test_verify_lists_every_video_of_a_missing_shard(tmp_path, videos) -> None:
     assert len(missing) == 1 and videos[2].video_id in missing[0] and shard in missing[0]
 
 
+def test_verify_fails_a_shard_made_by_another_extractor(tmp_path, videos) -> None:
+    store = _store(tmp_path, videos)
+    with open_store(store) as fs:
+        shard = fs.catalog[videos[1].video_id].shard
+    other = ExtractorConfig(**{**CONFIG.to_dict(), "input_size": 96})  # same width and dtype
+    with h5py.File(shards_dir_for(store) / shard, "r+") as f:  # as if another run wrote it
+        f.attrs["extractor"] = json.dumps(other.to_dict(), sort_keys=True)
+    result = _invoke("store", "verify", store)
+    assert result.exit_code == 1, result.output
+    (damaged,) = [line for line in result.output.splitlines() if line.startswith("damaged:")]
+    assert shard in damaged and "size=96" in damaged and "size=32" in damaged
+    assert "1 store file(s) damaged" in result.output
+
+
+def test_verify_fails_a_store_whose_links_plain_h5py_cannot_open(tmp_path, videos) -> None:
+    store = _store(tmp_path, videos)
+    with h5py.File(store, "r") as f:
+        links = shards_dir_for(store) / str(f.attrs["links_file"])
+    links.write_bytes(b"\0" * 64)  # vrnn's own reader does not need it: only verify can tell
+    result = _invoke("store", "verify", store)
+    assert result.exit_code == 1, result.output
+    (damaged,) = [line for line in result.output.splitlines() if line.startswith("damaged:")]
+    assert str(links) in damaged and "vrnn store compact" in damaged
+    assert _invoke("store", "compact", store).exit_code == 0
+    assert _invoke("store", "verify", store).exit_code == 0
+
+
 @pytest.mark.parametrize("content", [b"not hdf5 at all\n", None])
 def test_verify_and_info_refuse_a_file_that_is_not_a_store(tmp_path, content) -> None:
     path = tmp_path / "notes.h5"

@@ -7,7 +7,8 @@ file, one commit behind), takes it under a temporary name, adds the links of the
 stored since its generation in place and renames it to a new name; the new root then points
 at it. The links file the current root names is never modified. Without a usable spare (a
 new store, a crash, a plain h5py reader holding the spare open) the current links file is
-copied instead: O(videos) bytes, the exception.
+copied instead: O(videos) bytes, the exception (and when the current links file is damaged or
+gone too, a complete one is written from the catalog: the commit heals it).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def advance_links(
     The file is modified only under a temporary name: a kill leaves the current links file
     untouched and a temporary file the next writer deletes.
     """
+    if spare is None and links_generation(shards_dir / current) is None:
+        return write_links(shards_dir, videos, generation)  # current one damaged or gone
     name = new_links_name()
     with fsio.replacing(shards_dir / name) as tmp:
         f = _open_for_update(shards_dir / spare[0]) if spare else None

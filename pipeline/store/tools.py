@@ -2,7 +2,8 @@
 
 Both read through :mod:`pipeline.store.read`. ``info`` touches only the index and each video's
 attributes; ``verify`` reads every feature and timestamp chunk (HDF5 checks each chunk's
-fletcher32 checksum) and checks the index against the data.
+fletcher32 checksum), checks the index against the data, every shard's extractor against the
+root's, and that every ``/videos/<id>`` link opens the plain-h5py way, through the root.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from pipeline.errors import StoreError
 from pipeline.identity import video_id_from_sha256
+from pipeline.store.layout import FEATURES, VIDEOS, config_of
 from pipeline.store.read import FeatureStore, open_store
+
+COMPACT_REMEDY = "`vrnn store compact` rewrites the links"
 
 FIRST_FEW = 5
 """Failures and partial decodes ``info`` lists by name (all of them are counted)."""
@@ -95,7 +100,7 @@ class Problem:
 
     video_id: str
     path: str
-    kind: str  # "missing" (its shard or group is gone) or "corrupt"
+    kind: str  # "missing" (its shard or group is gone), "corrupt" or "unlinked"
     reason: str
 
 
@@ -107,11 +112,13 @@ class VerifyReport:
     videos: int = 0
     frames: int = 0
     problems: list[Problem] = field(default_factory=list)
+    damaged_files: list[str] = field(default_factory=list)
+    """One line per store file found wrong as a whole (a links file, a foreign shard)."""
 
     @property
     def clean(self) -> bool:
-        """True when every video read back intact."""
-        return not self.problems
+        """True when every video read back intact and no store file is damaged."""
+        return not self.problems and not self.damaged_files
 
 
 def _check_video(store: FeatureStore, video_id: str) -> str | None:
@@ -164,7 +171,10 @@ def verify_store(path: Path, on_video: Callable[[int, int], None] | None = None)
         for done, video_id in enumerate(store.video_ids, 1):
             source = sources.get(video_id, "")
             if video_id in missing:
-                reason = f"shard {missing[video_id]} is missing from {store.shards_dir}"
+                reason = (
+                    f"shard {missing[video_id]} is missing from {store.shards_dir}; "
+                    "restore it or re-extract"
+                )
                 report.problems.append(Problem(video_id, source, "missing", reason))
             elif (reason := _check_video(store, video_id)) is not None:
                 report.problems.append(Problem(video_id, source, "corrupt", reason))
@@ -176,4 +186,52 @@ def verify_store(path: Path, on_video: Callable[[int, int], None] | None = None)
             if entry.video_id not in store:
                 reason = "the path index names a video the catalog does not hold"
                 report.problems.append(Problem(entry.video_id, source, "missing", reason))
+        report.damaged_files += _foreign_shards(store, set(missing.values()))
+        flagged = {problem.video_id for problem in report.problems}
+        intact = [vid for vid in store.video_ids if vid not in flagged]
+        _check_links(store, intact, sources, report)
         return report
+
+
+def _foreign_shards(store: FeatureStore, missing: set[str]) -> list[str]:
+    """A line for each shard whose extractor attribute is not the root's (or is unreadable)."""
+    lines = []
+    for shard in sorted({entry.shard for entry in store.catalog.values()} - missing):
+        try:
+            with h5py.File(store.shards_dir / shard, "r") as f:
+                config = config_of(f)
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            lines.append(f"shard {store.shards_dir / shard}: extractor not readable ({e})")
+            continue
+        if not config.same_features(store.config):
+            lines.append(
+                f"shard {store.shards_dir / shard} was made by another extractor "
+                f"({config.describe()}; the store's is {store.config.describe()}); "
+                "re-extract its videos into a new store"
+            )
+    return lines
+
+
+def _check_links(
+    store: FeatureStore, video_ids: list[str], sources: dict[str, str], report: VerifyReport
+) -> None:
+    """Open ``/videos/<id>`` of every intact video through the root, as plain h5py does."""
+    with h5py.File(store.path, "r") as f:
+        link = f.get(VIDEOS, getlink=True)
+        named = isinstance(link, h5py.ExternalLink)
+        where = store.path.parent / link.filename if named else f"{store.path}:/{VIDEOS}"
+        try:
+            group = f[VIDEOS]
+        except (OSError, KeyError) as e:
+            report.damaged_files.append(
+                f"links file {where}: /videos does not open with h5py ({e}); {COMPACT_REMEDY}"
+            )
+            return
+        for video_id in video_ids:
+            try:
+                group[video_id][FEATURES].shape  # noqa: B018 (opening it is the check)
+            except (OSError, KeyError) as e:
+                reason = f"/videos/{video_id} does not open with h5py ({e}); {COMPACT_REMEDY}"
+                report.problems.append(
+                    Problem(video_id, sources.get(video_id, ""), "unlinked", reason)
+                )
