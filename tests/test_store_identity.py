@@ -29,6 +29,7 @@ from pipeline.store import (
 )
 from pipeline.store import read as store_read
 from stages.cli import app
+from tests.test_store import _commit  # commits ``videos`` under test_store's CONFIG
 
 CONFIG = ExtractorConfig(weights="random:seed=0", weights_sha256="ab" * 32, input_size=64)
 OTHER = ExtractorConfig(**{**CONFIG.to_dict(), "input_size": 96})
@@ -44,15 +45,6 @@ def _source(folder: Path, name: str, content: bytes) -> VideoFeatures:
     rng = np.random.default_rng(len(content))
     features = rng.random((frames, 1280), dtype=np.float32)
     return VideoFeatures(video_id_from_sha256(sha), sha, features, np.arange(frames) / 25, info)
-
-
-def _commit(store_path: Path, videos: list[VideoFeatures], config: ExtractorConfig = CONFIG):
-    with StoreBuilder(store_path, config) as builder:
-        for vf in videos:
-            write_part(builder.parts_dir, config, vf)
-        summary = builder.commit()
-        builder.discard_staging()
-    return summary
 
 
 def _h5py_reads(store_path: Path, video_id: str) -> int:
