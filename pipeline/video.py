@@ -246,15 +246,18 @@ class _Retimer(Generic[T]):
     def __init__(self, nominal_period: float) -> None:
         self.period = nominal_period or 1e-3
         self.presentation_pts = False
+        """Set by the reader once packet pts prove to be presentation times; never unset."""
         self.pending: list[tuple[T, float | None]] = []  # in decoder output order
-        self.times: list[float] = []  # heap of the pending pictures' pts
+        self.times: list[float] = []  # heap of the pending pictures' pts (decode-order mode)
         self.last: float | None = None
         self.repaired = 0
 
     def push(self, picture: T, own: float | None) -> Iterator[tuple[T, float]]:
         """Add a decoded picture with its pts (seconds); yield those now settled."""
         self.pending.append((picture, own))
-        if own is not None:
+        if self.presentation_pts:
+            self.times.clear()  # each picture keeps its own pts: the heap is never read again
+        elif own is not None:
             heapq.heappush(self.times, own)
         if len(self.pending) > REORDER_WINDOW:
             yield self._pop()
@@ -266,13 +269,9 @@ class _Retimer(Generic[T]):
 
     def _pop(self) -> tuple[T, float]:
         picture, own = self.pending.pop(self._next())
-        if self.presentation_pts:  # the picture's own pts
-            t = own
-            if own is not None:
-                self.times.remove(own)
-                heapq.heapify(self.times)
-        else:  # the window's earliest pts, whichever picture this is
-            t = heapq.heappop(self.times) if own is not None else None
+        # Presentation pts: the picture's own; decode-order pts: the window's earliest one,
+        # whichever picture this is; missing: repaired below.
+        t = own if self.presentation_pts or own is None else heapq.heappop(self.times)
         if t is None:
             t = 0.0 if self.last is None else self.last + self.period
         elif not self._after_last(t):
