@@ -181,8 +181,16 @@ class VideoFeatures:
 
 @dataclass(frozen=True)
 class ExtractionFailure:
-    """A video that could not be extracted, and why (never silently dropped)."""
+    """A video that could not be extracted, and why (never silently dropped).
+
+    ``size``/``mtime_ns`` are the file's when it was hashed, recorded for failures of the
+    file's content (it does not decode, its decoder hangs): a rerun skips the file while it
+    still has them, unless asked to retry. -1: a failure of the run (the file was missing,
+    unreadable or changing, a worker was killed), retried by every rerun.
+    """
 
     path: str
     reason: str
     video_id: str | None = None
+    size: int = -1
+    mtime_ns: int = -1

@@ -59,11 +59,15 @@ class Decoded:
 
 @dataclass(frozen=True)
 class Failed:
-    """Video ``index`` could not be decoded (its chunks sent so far are void)."""
+    """Video ``index`` could not be decoded (its chunks sent so far are void).
+
+    ``transient``: a failure of this run (out of memory), not of the file's content.
+    """
 
     decoder: DecoderThread
     index: int
     reason: str
+    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ class DecoderThread(threading.Thread):
         except DecodeError as e:
             return self.put(Failed(self, i, _reason(e, path)))
         except MemoryError:
-            return self.put(Failed(self, i, "out of memory while decoding"))
+            return self.put(Failed(self, i, "out of memory while decoding", transient=True))
         except Exception as e:
             # An unexpected error on one file (a decoder or library bug) must not stall
             # a whole batch night after night: record it loudly and go on.

@@ -50,6 +50,7 @@ from pipeline.store import (
     StoreBuilder,
     backbone_sidecar,
     indexed_video_id,
+    known_failure,
     open_store,
     parts_dir_for,
     staged_config,
@@ -74,6 +75,7 @@ class ExtractOptions:
     batch_size: int = 32
     mixed_precision: bool = False
     rehash: bool = False
+    retry_failed: bool = False
     decoders: int | None = None
     """Decoder threads per process; None: ``auto_decoders()`` where the task runs."""
 
@@ -229,6 +231,8 @@ class Plan:
     skipped: int = 0
     duplicates: int = 0
     failures: list[ExtractionFailure] = field(default_factory=list)
+    known_failures: list[ExtractionFailure] = field(default_factory=list)
+    """Files unchanged since their content failed to extract: not tried again."""
 
 
 @dataclass(frozen=True)
@@ -276,20 +280,23 @@ def plan_extraction(
     hasher: FileHasher = hash_files,
     *,
     rehash: bool = False,
+    retry_failed: bool = False,
 ) -> Plan:
-    """Decide per file: skip (content already stored), extract, or fail now.
+    """Decide per file: skip (content already stored or known to fail), extract, or fail now.
 
     Fast path: a file whose path, size and mtime match the store's path index is skipped
-    without reading it (``rehash`` turns this off: every file is hashed). The others are
+    without reading it, and so is a file whose size and mtime are those of its recorded
+    content failure (``known_failures``; ``retry_failed`` tries them again). ``rehash``
+    turns both shortcuts off: every file is hashed. The others are
     hashed by ``hasher`` (all at once, so a cluster hashes them in parallel), and the
     size/mtime recorded at that moment are checked again after decoding. A second path with
     the same content is recorded as an alias. Videos finished by an interrupted run (staged
     parts) are neither redone nor counted as skipped: this run's commit stores them.
     """
-    index, stored = {}, set()
+    index, stored, failed = {}, set(), {}
     if builder.path.exists():
         with open_store(builder.path) as store:
-            index, stored = store.path_index, set(store.video_ids)
+            index, stored, failed = store.path_index, set(store.video_ids), store.failure_index
     staged = builder.staged_ids()
     plan, queued, unknown = Plan(), set(), []
     for path in paths:
@@ -300,6 +307,9 @@ def plan_extraction(
             continue
         if not rehash and indexed_video_id(index, stored, path) is not None:
             plan.skipped += 1
+            continue
+        if not (rehash or retry_failed) and (known := known_failure(failed, path)):
+            plan.known_failures.append(known)
             continue
         unknown.append(path)
     for path, hashed in zip(unknown, hasher([str(p) for p in unknown]), strict=True):
@@ -372,8 +382,11 @@ def run_extraction(
         # A cluster runner hashes new files in its workers; the driver only stats them.
         hasher = getattr(runner, "hash_files", hash_files)
         absolute = [Path(os.path.abspath(p)) for p in paths]
-        plan = plan_extraction(absolute, builder, hasher, rehash=options.rehash)
+        plan = plan_extraction(
+            absolute, builder, hasher, rehash=options.rehash, retry_failed=options.retry_failed
+        )
         report.skipped, report.duplicates = plan.skipped, plan.duplicates
+        report.note_known_failures(plan.known_failures)
         for failure in plan.failures:
             write_failure(builder.parts_dir, failure)
         if on_plan:

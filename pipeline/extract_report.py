@@ -12,9 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import __version__, fsio
-from pipeline.contracts import (
-    VideoInfo,
-)
+from pipeline.contracts import ExtractionFailure, VideoInfo
 
 
 @dataclass
@@ -26,7 +24,9 @@ class ExtractReport:
     once, both paths indexed); ``extracted``: videos added to the store;
     ``multi_stream_videos``: added videos whose file has several moving video streams (only
     ``stream_index``, FFmpeg's best stream, was extracted); ``foreign_parts``: staged parts
-    the commit refused and left in ``<store>.parts/``.
+    the commit refused and left in ``<store>.parts/``; ``known_failures``: files not tried
+    because they are unchanged since their content failed to extract (listed in
+    ``known_failed_videos``; ``--retry-failed`` tries them).
     """
 
     store: str
@@ -50,7 +50,15 @@ class ExtractReport:
     multi_stream_videos: list[dict] = field(default_factory=list)
     foreign_parts: int = 0
     """Staged parts the commit refused (another extractor's, or unreadable): left staged."""
+    known_failures: int = 0
+    known_failed_videos: list[dict] = field(default_factory=list)
     tool_version: str = __version__
+
+    def note_known_failures(self, failures: Iterable[ExtractionFailure]) -> None:
+        """Record the files this run did not try again (unchanged since they failed)."""
+        for failure in failures:
+            self.known_failed_videos.append({"path": failure.path, "reason": failure.reason})
+        self.known_failures = len(self.known_failed_videos)
 
     def note_decodes(self, infos: Iterable[tuple[str, VideoInfo]]) -> None:
         """Record the added videos that decoded partially, had their timestamps repaired or

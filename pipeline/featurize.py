@@ -74,6 +74,13 @@ class WorkItem:
             return True
         return (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns)
 
+    def failure(self, reason: str, *, transient: bool = False) -> ExtractionFailure:
+        """This video's failure: one of its content is remembered with its stat at hash
+        time (a rerun skips the unchanged file); a ``transient`` one (of the run) is not."""
+        if transient:
+            return ExtractionFailure(self.path, reason, self.video_id)
+        return ExtractionFailure(self.path, reason, self.video_id, self.size, self.mtime_ns)
+
 
 @dataclass(frozen=True)
 class VideoDone:
@@ -268,7 +275,7 @@ def iter_features(
                 item = items[busy[0]]
                 log.error("decoder hung on %s; going on without it", item.path)
                 reason = f"decoder hung (no frame for {stall_timeout_sec:g} s)"
-                yield busy[0], ExtractionFailure(item.path, reason, item.video_id)
+                yield busy[0], item.failure(reason)
                 start_decoder()  # takes the remaining videos (exits at once if none)
 
     for _ in range(decoders):
@@ -304,9 +311,9 @@ def iter_features(
                 case Decoded(_, i, info):
                     videos.finished[i] = info
                     yield from videos.complete()  # now, if none of its frames await inference
-                case Failed(_, i, reason):
+                case Failed(_, i, reason, transient):
                     videos.drop(i)
-                    yield i, ExtractionFailure(items[i].path, reason, items[i].video_id)
+                    yield i, items[i].failure(reason, transient=transient)
             yield from abandon_hung()
         if not stop.is_set():
             run_batch()
@@ -352,7 +359,7 @@ def extract_items(
         items, config=config, infer=infer, batch_size=batch_size, stop=stop, decoders=decoders
     ):
         if not isinstance(outcome, ExtractionFailure) and items[i].changed():
-            outcome = ExtractionFailure(items[i].path, CHANGED_REASON, items[i].video_id)
+            outcome = items[i].failure(CHANGED_REASON, transient=True)
         if isinstance(outcome, ExtractionFailure):
             write_failure(parts_dir, outcome)
             result.failed.append(outcome)

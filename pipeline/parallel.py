@@ -27,7 +27,6 @@ from distributed.client import CancelledError
 from distributed.scheduler import KilledWorker
 from distributed.security import Security
 
-from pipeline.contracts import ExtractionFailure
 from pipeline.errors import ClusterError, ConfigError
 from pipeline.extract import FileHash, TaskSpec
 from pipeline.featurize import TaskResult, WorkItem
@@ -427,7 +426,7 @@ class DaskRunner:
                 resubmit([item])
             return result
         for item in left:
-            failure = ExtractionFailure(item.path, KILLED_REASON, item.video_id)
+            failure = item.failure(KILLED_REASON, transient=True)
             write_failure(parts_dir, failure)
             result.failed.append(failure)
         return result

@@ -121,9 +121,17 @@ def command(
         bool,
         typer.Option(
             help="Hash every listed file, even those whose path, size and mtime match the "
-            "store (finds content replaced with the same size and mtime, e.g. cp -p)."
+            "store (finds content replaced with the same size and mtime, e.g. cp -p); "
+            "implies --retry-failed."
         ),
     ] = DEFAULTS.rehash,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            help="Try again the files that failed to decode before (default: skipped while "
+            "their size and mtime are unchanged, and counted)."
+        ),
+    ] = DEFAULTS.retry_failed,
     decoders: Annotated[
         str,
         typer.Option(
@@ -205,6 +213,7 @@ def command(
         batch_size=batch_size,
         mixed_precision=mixed_precision,
         rehash=rehash,
+        retry_failed=retry_failed,
         decoders=parse_decoders(decoders),
     )
     if weights.startswith("random"):
@@ -247,6 +256,10 @@ def command(
             (result.partial, "decoded partially"),
             (result.repaired_timestamps, "with repaired timestamps"),
             (
+                result.known_failures,
+                "known failures skipped (unchanged since they failed; --retry-failed tries them)",
+            ),
+            (
                 result.foreign_parts,
                 f"staged part(s) refused (another extractor's or unreadable; left in "
                 f"{parts_dir_for(output)})",
@@ -272,8 +285,9 @@ def command(
         console.line(f"{failure['path']}: {failure['reason']}", tag="  failed", style="red")
     if result.failed > SHOW_FAILURES:
         console.line(f"  … and {result.failed - SHOW_FAILURES} more (see the report)")
-    if strict and result.failed:
-        console.error(f"{result.failed} videos failed (--strict)")
+    if strict and (result.failed or result.known_failures):
+        earlier = f" ({result.known_failures} in an earlier run)" if result.known_failures else ""
+        console.error(f"{result.failed + result.known_failures} videos failed{earlier} (--strict)")
         raise typer.Exit(1)
 
 

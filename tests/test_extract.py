@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from pipeline import decoder_thread
+from pipeline import decoder_thread, extract
 from pipeline.backbone import build_backbone, parse_weights
 from pipeline.encode import write_video
 from pipeline.errors import StoreError
 from pipeline.extract import ExtractOptions, run_extraction
 from pipeline.store import backbone_sidecar, open_store
+from stages.cli import app
 
 SIZE = 48
 OPTIONS = ExtractOptions(weights="random", input_size=SIZE, resize="squash", batch_size=8)
@@ -167,3 +173,86 @@ def test_unexpected_decoder_error_fails_only_that_video(
     assert (report.extracted, report.failed) == (3, 1)
     assert report.failures[0]["path"] == str(videos[1])
     assert "RuntimeError: simulated library bug" in report.failures[0]["reason"]
+
+
+def _broken_files(folder: Path, source: Path) -> list[Path]:
+    text = folder / "text.mp4"
+    text.write_text("this is not a video")
+    truncated = folder / "truncated.mp4"
+    truncated.write_bytes(source.read_bytes()[:300])
+    return [text, truncated]
+
+
+def test_unchanged_known_failures_are_not_tried_again(
+    videos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#25 item 8: a rerun neither hashes nor decodes a file that failed and is unchanged."""
+    store = tmp_path / "f.h5"
+    broken = _broken_files(tmp_path, videos[0])
+    first = run_extraction([videos[0], *broken], store, OPTIONS)
+    assert (first.extracted, first.failed, first.known_failures) == (1, 2, 0)
+
+    def untouched(path: Path) -> str:
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(extract, "file_sha256", untouched)
+    again = run_extraction([videos[0], *broken], store, OPTIONS)
+    assert (again.extracted, again.skipped, again.failed, again.known_failures) == (0, 1, 0, 2)
+    assert [v["path"] for v in again.known_failed_videos] == [str(p) for p in broken]
+    with open_store(store) as feature_store:  # still recorded as failures
+        assert sorted(f.path for f in feature_store.failures) == [str(p) for p in broken]
+    monkeypatch.undo()
+
+    retried = run_extraction(broken, store, dataclasses.replace(OPTIONS, retry_failed=True))
+    assert (retried.failed, retried.known_failures) == (2, 0)
+    shutil.copy(videos[1], broken[0])  # replaced by a real video: tried again, stored
+    changed = run_extraction(broken, store, OPTIONS)
+    assert (changed.extracted, changed.failed, changed.known_failures) == (1, 0, 1)
+
+
+def test_a_failure_of_the_run_is_tried_again(
+    videos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = decoder_thread.VideoReader.chunks
+
+    def out_of_memory(self, *args, **kwargs):
+        if self.path == videos[1]:
+            raise MemoryError
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(decoder_thread.VideoReader, "chunks", out_of_memory)
+    store = tmp_path / "f.h5"
+    first = run_extraction(videos[:2], store, OPTIONS)
+    assert [f["reason"] for f in first.failures] == ["out of memory while decoding"]
+    monkeypatch.undo()
+    again = run_extraction(videos[:2], store, OPTIONS)
+    assert (again.extracted, again.known_failures) == (1, 0)
+
+
+def test_cli_rerun_with_only_known_failures_never_imports_tensorflow(
+    videos: list[Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(videos[0], folder)
+    broken = _broken_files(folder, videos[0])
+    store = tmp_path / "f.h5"
+    args = [str(folder), "-o", str(store), "--weights", "random", "--input-size", str(SIZE)]
+    args += ["--resize", "squash", "--strict"]
+    assert CliRunner().invoke(app, ["extract", *args]).exit_code == 1  # 2 failed
+    script = f"""
+import sys
+from typer.testing import CliRunner
+from stages.cli import app
+result = CliRunner().invoke(app, ["extract", *{args!r}])
+print(result.output)
+assert result.exit_code == 1, result.exit_code
+assert not {{"tensorflow", "keras"}} & set(sys.modules), "TF imported"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = next(line for line in done.stdout.splitlines() if line.startswith("extracted"))
+    assert "skipped 1 (already stored), failed 0 of 3 videos, 2 known failures skipped" in summary
+    assert "error: 2 videos failed (2 in an earlier run) (--strict)" in done.stdout
+    report = json.loads((tmp_path / "f.h5.report.json").read_text())
+    assert report["known_failures"] == 2 and len(report["known_failed_videos"]) == len(broken)

@@ -158,7 +158,8 @@ def test_file_replaced_after_hashing_is_a_failure_not_wrong_features(tmp_path: P
     store = tmp_path / "features.h5"
     report = run_extraction([first, second], store, OPTIONS, on_plan=replace_second)
     assert (report.extracted, report.failed) == (1, 1)
-    assert report.failures == [{"path": str(second), "reason": CHANGED_REASON, "video_id": old_id}]
+    failure = {"path": str(second), "reason": CHANGED_REASON, "video_id": old_id}
+    assert report.failures == [{**failure, "size": -1, "mtime_ns": -1}]  # -1: retried
     with open_store(store) as feature_store:
         assert old_id not in feature_store  # the new content is not stored under the old id
         assert str(second) not in feature_store.path_index

@@ -23,7 +23,7 @@ from pipeline.store.commit import CommitSummary, staged_config
 from pipeline.store.export import ExportOptions, ExportSummary, export_store
 from pipeline.store.layout import parts_dir_for, shards_dir_for
 from pipeline.store.maintenance import MaintenanceSummary, compact, migrate
-from pipeline.store.read import FeatureStore, indexed_video_id, open_store
+from pipeline.store.read import FeatureStore, indexed_video_id, known_failure, open_store
 from pipeline.store.tools import VerifyReport, store_info, verify_store
 from pipeline.store.write import (
     WEIGHTS_SUFFIX,
@@ -49,6 +49,7 @@ __all__ = [
     "compact",
     "export_store",
     "indexed_video_id",
+    "known_failure",
     "migrate",
     "open_store",
     "parts_dir_for",

@@ -31,6 +31,8 @@ CATALOG = "catalog"
 SHARDS = "shards"
 PATH_INDEX = "path_index"
 REMOVED = "removed"
+FAILURE_STAT = ("sizes", "mtimes_ns")
+"""Failure columns: the file's stat when it was hashed (-1: retried; absent in older files)."""
 BASE, DELTA = "base", "delta"
 ID_DTYPE = f"S{VIDEO_ID_HEX + 1}"
 ROWS_PER_CHUNK = 1024
@@ -160,9 +162,12 @@ def _read_paths(f: h5py.File) -> dict[str, PathEntry | None]:
 def _read_failures(f: h5py.File) -> dict[str, ExtractionFailure | None]:
     g = f[FAILURES]
     ids = [v or None for v in _ids(g["video_ids"])]
+    # Older index files have no stat columns: their failures are retried (-1).
+    stats = [g[name][()].tolist() if name in g else [-1] * len(ids) for name in FAILURE_STAT]
     rows: dict[str, ExtractionFailure | None] = dict.fromkeys(_strings(g, REMOVED))
-    for path, reason, vid in zip(_strings(g, "paths"), _strings(g, "reasons"), ids, strict=True):
-        rows[path] = ExtractionFailure(path, reason, vid)
+    columns = (_strings(g, "paths"), _strings(g, "reasons"), ids, *stats)
+    for path, reason, vid, size, mtime_ns in zip(*columns, strict=True):
+        rows[path] = ExtractionFailure(path, reason, vid, size, mtime_ns)
     return rows
 
 
@@ -245,6 +250,9 @@ def _write_tables(f: h5py.File, delta: IndexDelta) -> None:
     _put_strings(g, "paths", (p for p, _ in failures))
     _put_strings(g, "reasons", (x.reason for _, x in failures))
     _put_ids(g, "video_ids", (x.video_id for _, x in failures))
+    sizes, mtimes = FAILURE_STAT
+    _put(g, sizes, np.array([x.size for _, x in failures], np.int64))
+    _put(g, mtimes, np.array([x.mtime_ns for _, x in failures], np.int64))
     _put_strings(g, REMOVED, removed)
 
 

@@ -82,6 +82,25 @@ def indexed_video_id(
     return entry.video_id if (entry.size, entry.mtime_ns) == current else None
 
 
+def known_failure(
+    failures: Mapping[str, ExtractionFailure], source: Path
+) -> ExtractionFailure | None:
+    """The recorded failure of ``source`` while the file is unchanged since it failed; else
+    None (try it).
+
+    Unchanged means: the size and mtime the failure recorded when the file was hashed (only
+    failures of a file's content record them, see :class:`ExtractionFailure`).
+    """
+    failure = failures.get(str(source))
+    if failure is None or failure.size < 0:
+        return None
+    try:
+        current = _file_stat(source)
+    except OSError:
+        return None
+    return failure if (failure.size, failure.mtime_ns) == current else None
+
+
 def _open_index(path: Path) -> h5py.File:
     f = open_store_file(path)
     try:
@@ -176,6 +195,11 @@ class FeatureStore:
     def failures(self) -> list[ExtractionFailure]:
         """Videos whose last extraction attempt failed, with reasons."""
         return list(self._failures.values())
+
+    @property
+    def failure_index(self) -> dict[str, ExtractionFailure]:
+        """``{source path: ExtractionFailure}`` of every video whose last attempt failed."""
+        return self._failures
 
     def require_config(self, expected: ExtractorConfig) -> None:
         """Raise :class:`StoreError` naming both configurations unless they compute the same

@@ -165,9 +165,7 @@ def staged_video_infos(parts_dir: Path) -> list[tuple[str, VideoInfo]]:
 def write_failure(parts_dir: Path, failure: ExtractionFailure) -> Path:
     """Record a failed video in the staging directory (committed into the store's failures)."""
     path = parts_dir / f"{_path_key(failure.path)}.failed.json"
-    atomic_json(
-        path, {"path": failure.path, "reason": failure.reason, "video_id": failure.video_id}
-    )
+    atomic_json(path, asdict(failure))
     return path
 
 
