@@ -417,6 +417,7 @@ def run_extraction(
             report.failed = len(summary.failures)
             report.failures = [asdict(f) for f in summary.failures]
             report.foreign_parts = summary.foreign
+            report.paths_dropped = summary.paths_dropped
             now = time.perf_counter()
             report.seconds = round(now - started, 3)
             if summary.frames_added:

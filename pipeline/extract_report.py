@@ -52,6 +52,8 @@ class ExtractReport:
     """Staged parts the commit refused (another extractor's, or unreadable): left staged."""
     known_failures: int = 0
     known_failed_videos: list[dict] = field(default_factory=list)
+    paths_dropped: int = 0
+    """Path-index rows of files that no longer exist, dropped when the commit wrote a base."""
     tool_version: str = __version__
 
     def note_known_failures(self, failures: Iterable[ExtractionFailure]) -> None:

@@ -259,6 +259,7 @@ def command(
                 result.known_failures,
                 "known failures skipped (unchanged since they failed; --retry-failed tries them)",
             ),
+            (result.paths_dropped, "path-index rows of files that no longer exist dropped"),
             (
                 result.foreign_parts,
                 f"staged part(s) refused (another extractor's or unreadable; left in "

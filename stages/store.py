@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +15,9 @@ from rich.table import Table
 from pipeline.choices import ArrayFormat
 from stages import console
 from stages.options import bounded
+
+if TYPE_CHECKING:
+    from pipeline.store import MaintenanceSummary
 
 app = typer.Typer(
     name="store",
@@ -39,7 +42,7 @@ def compact(
     done = run(store, shard_mib * 2**20)
     typer.echo(
         f"compacted {store}: {done.videos} videos, {done.shards_before} → "
-        f"{done.shards_after} shards ({done.shards_written} written)"
+        f"{done.shards_after} shards ({done.shards_written} written){_dropped(done)}"
     )
 
 
@@ -50,8 +53,15 @@ def migrate(store: StorePath) -> None:
 
     done = run(store)
     typer.echo(
-        f"migrated {store} to format version 3: {done.videos} videos in {done.shards_after} shards"
+        f"migrated {store} to format version 3: {done.videos} videos in {done.shards_after} "
+        f"shards{_dropped(done)}"
     )
+
+
+def _dropped(done: MaintenanceSummary) -> str:
+    if not done.paths_dropped:
+        return ""
+    return f"; dropped {done.paths_dropped} path-index rows of files that no longer exist"
 
 
 @contextmanager

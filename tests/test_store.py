@@ -4,10 +4,12 @@ v1 migration and compaction."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -559,3 +561,32 @@ def test_two_commits_of_one_writer_each_record_only_their_own_videos(tmp_path: P
     # Not re-stamped by the second commit (which would also re-add its link and row).
     assert generations[second.video_id] == generations[first.video_id] + 1
     assert set(generations.values()) == {1, 2, 3}
+
+
+def test_path_rows_of_files_gone_are_dropped_by_a_new_base_and_reported(tmp_path: Path) -> None:
+    """#23 item 9: a job staging the same videos under a fresh folder each run (and deleting
+    the last one) adds path rows with 0 new videos; they must not accumulate."""
+    store_path = tmp_path / "f.h5"
+    originals = [_video(tmp_path, f"{name}.mp4", 3, seed) for seed, name in enumerate("ab")]
+    dropped, sizes = 0, []
+    for run in range(12):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        staged = []
+        for vf in originals:
+            copy = shutil.copy(vf.info.path, folder)
+            staged.append(dataclasses.replace(vf, info=dataclasses.replace(vf.info, path=copy)))
+        dropped += _commit(store_path, staged).paths_dropped
+        shutil.rmtree(tmp_path / f"run{run - 1}", ignore_errors=True)
+        with open_store(store_path) as store:
+            sizes.append(len(store.path_index))
+            assert len(store) == 2
+    assert max(sizes) <= 4 * len(originals) + 2  # bounded: folds into a base drop gone rows
+    assert dropped > 0
+    result = CliRunner().invoke(app, ["store", "compact", str(store_path)])
+    assert result.exit_code == 0, result.output
+    with open_store(store_path) as store:
+        kept = sorted(store.path_index)
+    live = [str(tmp_path / "run11" / f"{name}.mp4") for name in "ab"]
+    assert kept == live
+    assert f"dropped {sizes[-1] - len(kept)} path-index rows" in result.output

@@ -68,6 +68,8 @@ class CommitSummary:
     failures: list[ExtractionFailure] = field(default_factory=list)
     foreign: int = 0
     """Staged parts refused: made by another extractor, or unreadable."""
+    paths_dropped: int = 0
+    """Path-index rows of files that no longer exist, dropped by a fold into a new base."""
 
 
 def _staged_video(part: Path) -> StagedVideo:

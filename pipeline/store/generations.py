@@ -39,6 +39,7 @@ from pipeline.store.index import (
     diff,
     read_index_file,
     stamped,
+    without_missing_files,
     write_index_file,
 )
 from pipeline.store.layout import (
@@ -161,19 +162,30 @@ def _new_index_file(shards_dir: Path, rows: IndexDelta, kind: str, generation: i
     return name
 
 
+def _new_base(
+    shards_dir: Path, index: StoreIndex, generation: int
+) -> tuple[tuple[str, int], StoreIndex]:
+    """Write ``index`` (less the paths of files gone) as a base; its (name, rows), and the
+    index it holds."""
+    index = without_missing_files(index)
+    rows = as_base(index)
+    return (_new_index_file(shards_dir, rows, BASE, generation), rows.rows), index
+
+
 def _fold(
     shards_dir: Path, files: list[tuple[str, int]], index: StoreIndex, generation: int
-) -> list[tuple[str, int]]:
-    """Merge trailing index files while the second-to-last is under ``FOLD_RATIO`` × the last."""
+) -> tuple[list[tuple[str, int]], StoreIndex]:
+    """Merge trailing index files while the second-to-last is under ``FOLD_RATIO`` × the last;
+    the files, and the index they hold (a fold into the base drops paths of files gone)."""
     while len(files) >= 2 and files[-2][1] <= FOLD_RATIO * files[-1][1]:
         if len(files) == 2:
-            rows = as_base(index)
-            files = [(_new_index_file(shards_dir, rows, BASE, generation), rows.rows)]
+            base, index = _new_base(shards_dir, index, generation)
+            files = [base]
         else:
             first, then = (read_index_file(shards_dir / name) for name, _ in files[-2:])
             rows = combine(first, then)
             files[-2:] = [(_new_index_file(shards_dir, rows, DELTA, generation), rows.rows)]
-    return files
+    return files, index
 
 
 def _copy_links(shards_dir: Path, name: str) -> str:
@@ -194,13 +206,15 @@ def publish(
     new: StoreIndex,
     *,
     rebuild: bool = False,
-) -> Root:
-    """Make ``new`` the store's next generation; the new root.
+) -> tuple[Root, StoreIndex]:
+    """Make ``new`` the store's next generation; the new root and the index it holds.
 
     Writes the commit's delta (or, for a new store or with ``rebuild``, a base and fresh
     links files), folds deltas, brings a links file up to date, then atomically replaces the
     root file. Only after that rename are the index and links files it superseded deleted.
-    A commit that changes nothing publishes nothing (the root is returned as it is).
+    Every base written drops the path rows of files that no longer exist (the returned index
+    has them no more). A commit that changes nothing publishes nothing (``root`` and ``old``
+    are returned as they are).
     The caller holds the writer's lock and has already put any new shard in place. Raises
     :class:`OSError` on failure; the previous root and every file it names are then intact.
     """
@@ -209,17 +223,17 @@ def publish(
     generation = root.generation + 1
     new = stamped(new, generation)
     if rebuild or not root.index_files:
-        rows = as_base(new)
-        files = [(_new_index_file(shards_dir, rows, BASE, generation), rows.rows)]
+        base, new = _new_base(shards_dir, new, generation)
+        files = [base]
         links = write_links(shards_dir, new.videos, generation)
         keep_links, since = {links, _copy_links(shards_dir, links)}, generation
     else:
         delta = diff(old, new)
         if not delta.rows:  # e.g. staged parts of videos a killed run already committed
-            return root
+            return root, old
         files = [*zip(root.index_files, root.index_rows, strict=True)]
         files.append((_new_index_file(shards_dir, delta, DELTA, generation), delta.rows))
-        files = _fold(shards_dir, files, new, generation)
+        files, new = _fold(shards_dir, files, new, generation)
         spare = find_spare(shards_dir, root.links_file, root.spare_range())
         links = advance_links(shards_dir, root.links_file, spare, new.videos, generation)
         keep_links, since = {links, root.links_file}, root.links_since
@@ -232,4 +246,4 @@ def publish(
     for path in shards_dir.glob(LINKS_GLOB):
         if path.name not in keep_links:
             fsio.remove(path)
-    return published
+    return published, new

@@ -100,6 +100,29 @@ def stamped(index: StoreIndex, generation: int) -> StoreIndex:
     return StoreIndex(videos, index.paths, index.failures)
 
 
+def without_missing_files(index: StoreIndex) -> StoreIndex:
+    """``index`` less the path rows whose file no longer exists (their videos stay stored).
+
+    Run whenever a base is written, so a job that stages the same videos under new paths
+    every run does not grow the path index without bound. A path that cannot be checked
+    (e.g. permission denied) is kept.
+    """
+    kept = {path: entry for path, entry in index.paths.items() if not _gone(path)}
+    if len(kept) == len(index.paths):
+        return index
+    return StoreIndex(index.videos, kept, index.failures)
+
+
+def _gone(path: str) -> bool:
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def apply(index: StoreIndex, delta: IndexDelta) -> None:
     """Apply ``delta`` to ``index`` in place (a later index file wins)."""
     index.videos.update(delta.videos)

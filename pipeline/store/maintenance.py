@@ -50,6 +50,8 @@ class MaintenanceSummary:
     shards_before: int = 0
     shards_after: int = 0
     shards_written: int = 0
+    paths_dropped: int = 0
+    """Path-index rows of files that no longer exist (their videos stay stored)."""
 
 
 def _copy_into_shard(
@@ -167,10 +169,11 @@ def compact(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummar
                     f.close()
         new = StoreIndex({**index.videos, **moved}, index.paths, index.failures)
         try:
-            published = publish(store_path, config, root, index, new, rebuild=True)
+            published, kept = publish(store_path, config, root, index, new, rebuild=True)
         except OSError as e:
             raise StoreError(f"cannot compact {store_path}: {os_reason(e)}") from e
-        remove_unreferenced(shards_dir, referenced_files(shards_dir, published, new))
+        remove_unreferenced(shards_dir, referenced_files(shards_dir, published, kept))
+        summary.paths_dropped = len(new.paths) - len(kept.paths)
         summary.shards_after = len({e.shard for e in new.videos.values()})
         summary.shards_written = len({e.shard for e in moved.values()})
         builder.discard_staging()
@@ -224,10 +227,11 @@ def migrate(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummar
                 else:
                     index = _read_v2(f)
                     remove_unreferenced(shards_dir, {e.shard for e in index.videos.values()})
-                publish(store_path, config, Root(), StoreIndex(), index, rebuild=True)
+                _, kept = publish(store_path, config, Root(), StoreIndex(), index, rebuild=True)
             except OSError as e:
                 raise StoreError(f"cannot migrate {store_path}: {os_reason(e)}") from e
     shards = len({e.shard for e in index.videos.values()})
+    dropped = len(index.paths) - len(kept.paths)
     if version == 1:
-        return MaintenanceSummary(len(index.videos), 1, shards, shards)
-    return MaintenanceSummary(len(index.videos), shards, shards, 0)
+        return MaintenanceSummary(len(index.videos), 1, shards, shards, dropped)
+    return MaintenanceSummary(len(index.videos), shards, shards, 0, dropped)

@@ -39,7 +39,7 @@ from pipeline.store.commit import (
     remove_unreferenced,
 )
 from pipeline.store.generations import Root, publish, read_generation, referenced_files, relink
-from pipeline.store.index import StoreIndex, stamped
+from pipeline.store.index import StoreIndex
 from pipeline.store.layout import (
     CHUNK_ROWS,
     FEATURES,
@@ -322,13 +322,14 @@ class StoreBuilder:
         )
         try:
             link_shards(new, self.shards_dir)
-            published = publish(self.path, self.config, root, committed, index)
+            published, kept = publish(self.path, self.config, root, committed, index)
         except OSError as e:
             raise StoreError(
                 f"cannot write {self.path} ({os_reason(e)}); the previous store is unchanged "
                 f"and finished videos stay staged in {self.parts_dir} until a rerun commits them"
             ) from e
-        self._committed = (published, stamped(index, published.generation))
+        self._committed = (published, kept)
+        summary.paths_dropped = len(index.paths) - len(kept.paths)
         self._clear_staged(staging.files)
         return summary
 
