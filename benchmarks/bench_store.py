@@ -4,7 +4,7 @@ Run:  python benchmarks/bench_store.py [--sizes 2000 10000 20000] [--frames 180]
       python benchmarks/bench_store.py --commit-cost [--sizes 1000 10000 100000] [--repeats 7]
 
 Synthetic stores (no decoding), grown in place from the smallest size to the largest: filler
-videos in shards of 1,000 plus a rebuilt base index (``publish(rebuild=True)``, as after a
+videos in shards of 1,000 plus a rebuilt base index (``publish`` without a delta, as after a
 compaction), copied aside at each size; then, side by side (``--repeats`` rounds, each
 appending once to every copy), at each size:
   * append        — write ``--append`` new videos' parts and commit them (best of the
@@ -113,11 +113,10 @@ def _add_filler(store: Path, index: StoreIndex, start: int, count: int, frames: 
 
 def _grow(store: Path, target: int, frames: int) -> None:
     """Grow ``store`` to ``target`` videos, then publish one new base (as after a compaction)."""
-    root, old = read_generation(store)
-    index = StoreIndex(dict(old.videos), dict(old.paths), dict(old.failures))
-    for start in range(len(old.videos), target, 1000):
+    root, index = read_generation(store)
+    for start in range(len(index.videos), target, 1000):
         _add_filler(store, index, start, min(1000, target - start), frames)
-    publish(store, CONFIG, root, old, index, rebuild=True)
+    publish(store, CONFIG, root, index)
 
 
 def _copy(store: Path, directory: Path) -> Path:

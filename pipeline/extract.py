@@ -51,8 +51,8 @@ from pipeline.store import (
     backbone_sidecar,
     indexed_video_id,
     known_failure,
-    open_store,
     parts_dir_for,
+    read_store_config,
     staged_config,
     staged_video_infos,
     write_alias,
@@ -134,10 +134,10 @@ TaskRunner = Callable[[TaskSpec, list[WorkItem], Callable[[TaskResult], None]], 
 
 
 def _existing_config(store_path: Path) -> ExtractorConfig | None:
-    """Extractor of the committed store, else the one its uncommitted parts record, else None."""
+    """Extractor of the committed store (its root's attributes only), else the one its
+    uncommitted parts record, else None."""
     if store_path.exists():
-        with open_store(store_path) as store:
-            return store.config
+        return read_store_config(store_path)
     return staged_config(parts_dir_for(store_path))
 
 
@@ -293,10 +293,8 @@ def plan_extraction(
     the same content is recorded as an alias. Videos finished by an interrupted run (staged
     parts) are neither redone nor counted as skipped: this run's commit stores them.
     """
-    index, stored, failed = {}, set(), {}
-    if builder.path.exists():
-        with open_store(builder.path) as store:
-            index, stored, failed = store.path_index, set(store.video_ids), store.failure_index
+    committed = builder.committed_index()  # the one read of the store's index in a run
+    index, stored, failed = committed.paths, committed.videos, committed.failures
     staged = builder.staged_ids()
     plan, queued, unknown = Plan(), set(), []
     for path in paths:

@@ -368,7 +368,7 @@ def _bytes_written_by_a_commit(directory: Path, stored: int) -> tuple[int, int]:
         f"/data/some/class/clip{i:06d}.mp4": PathEntry(f"v{i:020x}", 1000 + i, 10**18 + i)
         for i in range(stored)
     }
-    publish(store_path, CONFIG, Root(), StoreIndex(), StoreIndex(videos, paths), rebuild=True)
+    publish(store_path, CONFIG, Root(), StoreIndex(videos, paths))
     index_bytes = sum(v[2] for n, v in _files(store_path).items() if not n.startswith("shard"))
     with StoreBuilder(store_path, CONFIG) as builder:
         write_part(builder.parts_dir, CONFIG, _video(directory, "new.mp4", 5, 10**6))
@@ -563,6 +563,12 @@ def test_two_commits_of_one_writer_each_record_only_their_own_videos(tmp_path: P
     assert set(generations.values()) == {1, 2, 3}
 
 
+def _copied(vf: VideoFeatures, path: Path) -> VideoFeatures:
+    """``vf`` staged from a copy of its source at ``path`` (same content, another path)."""
+    shutil.copy(vf.info.path, path)
+    return dataclasses.replace(vf, info=dataclasses.replace(vf.info, path=str(path)))
+
+
 def test_path_rows_of_files_gone_are_dropped_by_a_new_base_and_reported(tmp_path: Path) -> None:
     """#23 item 9: a job staging the same videos under a fresh folder each run (and deleting
     the last one) adds path rows with 0 new videos; they must not accumulate."""
@@ -572,10 +578,7 @@ def test_path_rows_of_files_gone_are_dropped_by_a_new_base_and_reported(tmp_path
     for run in range(12):
         folder = tmp_path / f"run{run}"
         folder.mkdir()
-        staged = []
-        for vf in originals:
-            copy = shutil.copy(vf.info.path, folder)
-            staged.append(dataclasses.replace(vf, info=dataclasses.replace(vf.info, path=copy)))
+        staged = [_copied(vf, folder / Path(vf.info.path).name) for vf in originals]
         dropped += _commit(store_path, staged).paths_dropped
         shutil.rmtree(tmp_path / f"run{run - 1}", ignore_errors=True)
         with open_store(store_path) as store:
@@ -590,3 +593,42 @@ def test_path_rows_of_files_gone_are_dropped_by_a_new_base_and_reported(tmp_path
     live = [str(tmp_path / "run11" / f"{name}.mp4") for name in "ab"]
     assert kept == live
     assert f"dropped {sizes[-1] - len(kept)} path-index rows" in result.output
+
+
+def test_links_stay_complete_when_each_commit_writes_only_its_new_videos(tmp_path: Path) -> None:
+    """#23 item 8: a commit links only the videos stored since its spare (O(new)); every
+    stored video must still open the plain-h5py way, through path-only commits (no new
+    video), a compaction (all links move) and an empty store's first commit."""
+    store_path = tmp_path / "f.h5"
+    stored: set[str] = set()
+    batch: list[VideoFeatures] = []
+    for step in range(9):
+        if step == 3:  # the same content under new paths only: a commit without new videos
+            batch = [_copied(vf, tmp_path / f"copy-{vf.video_id}.mp4") for vf in batch]
+        else:
+            batch = [_video(tmp_path, f"{step}-{i}.mp4", 2, 100 * step + i) for i in range(2)]
+        _commit(store_path, batch)
+        stored |= {vf.video_id for vf in batch}
+        if step == 5:
+            assert CliRunner().invoke(app, ["store", "compact", str(store_path)]).exit_code == 0
+        with h5py.File(store_path, "r") as f:
+            assert set(f["videos"]) == stored
+            for vid in stored:  # opens through the link, from the shard the catalog names
+                assert f["videos"][vid]["features"].shape == (2, 1280)
+
+
+def test_an_extract_run_reads_the_store_index_once(tmp_path: Path, monkeypatch) -> None:
+    """#23 item 8: planning, the extractor check and the commit share one read."""
+    from pipeline import extract
+    from pipeline.encode import write_video
+    from pipeline.store import generations
+
+    videos = [write_video(tmp_path / f"{i}.mkv", np.full((4, 32, 32, 3), 40 * i, np.uint8), fps=10)
+              for i in range(3)]  # fmt: skip
+    options = extract.ExtractOptions(weights="random", input_size=32, resize="squash")
+    extract.run_extraction(videos[:2], tmp_path / "f.h5", options)
+    reads = []
+    original = generations.load_index
+    monkeypatch.setattr(generations, "load_index", lambda *a: reads.append(a) or original(*a))
+    report = extract.run_extraction(videos, tmp_path / "f.h5", options)
+    assert (report.extracted, report.skipped, len(reads)) == (1, 2, 1)

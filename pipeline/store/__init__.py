@@ -23,7 +23,13 @@ from pipeline.store.commit import CommitSummary, staged_config
 from pipeline.store.export import ExportOptions, ExportSummary, export_store
 from pipeline.store.layout import parts_dir_for, shards_dir_for
 from pipeline.store.maintenance import MaintenanceSummary, compact, migrate
-from pipeline.store.read import FeatureStore, indexed_video_id, known_failure, open_store
+from pipeline.store.read import (
+    FeatureStore,
+    indexed_video_id,
+    known_failure,
+    open_store,
+    read_store_config,
+)
 from pipeline.store.tools import VerifyReport, store_info, verify_store
 from pipeline.store.write import (
     WEIGHTS_SUFFIX,
@@ -53,6 +59,7 @@ __all__ = [
     "migrate",
     "open_store",
     "parts_dir_for",
+    "read_store_config",
     "shards_dir_for",
     "staged_config",
     "staged_video_ids",

@@ -21,7 +21,7 @@ import h5py
 
 from pipeline import fsio
 from pipeline.contracts import ExtractionFailure, ExtractorConfig
-from pipeline.store.index import PathEntry, StoreIndex, VideoEntry
+from pipeline.store.index import IndexDelta, PathEntry, StoreIndex, VideoEntry
 from pipeline.store.layout import (
     FEATURES,
     VIDEOS,
@@ -143,39 +143,42 @@ def read_staging(parts_dir: Path, config: ExtractorConfig) -> Staging:
 
 def merge(
     index: StoreIndex, staging: Staging
-) -> tuple[StoreIndex, list[StagedVideo], CommitSummary]:
-    """The index after ``staging`` is committed, the videos needing a shard, and a summary.
+) -> tuple[IndexDelta, list[StagedVideo], CommitSummary]:
+    """The rows that commit ``staging`` onto ``index``, the videos needing a shard, a summary.
 
-    Pure: ``index`` is not modified. A staged video already stored (same content) only
-    updates the path index; an alias counts only when its video is stored; a failure
-    removes its path from the path index until the file extracts again.
+    Pure and O(staged rows): ``index`` is only looked up, and a row that would not change it
+    is left out (an empty delta: nothing to publish). A staged video already stored (same
+    content) only updates the path index; an alias counts only when its video is stored; a
+    failure removes its path from the path index until the file extracts again.
     """
-    videos, paths, failures = dict(index.videos), dict(index.paths), dict(index.failures)
+    delta = IndexDelta()
     summary = CommitSummary(failures=list(staging.failures), foreign=len(staging.foreign))
     new: list[StagedVideo] = []
     for staged in staging.videos:
-        if staged.video_id not in videos:
-            videos[staged.video_id] = VideoEntry(staged.shard, staged.frames)
+        if staged.video_id not in index.videos and staged.video_id not in delta.videos:
+            delta.videos[staged.video_id] = VideoEntry(staged.shard, staged.frames)
             new.append(staged)
             summary.added += 1
             summary.frames_added += staged.frames
-        paths[staged.source] = staged.entry
-        failures.pop(staged.source, None)
+        _set(delta.paths, index.paths, staged.source, staged.entry)
+        _set(delta.failures, index.failures, staged.source, None)
     for path, entry in staging.aliases.items():
-        if entry.video_id in videos:  # its original may have failed meanwhile
-            paths[path] = entry
-            failures.pop(path, None)
+        if entry.video_id in index.videos or entry.video_id in delta.videos:
+            _set(delta.paths, index.paths, path, entry)  # (its original may have failed)
+            _set(delta.failures, index.failures, path, None)
     for failure in staging.failures:
-        failures[failure.path] = failure
-        paths.pop(failure.path, None)
-    summary.videos = len(videos)
-    return StoreIndex(videos, paths, failures), new, summary
+        _set(delta.failures, index.failures, failure.path, failure)
+        _set(delta.paths, index.paths, failure.path, None)
+    summary.videos = len(index.videos) + len(delta.videos)
+    return delta, new, summary
 
 
-def changes_nothing(index: StoreIndex, staging: Staging) -> bool:
-    """True when committing ``staging`` would leave ``index`` as it is."""
-    known = all(index.failures.get(f.path) == f for f in staging.failures)
-    return not (staging.videos or staging.aliases) and known
+def _set(rows: dict, committed: dict, key: str, value: object) -> None:
+    """Record ``key`` → ``value`` (None: removed) in a delta's ``rows`` unless the table
+    already says so."""
+    current = rows[key] if key in rows else committed.get(key)
+    if current != value:
+        rows[key] = value
 
 
 def link_shards(new: list[StagedVideo], shards_dir: Path) -> None:

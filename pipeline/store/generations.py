@@ -36,10 +36,9 @@ from pipeline.store.index import (
     apply,
     as_base,
     combine,
-    diff,
+    drop_missing_files,
     read_index_file,
-    stamped,
-    without_missing_files,
+    stamp,
     write_index_file,
 )
 from pipeline.store.layout import (
@@ -162,30 +161,29 @@ def _new_index_file(shards_dir: Path, rows: IndexDelta, kind: str, generation: i
     return name
 
 
-def _new_base(
-    shards_dir: Path, index: StoreIndex, generation: int
-) -> tuple[tuple[str, int], StoreIndex]:
-    """Write ``index`` (less the paths of files gone) as a base; its (name, rows), and the
-    index it holds."""
-    index = without_missing_files(index)
+def _new_base(shards_dir: Path, index: StoreIndex, generation: int) -> tuple[tuple[str, int], int]:
+    """Write ``index`` as a base, dropping (in place) the paths of files gone; its
+    ``(name, rows)`` and the number of path rows dropped."""
+    dropped = drop_missing_files(index)
     rows = as_base(index)
-    return (_new_index_file(shards_dir, rows, BASE, generation), rows.rows), index
+    return (_new_index_file(shards_dir, rows, BASE, generation), rows.rows), dropped
 
 
 def _fold(
     shards_dir: Path, files: list[tuple[str, int]], index: StoreIndex, generation: int
-) -> tuple[list[tuple[str, int]], StoreIndex]:
+) -> tuple[list[tuple[str, int]], int]:
     """Merge trailing index files while the second-to-last is under ``FOLD_RATIO`` × the last;
-    the files, and the index they hold (a fold into the base drops paths of files gone)."""
+    the files, and the path rows a fold into the base dropped (see :func:`_new_base`)."""
+    dropped = 0
     while len(files) >= 2 and files[-2][1] <= FOLD_RATIO * files[-1][1]:
         if len(files) == 2:
-            base, index = _new_base(shards_dir, index, generation)
+            base, dropped = _new_base(shards_dir, index, generation)
             files = [base]
         else:
             first, then = (read_index_file(shards_dir / name) for name, _ in files[-2:])
             rows = combine(first, then)
             files[-2:] = [(_new_index_file(shards_dir, rows, DELTA, generation), rows.rows)]
-    return files, index
+    return files, dropped
 
 
 def _copy_links(shards_dir: Path, name: str) -> str:
@@ -202,40 +200,47 @@ def publish(
     store_path: Path,
     config: ExtractorConfig,
     root: Root,
-    old: StoreIndex,
-    new: StoreIndex,
-    *,
-    rebuild: bool = False,
-) -> tuple[Root, StoreIndex]:
-    """Make ``new`` the store's next generation; the new root and the index it holds.
+    index: StoreIndex,
+    delta: IndexDelta | None = None,
+) -> tuple[Root, int]:
+    """Publish ``index`` changed by ``delta`` as the store's next generation; the new root and
+    the number of path rows dropped because their file is gone.
 
-    Writes the commit's delta (or, for a new store or with ``rebuild``, a base and fresh
-    links files), folds deltas, brings a links file up to date, then atomically replaces the
-    root file. Only after that rename are the index and links files it superseded deleted.
-    Every base written drops the path rows of files that no longer exist (the returned index
-    has them no more). A commit that changes nothing publishes nothing (``root`` and ``old``
-    are returned as they are).
+    ``index`` (the committed tables) is updated in place to the published ones: ``delta``
+    applied, new videos stamped with the generation. A commit writes only its delta, folds
+    deltas, and adds the links of its new videos to a spare links file: O(delta rows),
+    whatever the store's size (amortized: an occasional fold rewrites the base). ``delta``
+    None, or a store without index files, writes a new base and fresh links files from the
+    whole ``index`` (a new store, compaction, migration). Every base written drops the path
+    rows of files that no longer exist. Then the root is atomically replaced; only after that
+    rename are the index and links files it superseded deleted. An empty ``delta`` publishes
+    nothing (``root`` is returned as it is).
+
     The caller holds the writer's lock and has already put any new shard in place. Raises
-    :class:`OSError` on failure; the previous root and every file it names are then intact.
+    :class:`OSError` on failure; the previous root and every file it names are then intact,
+    but ``index`` may hold part of the change: the caller must read it again.
     """
+    if delta is not None and root.index_files and not delta.rows:
+        return root, 0  # e.g. staged parts of videos a killed run already committed
     shards_dir = shards_dir_for(store_path)
     shards_dir.mkdir(exist_ok=True)
     generation = root.generation + 1
-    new = stamped(new, generation)
-    if rebuild or not root.index_files:
-        base, new = _new_base(shards_dir, new, generation)
+    if delta is not None:
+        stamp(delta.videos, generation)
+        apply(index, delta)
+    if delta is None or not root.index_files:
+        stamp(index.videos, generation)
+        base, dropped = _new_base(shards_dir, index, generation)
         files = [base]
-        links = write_links(shards_dir, new.videos, generation)
+        links = write_links(shards_dir, index.videos, generation)
         keep_links, since = {links, _copy_links(shards_dir, links)}, generation
     else:
-        delta = diff(old, new)
-        if not delta.rows:  # e.g. staged parts of videos a killed run already committed
-            return root, old
         files = [*zip(root.index_files, root.index_rows, strict=True)]
         files.append((_new_index_file(shards_dir, delta, DELTA, generation), delta.rows))
-        files, new = _fold(shards_dir, files, new, generation)
+        files, dropped = _fold(shards_dir, files, index, generation)
         spare = find_spare(shards_dir, root.links_file, root.spare_range())
-        links = advance_links(shards_dir, root.links_file, spare, new.videos, generation)
+        added = list(delta.videos)
+        links = advance_links(shards_dir, root.links_file, spare, index.videos, added, generation)
         keep_links, since = {links, root.links_file}, root.links_since
     names, counts = zip(*files, strict=True)
     published = Root(generation, names, counts, links, since)
@@ -246,4 +251,4 @@ def publish(
     for path in shards_dir.glob(LINKS_GLOB):
         if path.name not in keep_links:
             fsio.remove(path)
-    return published, new
+    return published, dropped

@@ -78,39 +78,26 @@ class IndexDelta:
         return len(self.videos) + len(self.paths) + len(self.failures)
 
 
-def _changed(old: dict, new: dict) -> dict:
-    changed = {key: value for key, value in new.items() if old.get(key) != value}
-    return changed | {key: None for key in old.keys() - new.keys()}
+def stamp(videos: dict[str, VideoEntry], generation: int) -> None:
+    """Give every entry of ``videos`` that has no generation yet (a new video) ``generation``,
+    in place."""
+    for vid, entry in videos.items():
+        if not entry.generation:
+            videos[vid] = entry._replace(generation=generation)
 
 
-def diff(old: StoreIndex, new: StoreIndex) -> IndexDelta:
-    """The delta that turns ``old`` into ``new`` (rows added, changed or removed)."""
-    videos = _changed(old.videos, new.videos)
-    if None in videos.values():
-        raise ValueError("a commit never removes a stored video")
-    return IndexDelta(videos, _changed(old.paths, new.paths), _changed(old.failures, new.failures))
-
-
-def stamped(index: StoreIndex, generation: int) -> StoreIndex:
-    """``index`` with every video that has no generation yet (a new one) given ``generation``."""
-    videos = {
-        vid: entry if entry.generation else entry._replace(generation=generation)
-        for vid, entry in index.videos.items()
-    }
-    return StoreIndex(videos, index.paths, index.failures)
-
-
-def without_missing_files(index: StoreIndex) -> StoreIndex:
-    """``index`` less the path rows whose file no longer exists (their videos stay stored).
+def drop_missing_files(index: StoreIndex) -> int:
+    """Remove, in place, the path rows whose file no longer exists (their videos stay
+    stored); how many.
 
     Run whenever a base is written, so a job that stages the same videos under new paths
     every run does not grow the path index without bound. A path that cannot be checked
     (e.g. permission denied) is kept.
     """
-    kept = {path: entry for path, entry in index.paths.items() if not _gone(path)}
-    if len(kept) == len(index.paths):
-        return index
-    return StoreIndex(index.videos, kept, index.failures)
+    gone = [path for path in index.paths if _gone(path)]
+    for path in gone:
+        del index.paths[path]
+    return len(gone)
 
 
 def _gone(path: str) -> bool:

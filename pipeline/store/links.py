@@ -19,13 +19,16 @@ import uuid
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from pipeline import __version__, fsio
-from pipeline.store.index import VideoEntry
+from pipeline.store.index import ID_DTYPE, VideoEntry
 from pipeline.store.layout import FORMAT_VERSION, VIDEOS
 
 LINKS_FORMAT_NAME = "video-rnn-links"
 LINKS_GLOB = "links-*.h5"
+ADDED = "added_ids"
+"""Dataset of a links file: the ids it linked at its own generation (a commit's new videos)."""
 
 
 def new_links_name() -> str:
@@ -50,11 +53,34 @@ def _link(group: h5py.Group, video_id: str, entry: VideoEntry) -> None:
     group[video_id] = h5py.ExternalLink(entry.shard, f"/{VIDEOS}/{video_id}")
 
 
-def _add_links(f: h5py.File, videos: dict[str, VideoEntry], since: int, generation: int) -> None:
+def _added_ids(path: Path, generation: int) -> list[str] | None:
+    """The ids the links file at ``path`` linked at ``generation`` (its own); None when it
+    is of another generation or records none (a complete file)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if ADDED not in f or int(f.attrs["generation"]) != generation:
+                return None
+            return f[ADDED][()].astype(str).tolist()
+    except (OSError, KeyError):
+        return None
+
+
+def _add_links(
+    f: h5py.File,
+    videos: dict[str, VideoEntry],
+    ids: list[str],
+    added: list[str] | None,
+    generation: int,
+) -> None:
+    """Link ``ids`` (each to its shard in ``videos``) and record ``added``, the ids whose
+    links are new at ``generation`` (None: not recorded, as in a complete file)."""
     group = f.require_group(VIDEOS)
-    for video_id, entry in sorted(videos.items()):
-        if entry.generation > since:
-            _link(group, video_id, entry)
+    for video_id in sorted(ids):
+        _link(group, video_id, videos[video_id])
+    if ADDED in f:
+        del f[ADDED]
+    if added is not None:
+        f.create_dataset(ADDED, data=np.array(sorted(added), dtype=ID_DTYPE))
     f.attrs["generation"] = generation
     f.flush()
     os.fsync(f.id.get_vfd_handle())
@@ -67,7 +93,7 @@ def write_links(shards_dir: Path, videos: dict[str, VideoEntry], generation: int
         f.attrs["format"] = LINKS_FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["tool_version"] = __version__
-        _add_links(f, videos, -1, generation)
+        _add_links(f, videos, list(videos), None, generation)
     return name
 
 
@@ -92,18 +118,40 @@ def _open_for_update(path: Path) -> h5py.File | None:
         return None
 
 
+def _linked_since(
+    shards_dir: Path,
+    current: str,
+    since: int,
+    videos: dict[str, VideoEntry],
+    added: list[str],
+    generation: int,
+) -> list[str]:
+    """Ids of the videos stored after generation ``since``: this commit's ``added``, plus,
+    for a spare two generations behind, those the current links file recorded as its own
+    additions; a scan of ``videos`` only when neither applies (an older spare)."""
+    if since == generation - 1:
+        return added
+    previous = _added_ids(shards_dir / current, generation - 1)
+    if previous is not None and since == generation - 2:
+        return [*previous, *added]
+    return [vid for vid, entry in videos.items() if entry.generation > since]
+
+
 def advance_links(
     shards_dir: Path,
     current: str,
     spare: tuple[str, int] | None,
     videos: dict[str, VideoEntry],
+    added: list[str],
     generation: int,
 ) -> str:
     """A links file for ``videos`` at ``generation``, made from ``spare`` (or a copy of
     ``current``) by adding the links of videos stored after it; its new name.
 
-    The file is modified only under a temporary name: a kill leaves the current links file
-    untouched and a temporary file the next writer deletes.
+    ``added``: the videos this commit stores (their entries carry ``generation``). Only the
+    links of videos stored since the spare's generation are written: O(new videos). The file
+    is modified only under a temporary name: a kill leaves the current links file untouched
+    and a temporary file the next writer deletes.
     """
     if spare is None and links_generation(shards_dir / current) is None:
         return write_links(shards_dir, videos, generation)  # current one damaged or gone
@@ -120,5 +168,7 @@ def advance_links(
         with f:
             if recycled:  # kept open meanwhile: nobody else can lock it
                 fsio.swap_in(shards_dir / recycled[0], tmp)
-            _add_links(f, videos, -1 if since is None else since, generation)
+            since = -1 if since is None else since
+            ids = _linked_since(shards_dir, current, since, videos, added, generation)
+            _add_links(f, videos, ids, added, generation)
     return name

@@ -169,11 +169,10 @@ def compact(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummar
                     f.close()
         new = StoreIndex({**index.videos, **moved}, index.paths, index.failures)
         try:
-            published, kept = publish(store_path, config, root, index, new, rebuild=True)
+            published, summary.paths_dropped = publish(store_path, config, root, new)
         except OSError as e:
             raise StoreError(f"cannot compact {store_path}: {os_reason(e)}") from e
-        remove_unreferenced(shards_dir, referenced_files(shards_dir, published, kept))
-        summary.paths_dropped = len(new.paths) - len(kept.paths)
+        remove_unreferenced(shards_dir, referenced_files(shards_dir, published, new))
         summary.shards_after = len({e.shard for e in new.videos.values()})
         summary.shards_written = len({e.shard for e in moved.values()})
         builder.discard_staging()
@@ -227,11 +226,10 @@ def migrate(store_path: Path, max_bytes: int = SHARD_BYTES) -> MaintenanceSummar
                 else:
                     index = _read_v2(f)
                     remove_unreferenced(shards_dir, {e.shard for e in index.videos.values()})
-                _, kept = publish(store_path, config, Root(), StoreIndex(), index, rebuild=True)
+                _, dropped = publish(store_path, config, Root(), index)
             except OSError as e:
                 raise StoreError(f"cannot migrate {store_path}: {os_reason(e)}") from e
     shards = len({e.shard for e in index.videos.values()})
-    dropped = len(index.paths) - len(kept.paths)
     if version == 1:
         return MaintenanceSummary(len(index.videos), 1, shards, shards, dropped)
     return MaintenanceSummary(len(index.videos), shards, shards, 0, dropped)

@@ -196,11 +196,6 @@ class FeatureStore:
         """Videos whose last extraction attempt failed, with reasons."""
         return list(self._failures.values())
 
-    @property
-    def failure_index(self) -> dict[str, ExtractionFailure]:
-        """``{source path: ExtractionFailure}`` of every video whose last attempt failed."""
-        return self._failures
-
     def require_config(self, expected: ExtractorConfig) -> None:
         """Raise :class:`StoreError` naming both configurations unless they compute the same
         features (weights compared by sha256, not by name)."""

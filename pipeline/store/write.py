@@ -31,7 +31,6 @@ from pipeline.fsio import os_reason, require_free_space
 from pipeline.identity import video_id_from_sha256
 from pipeline.store.commit import (
     CommitSummary,
-    changes_nothing,
     foreign_parts,
     link_shards,
     merge,
@@ -301,7 +300,7 @@ class StoreBuilder:
         """
         staging = read_staging(self.parts_dir, self.config)
         root, committed = self._generation()
-        index, new, summary = merge(committed, staging)
+        delta, new, summary = merge(committed, staging)
         if staging.foreign:
             log.warning(
                 "%d staged part(s) in %s were made by another extractor (or are unreadable) "
@@ -309,29 +308,37 @@ class StoreBuilder:
                 len(staging.foreign),
                 self.parts_dir,
             )
-        if self.path.exists() and changes_nothing(committed, staging):
-            summary.videos = len(committed.videos)
+        if self.path.exists() and not delta.rows:
             self._clear_staged(staging.files)
             return summary
         require_free_space(  # room for a fold into a new base: rare, but never half-done
             self.path.parent,
-            512 * (len(index.videos) + len(index.paths)) + 2**20,
+            512 * (len(committed.videos) + len(committed.paths) + delta.rows) + 2**20,
             "the new store index",
             f"the previous {self.path.name} is unchanged and finished videos stay staged in "
             f"{self.parts_dir.name}/; free space and rerun to commit them",
         )
         try:
             link_shards(new, self.shards_dir)
-            published, kept = publish(self.path, self.config, root, committed, index)
+            published, summary.paths_dropped = publish(
+                self.path, self.config, root, committed, delta
+            )
         except OSError as e:
+            self._committed = None  # ``committed`` may hold part of the change: read it again
             raise StoreError(
                 f"cannot write {self.path} ({os_reason(e)}); the previous store is unchanged "
                 f"and finished videos stay staged in {self.parts_dir} until a rerun commits them"
             ) from e
-        self._committed = (published, kept)
-        summary.paths_dropped = len(index.paths) - len(kept.paths)
+        except BaseException:
+            self._committed = None
+            raise
+        self._committed = (published, committed)  # updated in place by publish
         self._clear_staged(staging.files)
         return summary
+
+    def committed_index(self) -> StoreIndex:
+        """The committed tables, read once under the lock (and kept up to date by commits)."""
+        return self._generation()[1]
 
     def _generation(self) -> tuple[Root, StoreIndex]:
         if self._committed is None:
