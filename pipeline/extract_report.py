@@ -54,6 +54,8 @@ class ExtractReport:
     known_failed_videos: list[dict] = field(default_factory=list)
     paths_dropped: int = 0
     """Path-index rows of files that no longer exist, dropped when the commit wrote a base."""
+    not_videos: list[str] = field(default_factory=list)
+    """Files a folder walk passed over: not videos by extension (``extract DIR``)."""
     tool_version: str = __version__
 
     def note_known_failures(self, failures: Iterable[ExtractionFailure]) -> None:

@@ -6,10 +6,9 @@ no TensorFlow here.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.contracts import SPLITS, VideoRecord
@@ -25,8 +24,6 @@ from pipeline.splits import UNSPLIT, SplitFractions, assign_splits, group_rule, 
 from pipeline.video import is_video_path
 from pipeline.walk import walk
 
-log = logging.getLogger(__name__)
-
 UCF101_SPLIT_IDS = (1, 2, 3)
 
 
@@ -36,12 +33,12 @@ class IndexResult:
 
     Attributes:
         records: one record per video, sorted by label then path, every split assigned.
-        skipped: files passed over because they are not videos (by extension).
+        passed_over: files that are not videos by extension, sorted (named by ``index``).
         outside: video files directly under a class-folder tree's root, in no class folder.
     """
 
     records: list[VideoRecord]
-    skipped: int = 0
+    passed_over: list[Path] = field(default_factory=list)
     outside: int = 0
 
     def split_counts(self) -> dict[str, int]:
@@ -64,32 +61,54 @@ def _sorted(records: Iterable[VideoRecord]) -> list[VideoRecord]:
     return sorted(records, key=lambda r: (r.label, r.path.as_posix()))
 
 
-def find_videos(root: Path) -> list[Path]:
-    """Every entry under ``root`` with a video extension, sorted, hidden entries skipped.
+@dataclass(frozen=True)
+class FolderVideos:
+    """What a folder walk found: the video files, and the files it passed over.
+
+    Attributes:
+        videos: entries with a video extension, sorted (a directory, FIFO or broken link
+            named ``x.mp4`` included, so that whoever reads them can say why it is not a
+            video instead of dropping it).
+        passed_over: the other non-hidden entries that are not folders (``notes.txt``, a
+            video named ``clip.bin``), sorted: counted and named by every command that walks.
+    """
+
+    videos: list[Path]
+    passed_over: list[Path]
+
+
+def split_entries(entries: Iterable[Path]) -> FolderVideos:
+    """Sort walked entries into videos (by extension) and files passed over."""
+    entries = list(entries)
+    videos = [p for p in entries if is_video_path(p)]
+    passed = [p for p in entries if not is_video_path(p) and not p.is_dir()]
+    return FolderVideos(videos, passed)
+
+
+def find_videos(root: Path) -> FolderVideos:
+    """The video files under ``root`` and the files passed over, hidden entries skipped.
 
     Walked by :func:`pipeline.walk.walk` (symlinked folders followed, each folder once).
-    Entries are returned as found (a directory, FIFO or broken link named ``x.mp4``
-    included), so that whoever reads them can report why they are not videos instead of
-    dropping them.
     """
-    return [p for p in walk(root) if is_video_path(p)]
+    return split_entries(walk(root))
 
 
-def source_videos(source: Path) -> list[Path]:
-    """Video paths named by a manifest CSV, or found under a folder (duplicates removed).
+def source_videos(source: Path) -> FolderVideos:
+    """Video paths named by a manifest CSV (nothing passed over), or found under a folder
+    (duplicates removed).
 
     Raises:
         ManifestError: missing source, unreadable manifest, or a folder without videos.
     """
     source = Path(source)
     if source.is_dir():
-        paths = find_videos(source)
-        if not paths:
+        found = find_videos(source)
+        if not found.videos:
             raise ManifestError(f"{source}: no video files in this folder")
-        return paths
+        return found
     if not source.exists():
         raise ManifestError(f"{source}: no such manifest or folder")
-    return list(dict.fromkeys(record.path for record in read_manifest(source)))
+    return FolderVideos(list(dict.fromkeys(record.path for record in read_manifest(source))), [])
 
 
 def index_folder(
@@ -98,8 +117,8 @@ def index_folder(
     """Index a class-per-folder tree ``root/<label>/**/<video files>``.
 
     Class folders may be symlinks; the tree is walked by :func:`pipeline.walk.walk`. Hidden
-    entries are skipped; files whose extension is not a video's are skipped and counted
-    (``skipped``), as are videos directly under ``root`` (``outside``). Labels are the class
+    entries are skipped; files whose extension is not a video's are passed over and listed
+    (``passed_over``), videos directly under ``root`` counted (``outside``). Labels are the class
     folders' names in Unicode NFC. Splits come from :func:`assign_splits`.
 
     Args:
@@ -109,7 +128,7 @@ def index_folder(
             its path under the class folder; None: :func:`~pipeline.splits.parse_group`.
 
     Returns:
-        The records and the number of skipped files.
+        The records and the files passed over.
 
     Raises:
         ManifestError: ``root`` missing or without class folders, a class folder without
@@ -123,9 +142,8 @@ def index_folder(
         raise ManifestError(f"{root}: {reason}")
     entries = walk(root)  # one walk: a link back into the tree is not walked again
     label_dirs = [p for p in entries if p.parent == root and p.is_dir()]
-    loose = [p for p in entries if p.parent == root and not p.is_dir()]
-    outside = sum(1 for p in loose if is_video_path(p))
-    skipped = len(loose) - outside
+    loose = split_entries(p for p in entries if p.parent == root)
+    outside, passed_over = len(loose.videos), list(loose.passed_over)
     if not label_dirs:
         raise ManifestError(f"{root}: no class folders (expected {root}/<label>/<video files>)")
     by_label: dict[Path, list[Path]] = defaultdict(list)
@@ -134,16 +152,15 @@ def index_folder(
             by_label[root / p.relative_to(root).parts[0]].append(p)
     records, unmatched = [], []
     for label_dir in label_dirs:
-        files = by_label[label_dir]
-        videos = [p for p in files if is_video_path(p)]
-        if not videos:
+        files = split_entries(by_label[label_dir])
+        if not files.videos:
             raise ManifestError(
                 f"{label_dir}: class folder {label_dir.name!r} has no video files "
-                f"({len(files)} other files)"
+                f"({len(files.passed_over)} other files)"
             )
-        skipped += len(files) - len(videos)
+        passed_over += files.passed_over
         label = normalise_label(label_dir.name)
-        for p in videos:
+        for p in files.videos:
             group = parse_group(p) if rule is None else rule(p.relative_to(label_dir).as_posix())
             if group is None:
                 unmatched.append(p)
@@ -154,9 +171,8 @@ def index_folder(
             f"--group-by '{group_by}' matches no part of {len(unmatched)} file path(s) under "
             f"their class folder (first: {unmatched[0]}); every file needs a group"
         )
-    if skipped or outside:
-        log.info("%s: skipped %d non-video files, %d videos outside", root, skipped, outside)
-    return IndexResult(_sorted(assign_splits(records, fractions)), skipped, outside)
+    records = _sorted(assign_splits(records, fractions))
+    return IndexResult(records, sorted(passed_over), outside)
 
 
 def _read_list(path: Path) -> list[tuple[int, list[str]]]:
@@ -197,7 +213,7 @@ def index_ucf101(
         fractions: only ``train`` and ``val`` are used.
 
     Returns:
-        The records (``skipped`` is always 0).
+        The records (nothing is passed over).
 
     Raises:
         ConfigError: ``split_id`` not 1-3.
@@ -259,7 +275,7 @@ def index_csv(path: Path, fractions: SplitFractions = SplitFractions()) -> Index
         fractions: shares of groups per split, for rows without one.
 
     Returns:
-        The records (``skipped`` is always 0).
+        The records (nothing is passed over).
 
     Raises:
         ManifestError: as :func:`read_manifest`, plus videos that do not exist and a group
@@ -295,7 +311,7 @@ def index_source(
         group_by: a folder tree's group pattern (see :func:`index_folder`).
 
     Returns:
-        The records and the number of skipped files.
+        The records and the files passed over.
 
     Raises:
         ConfigError: ``split_id`` without ``ucf101_lists``; ``group_by`` with another source.

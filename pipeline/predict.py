@@ -67,26 +67,31 @@ class PredictionFailure:
     reason: str
 
 
-def collect_videos(inputs: Sequence[Path]) -> tuple[list[Path], list[PredictionFailure]]:
+def collect_videos(
+    inputs: Sequence[Path],
+) -> tuple[list[Path], list[PredictionFailure], list[Path]]:
     """Expand the command line: files as given, folders walked for video files.
 
     Returns:
-        ``(paths, failures)``: paths in order with duplicates removed; a missing input or a
-        folder without video files is a failure, not an error.
+        ``(paths, failures, passed_over)``: paths in order with duplicates removed; a missing
+        input or a folder without video files is a failure, not an error; the files the
+        folder walks passed over (not videos by extension), to be named in the summary.
     """
     paths: list[Path] = []
     failures: list[PredictionFailure] = []
+    passed_over: list[Path] = []
     for given in map(Path, inputs):
         if given.is_dir():
             found = find_videos(given)
-            if not found:
+            if not found.videos:
                 failures.append(PredictionFailure(str(given), "no video files in this folder"))
-            paths += found
+            paths += found.videos
+            passed_over += found.passed_over
         elif given.exists():
             paths.append(given)
         else:
             failures.append(PredictionFailure(str(given), "file not found"))
-    return list(dict.fromkeys(paths)), failures
+    return list(dict.fromkeys(paths)), failures, list(dict.fromkeys(passed_over))
 
 
 def _unreadable(e: OSError) -> str:

@@ -29,24 +29,22 @@ T = TypeVar("T")
 
 VIDEO_EXTENSIONS = frozenset(
     {
-        ".mp4",
-        ".m4v",
-        ".mov",
-        ".avi",
-        ".mkv",
-        ".webm",
-        ".mpg",
-        ".mpeg",
-        ".ts",
-        ".flv",
-        ".wmv",
-        ".3gp",
-        ".ogv",
-        ".mts",
-        ".m2ts",
+        # MP4 / QuickTime family (FFmpeg's mov demuxer)
+        ".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".f4v",
+        # Matroska / WebM
+        ".mkv", ".mk3d", ".webm",
+        # MPEG program and transport streams, DVD
+        ".mpg", ".mpeg", ".m2p", ".vob", ".evo", ".vro", ".ts", ".m2t", ".mts", ".m2ts",
+        # other containers
+        ".avi", ".divx", ".flv", ".asf", ".wmv", ".ogv", ".mxf", ".dv", ".nut", ".rm", ".rmvb",
+        ".ivf", ".y4m", ".gif",
+        # raw video streams
+        ".m1v", ".m2v", ".mpv", ".h264", ".264", ".hevc", ".h265", ".265", ".mjpeg", ".mjpg",
     }
-)
-"""File extensions treated as videos when walking directories."""
+)  # fmt: skip
+"""File extensions taken as videos when walking folders: containers and raw streams FFmpeg
+demuxes as video. Names that are ambiguous (``.ps`` PostScript, ``.mod`` tracker music) are
+left out; every other file a walk passes over is counted and named in the command's summary."""
 
 MAX_DEMUX_ERRORS = 100
 """Consecutive demuxer errors (no packet read in between) after which the file is given up.

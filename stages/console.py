@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console, RenderableType
 from rich.text import Text
@@ -54,6 +56,20 @@ def _sized(console: Console) -> Console:
 def plain(text: object) -> Text:
     """``text`` as a Rich renderable that is never read as markup (for tables and titles)."""
     return Text(str(text))
+
+
+def first_few(names: Sequence[object], limit: int = 3) -> str:
+    """``a, b, c and 4 more``: the first ``limit`` of ``names``, then a count of the rest."""
+    shown = ", ".join(str(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def passed_over(files: Sequence[Path]) -> str:
+    """``; passed over N files that are not videos by extension (first: …)``, or ``""``."""
+    if not files:
+        return ""
+    named = first_few([f.name for f in files])
+    return f"; passed over {len(files)} files that are not videos by extension ({named})"
 
 
 def line(message: object, *, tag: str = "", style: str = "", to_stdout: bool = False) -> None:

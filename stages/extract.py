@@ -201,7 +201,8 @@ def command(
     report = report or report_path(output)
     check_output(output, FEATURE_STORE)
     check_output(report, EXTRACT_REPORT, overwrite=overwrite, option="--report")
-    paths = source_videos(source)
+    found = source_videos(source)
+    paths = found.videos
     sampling = fps or None  # 0 keeps every frame
     options = ExtractOptions(
         weights=weights,
@@ -249,6 +250,7 @@ def command(
             except KeyboardInterrupt as e:
                 committed = e.report if isinstance(e, ExtractInterrupted) else None
                 _interrupted(output, report, committed)
+    result.not_videos = [str(p) for p in found.passed_over]
     result.write(report)
     notes = "".join(
         f", {count} {what}"
@@ -272,7 +274,7 @@ def command(
         f"extracted {result.extracted}, skipped {result.skipped} (already stored), "
         + (f"{result.duplicates} duplicates (same content), " if result.duplicates else "")
         + f"failed {result.failed} of {result.videos} videos{notes}; {result.frames} frames at "
-        f"{result.frames_per_sec:.0f} fr/s → {output}"
+        f"{result.frames_per_sec:.0f} fr/s{console.passed_over(found.passed_over)} → {output}"
     )
     for video in result.partial_videos[:SHOW_FAILURES]:
         console.line(

@@ -70,7 +70,7 @@ def command(
     output.parent.mkdir(parents=True, exist_ok=True)  # as every other command does
     write_manifest(result.records, output)
     splits = ", ".join(f"{name} {count}" for name, count in result.split_counts().items())
-    skipped = f"; skipped {result.skipped} non-video files" if result.skipped else ""
+    skipped = console.passed_over(result.passed_over)
     if result.outside:
         skipped += (
             f"; skipped {result.outside} videos outside any class folder "
@@ -79,10 +79,9 @@ def command(
     chosen = {"val": fractions.val, "test": fractions.test}
     for split, share in chosen.items():
         if share and (absent := result.labels_missing(split)):
-            named = ", ".join(map(repr, absent[:MAX_NAMED]))
-            more = f" and {len(absent) - MAX_NAMED} more" if len(absent) > MAX_NAMED else ""
+            named = console.first_few(list(map(repr, absent)), MAX_NAMED)
             console.warning(
-                f"the {split} split has no group of label(s) {named}{more}: its scores will "
+                f"the {split} split has no group of label(s) {named}: its scores will "
                 "not cover them; index more recordings (groups) of them"
             )
     typer.echo(

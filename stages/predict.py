@@ -155,7 +155,7 @@ def command(
             "this model was trained on a seeded RANDOM backbone "
             f"({predictor.trained.extractor.weights}), not ImageNet features"
         )
-    paths, failures = collect_videos(videos)
+    paths, failures, passed_over = collect_videos(videos)
     k = min(top_k, len(predictor.labels))
     if json_lines:
         show: _JsonLines | _TableRows = _JsonLines(predictor.labels, k)
@@ -176,6 +176,7 @@ def command(
     except KeyboardInterrupt:
         console.line("", tag="interrupted", style="bold red")
         raise typer.Exit(130) from None
-    console.line(f"classified {done['ok']} videos, {done['failed']} failed")
+    summary = f"classified {done['ok']} videos, {done['failed']} failed"
+    console.line(summary + console.passed_over(passed_over))
     if done["failed"]:
         raise typer.Exit(1)

@@ -39,7 +39,7 @@ def test_index_folder_writes_manifest_and_one_line_summary(tree):
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         f"indexed 12 videos in 2 labels (train 4, val 4, test 4); "
-        f"skipped 1 non-video files → {out}\n"
+        f"passed over 1 files that are not videos by extension (notes.txt) → {out}\n"
     )
     records = read_manifest(out)
     assert {r.split for r in records} == set(SPLITS)

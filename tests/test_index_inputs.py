@@ -9,12 +9,16 @@ one ``error:`` line.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import threading
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -22,6 +26,7 @@ from pipeline.errors import ManifestError
 from pipeline.index_sources import find_videos, index_csv, index_folder, source_videos
 from pipeline.manifest import read_manifest, write_manifest
 from pipeline.predict import collect_videos
+from pipeline.store import open_store
 from stages.cli import app
 
 NFC, NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
@@ -111,7 +116,7 @@ def test_a_video_at_the_root_of_a_class_tree_is_not_called_a_non_video_file(make
     (tmp_path / "videos" / "notes.txt").write_text("x")
     result = invoke("index", tmp_path / "videos", "-o", tmp_path / "m.csv")
     assert result.exit_code == 0, result.output
-    assert "skipped 1 non-video files" in result.stdout
+    assert "passed over 1 files that are not videos by extension (notes.txt)" in result.stdout
     assert "1 videos outside any class folder" in result.stdout
 
 
@@ -144,9 +149,9 @@ def test_one_walker_follows_symlinked_folders_once(linked_tree):
     indexed = sorted(r.path for r in index_folder(linked_tree).records)
     assert indexed == expected
     assert {r.label for r in index_folder(linked_tree).records} == {"jump", "run"}
-    assert find_videos(linked_tree) == expected
-    assert source_videos(linked_tree) == expected  # extract DIR
-    assert collect_videos([linked_tree]) == (expected, [])  # predict DIR
+    assert find_videos(linked_tree).videos == expected
+    assert source_videos(linked_tree).videos == expected  # extract DIR
+    assert collect_videos([linked_tree])[:2] == (expected, [])  # predict DIR
 
 
 @pytest.fixture
@@ -182,7 +187,7 @@ def test_extract_records_a_fifo_as_not_a_regular_file(with_fifo, tmp_path):
 
     store = tmp_path / "features.h5"
     report = run_extraction(
-        source_videos(with_fifo), store, ExtractOptions(weights="random", input_size=32)
+        source_videos(with_fifo).videos, store, ExtractOptions(weights="random", input_size=32)
     )
     assert (report.extracted, report.failed) == (1, 1)
     [failure] = report.failures
@@ -201,3 +206,68 @@ def test_predict_reports_fifos_and_devices_and_classifies_the_rest(with_fifo, tr
     assert '"path": "/dev/zero", "error": "not a regular file: a character device"' in (
         result.stdout
     )
+
+
+# Containers and raw streams FFmpeg demuxes as video that folder walks once skipped without a
+# word (#25 item 5), each written here by PyAV's FFmpeg: suffix → (muxer, encoder, pix_fmt).
+MORE_FORMATS = {
+    ".vob": ("vob", "mpeg2video", "yuv420p"),
+    ".mxf": ("mxf", "mpeg2video", "yuv420p"),
+    ".m2v": ("mpeg2video", "mpeg2video", "yuv420p"),
+    ".m1v": ("mpeg1video", "mpeg1video", "yuv420p"),
+    ".m2t": ("mpegts", "mpeg2video", "yuv420p"),
+    ".divx": ("avi", "mpeg4", "yuv420p"),
+    ".f4v": ("f4v", "libx264", "yuv420p"),
+    ".qt": ("mov", "libx264", "yuv420p"),
+    ".3g2": ("3g2", "mpeg4", "yuv420p"),
+    ".y4m": ("yuv4mpegpipe", "rawvideo", "yuv420p"),
+    ".gif": ("gif", "gif", "rgb8"),
+    ".asf": ("asf", "msmpeg4", "yuv420p"),
+    ".nut": ("nut", "mpeg4", "yuv420p"),
+    ".ivf": ("ivf", "libvpx", "yuv420p"),
+    ".rm": ("rm", "rv10", "yuv420p"),
+    ".h264": ("h264", "libx264", "yuv420p"),
+    ".mjpeg": ("mjpeg", "mjpeg", "yuvj420p"),
+}
+
+
+def _write(path: Path, muxer: str, codec: str, pix_fmt: str, frames: int = 6) -> Path:
+    with av.open(str(path), "w", format=muxer) as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = pix_fmt
+        for i in range(frames):
+            image = np.full((64, 64, 3), 30 * i, np.uint8)
+            image[: 8 * (i + 1), :, 0] = 255  # a moving edge: every frame differs
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_every_video_format_in_a_folder_is_extracted_and_other_files_are_named(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    made = [_write(folder / f"clip{ext}", *spec) for ext, spec in MORE_FORMATS.items()]
+    _write(folder / "renamed.bin", "mp4", "libx264", "yuv420p")  # a video, by content only
+    (folder / "notes.txt").write_text("x")
+    store = tmp_path / "f.h5"
+    args = ["extract", str(folder), "-o", str(store), "--weights", "random"]
+    result = invoke(*args, "--input-size", "32", "--resize", "squash")
+    assert result.exit_code == 0, result.output
+    summary = f"extracted {len(made)}, skipped 0 (already stored), failed 0 of {len(made)} videos"
+    assert summary in result.stdout
+    passed = "passed over 2 files that are not videos by extension (notes.txt, renamed.bin)"
+    assert passed in result.stdout
+    report = json.loads((tmp_path / "f.h5.report.json").read_text())
+    assert report["not_videos"] == [str(folder / "notes.txt"), str(folder / "renamed.bin")]
+    with open_store(store) as feature_store:
+        for path in made:  # every frame of every format, read back by path
+            assert feature_store.read(feature_store.video_id_for(path)).features.shape[0] == 6
+    tree = tmp_path / "tree"
+    (tree / "any").mkdir(parents=True)
+    for path in [*made, folder / "notes.txt"]:
+        shutil.copy(path, tree / "any")
+    indexed = invoke("index", tree, "-o", tmp_path / "m.csv")
+    assert indexed.exit_code == 0, indexed.output
+    assert f"indexed {len(made)} videos" in indexed.stdout
+    assert "passed over 1 files that are not videos by extension (notes.txt)" in indexed.stdout

@@ -266,7 +266,8 @@ def tree(make_video) -> Path:
 
 def test_index_folder(tree):
     result = index_folder(tree)
-    assert result.skipped == 2  # notes.txt and README.md; hidden entries are not listed
+    # notes.txt and README.md are named; hidden entries are not listed
+    assert result.passed_over == [tree / "README.md", tree / "cat" / "notes.txt"]
     assert result.outside == 0
     assert result.labels == ["cat", "dog", "eel"]
     assert len(result.records) == 3 * 8 + 1
@@ -283,7 +284,7 @@ def test_index_folder(tree):
 def test_index_folder_over_the_sample_dataset(sample_dataset):
     result = index_source(sample_dataset.root)
     assert len(result.records) == len(sample_dataset.files)
-    assert result.skipped == 0
+    assert result.passed_over == []
     assert result.labels == sorted(sample_dataset.labels)
     assert_group_aware(result.records)
     assert len(splits_by_group(result.records)) == 6 * 4

@@ -275,3 +275,18 @@ def test_stop_from_another_thread_ends_predict_waiting_on_a_hung_decoder(trained
         assert got == []
     finally:
         release.set()
+
+
+def test_predict_dir_names_the_files_it_passed_over(trained_dir, tmp_path):
+    """#25 item 5: a folder walk never drops a file without a word."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(trained_dir.stored[0], folder / "a.mp4")
+    shutil.copy(trained_dir.stored[0], folder / "renamed.bin")  # a video, by content only
+    (folder / "notes.txt").write_text("x")
+    result = invoke("predict", trained_dir.model_dir, folder)
+    assert result.exit_code == 0, result.output
+    assert (
+        "classified 1 videos, 0 failed; passed over 2 files that are not videos by extension "
+        "(notes.txt, renamed.bin)" in result.stderr
+    )
