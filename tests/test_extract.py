@@ -158,17 +158,22 @@ def test_variable_frame_rate_timestamps_survive_extraction(tmp_path: Path) -> No
     np.testing.assert_allclose(stamps, np.array(pts_ms) / 1000)
 
 
-def test_unexpected_decoder_error_fails_only_that_video(
-    videos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _decoding_raises(monkeypatch: pytest.MonkeyPatch, path: Path, error: BaseException) -> None:
+    """Decoding ``path`` raises ``error``; every other video decodes as usual."""
     original = decoder_thread.VideoReader.chunks
 
     def chunks(self, *args, **kwargs):
-        if self.path == videos[1]:
-            raise RuntimeError("simulated library bug")
+        if self.path == path:
+            raise error
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(decoder_thread.VideoReader, "chunks", chunks)
+
+
+def test_unexpected_decoder_error_fails_only_that_video(
+    videos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _decoding_raises(monkeypatch, videos[1], RuntimeError("simulated library bug"))
     report = run_extraction(videos, tmp_path / "f.h5", OPTIONS)
     assert (report.extracted, report.failed) == (3, 1)
     assert report.failures[0]["path"] == str(videos[1])
@@ -213,14 +218,7 @@ def test_unchanged_known_failures_are_not_tried_again(
 def test_a_failure_of_the_run_is_tried_again(
     videos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = decoder_thread.VideoReader.chunks
-
-    def out_of_memory(self, *args, **kwargs):
-        if self.path == videos[1]:
-            raise MemoryError
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(decoder_thread.VideoReader, "chunks", out_of_memory)
+    _decoding_raises(monkeypatch, videos[1], MemoryError())
     store = tmp_path / "f.h5"
     first = run_extraction(videos[:2], store, OPTIONS)
     assert [f["reason"] for f in first.failures] == ["out of memory while decoding"]
