@@ -621,14 +621,15 @@ def test_an_extract_run_reads_the_store_index_once(tmp_path: Path, monkeypatch) 
     """#23 item 8: planning, the extractor check and the commit share one read."""
     from pipeline import extract
     from pipeline.encode import write_video
-    from pipeline.store import generations
+    from pipeline.store import index as index_files
 
     videos = [write_video(tmp_path / f"{i}.mkv", np.full((4, 32, 32, 3), 40 * i, np.uint8), fps=10)
               for i in range(3)]  # fmt: skip
     options = extract.ExtractOptions(weights="random", input_size=32, resize="squash")
     extract.run_extraction(videos[:2], tmp_path / "f.h5", options)
-    reads = []
-    original = generations.load_index
-    monkeypatch.setattr(generations, "load_index", lambda *a: reads.append(a) or original(*a))
+    assert len(_root(tmp_path / "f.h5")["index_files"]) == 1
+    reads = []  # every reader of the index reads each index file through read_tables
+    original = index_files.read_tables
+    monkeypatch.setattr(index_files, "read_tables", lambda f: reads.append(f) or original(f))
     report = extract.run_extraction(videos, tmp_path / "f.h5", options)
     assert (report.extracted, report.skipped, len(reads)) == (1, 2, 1)
