@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -298,17 +299,32 @@ class _Retimer(Generic[T]):
 
 
 class _Sampler:
-    """Keeps the first frame at or after each tick of a ``fps`` clock (None keeps all)."""
+    """Keeps the first frame at or after each tick of a ``fps`` clock (None keeps all): the
+    earliest frame of each period-long bucket, counted from the first frame's time."""
+
+    EDGE_SEC = 1e-4
+    """A time this close to a tick is in no sure bucket (see :meth:`bucket`)."""
 
     def __init__(self, fps: float | None) -> None:
         self.period = None if fps is None else 1.0 / fps
+        self.start: float | None = None
         self.next_tick: float | None = None
+
+    def bucket(self, t: float) -> int | None:
+        """The bucket ``t`` falls in, once the clock has started; None while it has not, or
+        when ``t`` is too close to a tick for rounding to be sure of it."""
+        if self.period is None or self.start is None:
+            return None
+        position = (t - self.start) / self.period
+        if abs(position - round(position)) * self.period < self.EDGE_SEC:
+            return None
+        return math.floor(position)
 
     def keep(self, t: float) -> bool:
         if self.period is None:
             return True
         if self.next_tick is None:
-            self.next_tick = t
+            self.start = self.next_tick = t
         if t + 1e-6 < self.next_tick:
             return False
         while self.next_tick <= t + 1e-6:
@@ -382,6 +398,24 @@ class VideoReader:
         decoded, kept, rotation, shape = 0, 0, 0, (0, 0)
         first_t = last_t = 0.0
 
+        earliest: dict[int, float] = {}  # sampling bucket → earliest own pts decoded in it
+
+        def sampled_out(t: float | None) -> bool:
+            """True for a frame the sampler will drop, so it is never scaled: an earlier
+            frame of its bucket was decoded already. Only where each frame keeps its own pts
+            (presentation pts, or a stream without B-frames whose pts come in order); where
+            the retimer sorts decode-order pts, a frame held back would shift the others'."""
+            in_order = retimer.presentation_pts or not stream.codec_context.has_b_frames
+            if t is None or not in_order:
+                return False
+            bucket = sampler.bucket(t)
+            if bucket is None:
+                return False
+            if bucket in earliest and earliest[bucket] < t:
+                return True
+            earliest[bucket] = t
+            return False
+
         def settled() -> Iterator[tuple[tuple[np.ndarray, int, tuple[int, int]], float]]:
             nonlocal decoded
             for frame in _decoded_frames(container, stream, others, stats):
@@ -389,11 +423,13 @@ class VideoReader:
                     stats.corrupt += 1
                     continue
                 decoded += 1
+                retimer.presentation_pts = stats.presentation_pts
+                if sampled_out(frame.time):
+                    continue
                 # Scaled before the reorder window: it then holds output-sized pictures,
                 # never full-resolution frames.
                 turn = round(frame.rotation or 0) % 360
                 picture = (self._to_square(frame, turn, sar), turn, (frame.width, frame.height))
-                retimer.presentation_pts = stats.presentation_pts
                 yield from retimer.push(picture, frame.time)
             yield from retimer.drain()
 

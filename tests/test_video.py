@@ -137,3 +137,37 @@ def test_truncated_file_decodes_what_is_there_or_fails_cleanly(tmp_path: Path) -
     head_only.write_bytes(write_video(tmp_path / "g.mp4", _ramp(40), fps=20).read_bytes()[:200])
     with pytest.raises(DecodeError):
         VideoReader(head_only, size=32).read_all()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec"), [(".mp4", None), (".mkv", "mjpeg"), (".webm", None), (".avi", "libx264")]
+)
+def test_fps_sampling_scales_only_the_frames_it_keeps(
+    tmp_path: Path, suffix: str, codec: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#25: frames the sampler drops are not scaled (the --fps path paid for scaling every
+    frame), and the kept frames, pixels and timestamps are those of sampling every frame.
+    .mp4 is H.264 with B-frames (presentation pts), .mkv MJPEG and .webm VP9 have none; .avi
+    H.264 has decode-order pts, whose repair must see every frame (all scaled there)."""
+    pix_fmt = "yuvj420p" if codec == "mjpeg" else None
+    options = {"bf": "3"} if codec == "libx264" else None
+    clip = tmp_path / f"c{suffix}"
+    path = write_video(clip, _ramp(90), fps=30, codec=codec, pix_fmt=pix_fmt, options=options)
+    every = VideoReader(path, size=32).read_all()
+    scaled = []
+    original = VideoReader._to_square
+    monkeypatch.setattr(
+        VideoReader, "_to_square", lambda self, *a: scaled.append(1) or original(self, *a)
+    )
+    reader = VideoReader(path, size=32, fps=5)
+    sampled = reader.read_all()
+    assert (reader.info.timestamps_repaired > 0) == (suffix == ".avi")  # decode-order pts
+    keep = np.searchsorted(every.timestamps_sec, sampled.timestamps_sec)
+    np.testing.assert_array_equal(every.timestamps_sec[keep], sampled.timestamps_sec)
+    np.testing.assert_array_equal(every.frames[keep], sampled.frames)
+    assert len(sampled.timestamps_sec) == 15  # 3 s at 5 fps: one frame of every 6
+    assert np.allclose(np.diff(sampled.timestamps_sec), 0.2)
+    if suffix == ".avi":
+        assert len(scaled) == 90
+    else:
+        assert len(scaled) < 90 / 2  # the first window's frames, then one per bucket
