@@ -400,13 +400,14 @@ class VideoReader:
 
         earliest: dict[int, float] = {}  # sampling bucket → earliest own pts decoded in it
 
+        # AVI stores decode-order stamps: where its B-frames reorder, the retimer hands the
+        # window's sorted stamps out in output order, so it must see every frame.
+        own_pts = container.format.name != "avi" or not stream.codec_context.has_b_frames
+
         def sampled_out(t: float | None) -> bool:
             """True for a frame the sampler will drop, so it is never scaled: an earlier
-            frame of its bucket was decoded already. Only where each frame keeps its own pts
-            (presentation pts, or a stream without B-frames whose pts come in order); where
-            the retimer sorts decode-order pts, a frame held back would shift the others'."""
-            in_order = retimer.presentation_pts or not stream.codec_context.has_b_frames
-            if t is None or not in_order:
+            frame of its bucket was decoded already (only where frames keep their own pts)."""
+            if t is None or not (own_pts or retimer.presentation_pts):
                 return False
             bucket = sampler.bucket(t)
             if bucket is None:
