@@ -399,6 +399,7 @@ class VideoReader:
         first_t = last_t = 0.0
 
         earliest: dict[int, float] = {}  # sampling bucket → earliest own pts decoded in it
+        dropped_last: float | None = None  # latest pts of a frame sampled out before scaling
 
         # AVI stores decode-order stamps: where its B-frames reorder, the retimer hands the
         # window's sorted stamps out in output order, so it must see every frame.
@@ -413,6 +414,8 @@ class VideoReader:
             if bucket is None:
                 return False
             if bucket in earliest and earliest[bucket] < t:
+                nonlocal dropped_last
+                dropped_last = t if dropped_last is None else max(dropped_last, t)
                 return True
             earliest[bucket] = t
             return False
@@ -456,6 +459,7 @@ class VideoReader:
             raise DecodeError(f"{self.path}: {reason}")
         if frames:
             yield FrameChunk(np.stack(frames), np.asarray(stamps, dtype=np.float64))
+        end_t = last_t if dropped_last is None else max(last_t, dropped_last)
         if sar and sar.numerator and sar != 1:  # displayed size, as the frames are scaled
             shape = (max(1, round(shape[0] * float(sar))), shape[1])
         width, height = shape if rotation in (0, 180) else shape[::-1]
@@ -467,7 +471,7 @@ class VideoReader:
             height=height,
             frame_count=kept,
             container_frames=int(stream.frames or 0),
-            duration_sec=float(last_t - first_t + nominal_period),
+            duration_sec=float(end_t - first_t + nominal_period),
             codec=stream.codec_context.name,
             rotation=rotation,
             corrupt_packets=stats.corrupt,

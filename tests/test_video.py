@@ -153,7 +153,8 @@ def test_fps_sampling_scales_only_the_frames_it_keeps(
     options = {"bf": "3"} if codec == "libx264" else None
     clip = tmp_path / f"c{suffix}"
     path = write_video(clip, _ramp(90), fps=30, codec=codec, pix_fmt=pix_fmt, options=options)
-    every = VideoReader(path, size=32).read_all()
+    every_reader = VideoReader(path, size=32)
+    every = every_reader.read_all()
     scaled = []
     original = VideoReader._to_square
     monkeypatch.setattr(
@@ -162,6 +163,9 @@ def test_fps_sampling_scales_only_the_frames_it_keeps(
     reader = VideoReader(path, size=32, fps=5)
     sampled = reader.read_all()
     assert (reader.info.timestamps_repaired > 0) == (suffix == ".avi")  # decode-order pts
+    facts = ("duration_sec", "decoded_frames", "container_frames")  # sampling changes none
+    for fact in facts:
+        assert getattr(reader.info, fact) == getattr(every_reader.info, fact), fact
     keep = np.searchsorted(every.timestamps_sec, sampled.timestamps_sec)
     np.testing.assert_array_equal(every.timestamps_sec[keep], sampled.timestamps_sec)
     np.testing.assert_array_equal(every.frames[keep], sampled.frames)
