@@ -81,6 +81,7 @@ def write_video(
     codec: str | None = None,
     pix_fmt: str | None = None,
     options: dict[str, str] | None = None,
+    muxer: str | None = None,
 ) -> Path:
     """Encode frames into a video file, atomically (temporary name, renamed when complete).
 
@@ -94,13 +95,15 @@ def write_video(
         codec: FFmpeg encoder; default: the :data:`FORMATS` codec for the suffix.
         pix_fmt: encoder pixel format; default: the suffix's, or ``yuv420p`` for another codec.
         options: encoder options; default: the suffix's when its codec is used.
+        muxer: FFmpeg muxer, for any other container (e.g. ``vob``); default: the suffix's.
 
     Returns:
         ``path``.
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in _MUXERS:
+    muxer = muxer or _MUXERS.get(suffix)
+    if muxer is None:
         known = " ".join(_MUXERS)
         raise ConfigError(f"{path}: cannot write {suffix or 'suffix-less'} files (known: {known})")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -114,9 +117,7 @@ def write_video(
     # A name without a video suffix, so indexers never pick up a half-written file.
     with (
         fsio.replacing(path) as partial,
-        av.open(
-            str(partial), mode="w", format=_MUXERS[suffix], options={"fflags": "+bitexact"}
-        ) as container,
+        av.open(str(partial), mode="w", format=muxer, options={"fflags": "+bitexact"}) as container,
     ):
         stream = container.add_stream(
             codec, rate=Fraction(fps), options={**options, "flags": "+bitexact"}

@@ -113,16 +113,21 @@ def test_other_extractor_options_are_refused(videos: list[Path], store: Path) ->
         run_extraction(videos, store, ExtractOptions(weights="random", input_size=64))
 
 
+def _broken_files(folder: Path, source: Path) -> list[Path]:
+    text = folder / "text.mp4"
+    text.write_text("this is not a video")
+    truncated = folder / "truncated.mp4"
+    truncated.write_bytes(source.read_bytes()[:300])
+    return [text, truncated]
+
+
 def test_new_videos_are_added_and_bad_ones_recorded(videos: list[Path], tmp_path: Path) -> None:
     store = tmp_path / "f.h5"
     run_extraction(videos[:2], store, OPTIONS)
     one_frame = write_video(tmp_path / "one.mp4", _clip(1, 9), fps=10)
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    text = tmp_path / "text.mp4"
-    text.write_text("this is not a video")
-    truncated = tmp_path / "truncated.mp4"
-    truncated.write_bytes(videos[0].read_bytes()[:300])
+    text, truncated = _broken_files(tmp_path, videos[0])
     paths = [*videos, one_frame, empty, text, truncated, tmp_path / "missing.avi"]
     report = run_extraction(paths, store, OPTIONS)
     assert (report.extracted, report.skipped, report.failed) == (3, 2, 4)
@@ -178,14 +183,6 @@ def test_unexpected_decoder_error_fails_only_that_video(
     assert (report.extracted, report.failed) == (3, 1)
     assert report.failures[0]["path"] == str(videos[1])
     assert "RuntimeError: simulated library bug" in report.failures[0]["reason"]
-
-
-def _broken_files(folder: Path, source: Path) -> list[Path]:
-    text = folder / "text.mp4"
-    text.write_text("this is not a video")
-    truncated = folder / "truncated.mp4"
-    truncated.write_bytes(source.read_bytes()[:300])
-    return [text, truncated]
 
 
 def test_unchanged_known_failures_are_not_tried_again(

@@ -46,11 +46,6 @@ OPEN_SHARDS = 16
 NAMED_VIDEOS = 5
 
 
-def _file_stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
 def _file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
     """Which root file this is: a commit renames a new file (a new inode) over the old one."""
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
@@ -75,11 +70,7 @@ def indexed_video_id(
     entry = index.get(str(source))
     if entry is None or entry.video_id not in stored:
         return None
-    try:
-        current = _file_stat(source)
-    except OSError:
-        return None
-    return entry.video_id if (entry.size, entry.mtime_ns) == current else None
+    return entry.video_id if _unchanged(source, entry.size, entry.mtime_ns) else None
 
 
 def known_failure(
@@ -94,11 +85,16 @@ def known_failure(
     failure = failures.get(str(source))
     if failure is None or failure.size < 0:
         return None
+    return failure if _unchanged(source, failure.size, failure.mtime_ns) else None
+
+
+def _unchanged(source: Path, size: int, mtime_ns: int) -> bool:
+    """True while ``source`` still has the size and mtime recorded when it was hashed."""
     try:
-        current = _file_stat(source)
+        st = source.stat()
     except OSError:
-        return None
-    return failure if (failure.size, failure.mtime_ns) == current else None
+        return False
+    return (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
 
 
 def _open_index(path: Path) -> h5py.File:
