@@ -31,7 +31,7 @@ from pipeline.decoder_thread import (
     OutOfWork,
 )
 from pipeline.errors import ConfigError
-from pipeline.store import write_failure, write_part
+from pipeline.store import unchanged, write_failure, write_part
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,7 @@ class WorkItem:
 
     def changed(self) -> bool:
         """True when the file's size or mtime differ from those recorded at hash time."""
-        if self.size < 0:
-            return False
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return True
-        return (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns)
+        return self.size >= 0 and not unchanged(Path(self.path), self.size, self.mtime_ns)
 
     def failure(self, reason: str, *, transient: bool = False) -> ExtractionFailure:
         """This video's failure: one of its content is remembered with its stat at hash

@@ -29,6 +29,7 @@ from pipeline.store.read import (
     known_failure,
     open_store,
     read_store_config,
+    unchanged,
 )
 from pipeline.store.tools import VerifyReport, store_info, verify_store
 from pipeline.store.write import (
@@ -65,6 +66,7 @@ __all__ = [
     "staged_video_ids",
     "staged_video_infos",
     "store_info",
+    "unchanged",
     "verify_store",
     "write_alias",
     "write_failure",

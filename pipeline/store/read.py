@@ -70,7 +70,7 @@ def indexed_video_id(
     entry = index.get(str(source))
     if entry is None or entry.video_id not in stored:
         return None
-    return entry.video_id if _unchanged(source, entry.size, entry.mtime_ns) else None
+    return entry.video_id if unchanged(source, entry.size, entry.mtime_ns) else None
 
 
 def known_failure(
@@ -85,11 +85,12 @@ def known_failure(
     failure = failures.get(str(source))
     if failure is None or failure.size < 0:
         return None
-    return failure if _unchanged(source, failure.size, failure.mtime_ns) else None
+    return failure if unchanged(source, failure.size, failure.mtime_ns) else None
 
 
-def _unchanged(source: Path, size: int, mtime_ns: int) -> bool:
-    """True while ``source`` still has the size and mtime recorded when it was hashed."""
+def unchanged(source: Path, size: int, mtime_ns: int) -> bool:
+    """True while ``source`` still has the size and mtime recorded when it was hashed (False
+    when it cannot be read): the one "same file content" shortcut of every check."""
     try:
         st = source.stat()
     except OSError:
