@@ -160,3 +160,20 @@ def test_a_damaged_store_file_is_one_error_line_naming_it(
     if damage == "links damaged" and command in ("extract", "compact"):
         with h5py.File(store, "r") as f:  # the new links file opens the plain-h5py way
             assert f["videos"][video_id]["features"].shape[0] > 0
+
+
+def test_an_index_file_removed_while_hdf5_opens_it_is_missing_not_damaged(tmp_path, monkeypatch):
+    """Seen under load: a commit folded an index file away between HDF5's open and its stat
+    ("can't retrieve stat info"); the reader must reload from the newer root, not fail."""
+    from pipeline.store import index as index_files
+
+    path = tmp_path / "index-0.h5"
+    path.write_bytes(b"soon gone")
+
+    def vanishing(name, mode="r"):
+        Path(name).unlink()
+        raise OSError("Unable to open file (can't retrieve stat info for file)")
+
+    monkeypatch.setattr(index_files.h5py, "File", vanishing)
+    with pytest.raises(FileNotFoundError):
+        index_files.read_index_file(path)

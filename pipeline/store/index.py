@@ -10,6 +10,7 @@ Index files are written once under a temporary name and never modified afterward
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from collections.abc import Iterable
@@ -201,6 +202,8 @@ def read_index_file(path: Path) -> IndexDelta:
     except FileNotFoundError:
         raise
     except OSError as e:
+        if not path.exists():  # removed while HDF5 opened it: a commit folded it away
+            raise FileNotFoundError(errno.ENOENT, "index file removed", str(path)) from None
         raise StoreError(damaged % f"not readable as HDF5: {e}") from None
     with f:
         if f.attrs.get("format") != INDEX_FORMAT_NAME:
