@@ -3,9 +3,8 @@
 Each builder returns a matplotlib ``Figure`` and :func:`save_png` renders it with the Agg
 rasteriser, so nothing needs a display, a browser or the network, and no pyplot state is
 shared between calls. This is the only project module that imports matplotlib, on first
-use, so ``vrnn --help`` and ``vrnn index`` never load it. Keras itself imports
-``matplotlib.pyplot`` when matplotlib is installed, so every TensorFlow command pays that
-import anyway (measured in docs/plots.md).
+use, so only the commands that draw load it (Keras's own optional import of matplotlib is
+hidden by :mod:`pipeline.keras_imports`; the cost is measured in docs/plots.md).
 """
 
 from __future__ import annotations

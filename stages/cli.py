@@ -24,7 +24,7 @@ from typer.core import TyperGroup
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from stages import console, evaluate, export, extract, index, predict, sample_data, store, train
-from stages.quiet_tf import quiet_tensorflow
+from stages.tf_import import prepare_tensorflow_import
 
 _TYPER_HELP_WIDTH = rich_utils.MAX_WIDTH
 """Typer's own help width (``TERMINAL_WIDTH``), None when unset."""
@@ -108,7 +108,7 @@ def main(
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as its bytes
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="surrogateescape")
-    quiet_tensorflow(verbose)  # before any command imports TensorFlow
+    prepare_tensorflow_import(verbose)  # before any command imports TensorFlow
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -33,7 +33,7 @@ def test_closure_follows_lazy_and_transitive_imports():
     assert dvc_deps.command_module("TF_NUM_INTRAOP_THREADS=1 vrnn sample-data x") == (
         "stages.sample_data"
     )
-    assert "stages/quiet_tf.py" in train  # a helper of the entry point is followed
+    assert "stages/tf_import.py" in train  # a helper of the entry point is followed
     # The entry point registers every command; their own code is not train's.
     assert "stages/extract.py" not in train and "pipeline/extract.py" not in train
 

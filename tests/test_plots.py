@@ -7,6 +7,9 @@ any font or label length.
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +133,26 @@ def test_curves_without_a_val_split_draw_the_train_lines_only():
     for ax in figure.axes:
         names = [line.get_label() for line in ax.get_lines()]
         assert names == ["train", "kept epoch 2"]
+
+
+KERAS_WITHOUT_MATPLOTLIB = """
+import sys
+import pipeline, keras
+loaded_with_keras = sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib")
+import keras.src.visualization.plot_image_gallery as gallery
+from matplotlib.figure import Figure  # user code still gets the real matplotlib
+print(repr((loaded_with_keras, gallery.plt, Figure.__module__)))
+"""
+
+
+def test_keras_loads_without_matplotlib_which_the_plots_still_import():
+    # Keras 3 imports matplotlib.pyplot when installed (~0.3-0.8 CPU s per TensorFlow
+    # process): pipeline.keras_imports hides it from Keras's plotting helpers only.
+    run = subprocess.run(
+        [sys.executable, "-c", KERAS_WITHOUT_MATPLOTLIB], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    loaded_with_keras, gallery_plt, figure_module = ast.literal_eval(run.stdout.splitlines()[-1])
+    assert loaded_with_keras == []
+    assert gallery_plt is None  # Keras took its own no-matplotlib branch
+    assert figure_module == "matplotlib.figure"
