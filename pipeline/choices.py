@@ -62,7 +62,7 @@ class Head(StrEnum):
 LINEAR_HEADS = frozenset({Head.TREND, Head.DELTA})
 """Linear softmax heads on clip statistics: no projection, input dropout or hidden layer."""
 DELTA_RNN_HEADS = frozenset({Head.DELTA_GRU, Head.DELTA_LSTM})
-"""``delta``'s clip statistics next to a recurrent layer over the frames and their changes."""
+"""``delta``'s linear branch averaged with a recurrent branch over each frame's self-similarity."""
 ALWAYS_STANDARDIZED = frozenset({Head.DELTA}) | DELTA_RNN_HEADS
 """Heads whose features are always standardized with train-split statistics (``normalize``
 or not): their statistics are part of the head."""

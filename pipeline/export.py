@@ -37,12 +37,13 @@ from pipeline.file_names import SAVED_MODEL_FILE
 from pipeline.heads import (
     FEATURES_INPUT,
     MASK_INPUT,
-    FrameChanges,
     MaskedDelta,
     MaskedMean,
     MaskedTrend,
+    SelfSimilarity,
     ToFloat32,
     load_head,
+    self_similarity,
 )
 from pipeline.model_dir import TrainedModel, load_model_dir, model_weights_file
 
@@ -139,8 +140,8 @@ def _builtin_equivalent(layer: keras.layers.Layer) -> Callable[..., keras.KerasT
         return functools.partial(_builtin_trend, name=layer.name)
     if isinstance(layer, MaskedDelta):
         return functools.partial(_builtin_delta, name=layer.name)
-    if isinstance(layer, FrameChanges):
-        return functools.partial(_builtin_frame_changes, name=layer.name)
+    if isinstance(layer, SelfSimilarity):
+        return _builtin_self_similarity
     return layer
 
 
@@ -162,16 +163,11 @@ def _builtin_trend(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
     return layers.Concatenate(name=name)([mean, trend])
 
 
-def _builtin_frame_changes(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
-    """:class:`~pipeline.heads.FrameChanges` on ``T >= 2`` real frames from built-in layers:
-    ``[x[t], x[t] - x[t - 1]]``, the first frame's change zero-padded."""
-    layers = keras.layers
-    x = layers.Activation("linear", dtype="float32", name=f"{name}_float32")(x)
-    later = layers.Cropping1D((1, 0), name=f"{name}_later")(x)
-    earlier = layers.Cropping1D((0, 1), name=f"{name}_earlier")(x)
-    change = layers.Subtract(name=f"{name}_change")([later, earlier])
-    change = layers.ZeroPadding1D((1, 0), name=f"{name}_first_unchanged")(change)
-    return layers.Concatenate(name=name)([x, change])
+def _builtin_self_similarity(x: keras.KerasTensor) -> keras.KerasTensor:
+    """:class:`~pipeline.heads.SelfSimilarity` on all-real frames, as Keras ops (which a
+    ``.keras`` file stores as built-in operations)."""
+    x = keras.ops.cast(x, "float32")
+    return self_similarity(x, keras.ops.ones_like(x[:, :, 0]))
 
 
 def _builtin_delta(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:

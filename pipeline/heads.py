@@ -5,9 +5,11 @@ Every head reads ``features`` ``[B, T, D]`` (float16 is cast to float32 inside) 
 the recurrent layers, so padding never changes a prediction. ``meanpool`` averages the real
 frames and is blind to their order: the baseline an RNN must beat on order-dependent actions;
 ``trend`` is a linear softmax on the standardized [mean, late third − early third], the
-baseline a head must beat on few clips; ``delta`` (the default) adds the mean absolute
-frame-to-frame difference of L2-normalized frames, which tells *what kind* of change a clip
-holds whichever its direction. With training sequences given, features are
+baseline a head must beat on few clips; ``delta`` adds the mean absolute frame-to-frame
+difference of L2-normalized frames, which tells *what kind* of change a clip holds whichever
+its direction; ``delta_lstm`` (the default) and ``delta_gru`` average ``delta``'s softmax with a
+recurrent layer's over each frame's :class:`SelfSimilarity` (what changes *when*, whatever the
+clip shows). With training sequences given, features are
 standardized by a Keras ``Normalization`` layer fitted on the train split's real frames and
 saved in the model, so predict and export apply the same statistics. Custom layers are
 registered, so a saved ``.keras`` file loads with ``safe_mode=True``. The training loop is
@@ -121,26 +123,52 @@ class MaskedDelta(keras.layers.Layer):
         return None
 
 
-@keras.saving.register_keras_serializable(package="vrnn")
-class FrameChanges(keras.layers.Layer):
-    """Each frame next to its change from the previous real frame: ``[B, T, D]`` → ``[B, T, 2D]``.
+SELF_SIMILARITY_SIGNALS = 4
+"""Per-frame signals :class:`SelfSimilarity` gives each frame."""
 
-    ``[x[t], x[t] - x[t - 1]]``; the first frame and padded frames get a zero change, so a
-    recurrent layer reads *what* the clip shows and *how it moves on*, in order.
+
+def self_similarity(x: keras.KerasTensor, real: keras.KerasTensor) -> keras.KerasTensor:
+    """:class:`SelfSimilarity`'s arithmetic on ``x`` ``[B, T, D]`` float32 and ``real``
+    ``[B, T]`` float32 (1 = real frame, right padding); also what export runs, ``real`` all 1."""
+    ops = keras.ops
+    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1) + 1e-12)  # [B, T]
+    unit = x / norm[:, :, None]
+    count = ops.maximum(ops.sum(real, axis=1, keepdims=True), 1.0)  # [B, 1]
+    log_norm = ops.log(norm + 1e-6)
+    mean_log_norm = ops.sum(log_norm * real, axis=1, keepdims=True) / count
+    previous = ops.concatenate([unit[:, :1], unit[:, :-1]], axis=1)  # frame 0 is its own
+    last_index = ops.cast(count[:, 0] - 1.0, "int32")
+    last = ops.take_along_axis(unit, last_index[:, None, None], axis=1)  # [B, 1, D]
+    signals = ops.stack(
+        [
+            log_norm - mean_log_norm,
+            1.0 - ops.sum(unit * previous, axis=-1),
+            1.0 - ops.sum(unit * unit[:, :1], axis=-1),
+            1.0 - ops.sum(unit * last, axis=-1),
+        ],
+        axis=-1,
+    )
+    return signals * real[:, :, None]
+
+
+@keras.saving.register_keras_serializable(package="vrnn")
+class SelfSimilarity(keras.layers.Layer):
+    """How each frame relates to the rest of its clip: ``[B, T, D]`` → ``[B, T, 4]`` float32.
+
+    Per real frame: its log feature norm minus the clip's mean (how strongly the backbone
+    responds: light, contrast, detail), and its cosine distance to the previous, the first
+    and the last real frame (how fast and how far the clip moves on, and in which order).
+    The four numbers do not depend on *what* the clip shows, which is why a recurrent layer
+    can learn their time course from a few clips; padded frames get zeros.
     """
 
     def call(self, inputs: keras.KerasTensor, mask: keras.KerasTensor) -> keras.KerasTensor:
-        """Frames and their backward differences; ``mask`` True marks real frames."""
-        x = keras.ops.cast(inputs, "float32")
-        real = keras.ops.cast(mask, "float32")
-        pairs = (real[:, 1:] * real[:, :-1])[:, :, None]
-        change = (x[:, 1:] - x[:, :-1]) * pairs
-        change = keras.ops.concatenate([keras.ops.zeros_like(x[:, :1]), change], axis=1)
-        return keras.ops.concatenate([x, change], axis=-1)
+        """The four signals per frame; ``mask`` True marks real frames."""
+        return self_similarity(keras.ops.cast(inputs, "float32"), keras.ops.cast(mask, "float32"))
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
-        """``(batch, time, 2 * features)``."""
-        return (*input_shape[:2], 2 * input_shape[2])
+        """``(batch, time, 4)``."""
+        return (*input_shape[:2], SELF_SIMILARITY_SIGNALS)
 
     def compute_mask(self, inputs: object, mask: object = None) -> object:
         """The time axis stays, so does the mask."""
@@ -231,10 +259,11 @@ def build_head(
     [mean, late third − early third] (:class:`MaskedTrend`), standardized: a linear
     baseline (projection, input dropout and the hidden layer are left out); ``delta`` the
     same on L2-normalized frames (``UnitNormalization`` first) plus their mean absolute
-    frame-to-frame difference (:class:`MaskedDelta`), also linear; ``delta_gru`` /
-    ``delta_lstm`` ``delta``'s standardized statistics next to the recurrent layers run over
-    each L2-normalized, standardized frame and its change (:class:`FrameChanges`). Then
-    Dense(``dense_units``, relu) → Dropout(``dropout``) → softmax.
+    frame-to-frame difference (:class:`MaskedDelta`), also linear. Then (not for ``trend`` and
+    ``delta``) Dense(``dense_units``, relu) → Dropout(``dropout``) → softmax. ``delta_gru`` /
+    ``delta_lstm`` (the default) average two softmax branches: ``delta``'s and one after the
+    recurrent layers over the standardized :class:`SelfSimilarity` signals
+    (:func:`_delta_rnn_outputs`).
 
     Args:
         config: the run's options; the head reads ``head`` (one of :data:`HEAD_NAMES`),
@@ -262,15 +291,24 @@ def build_head(
     features = keras.Input((seq_len, feature_dim), dtype="float16", name=FEATURES_INPUT)
     mask = keras.Input((seq_len,), dtype="bool", name=MASK_INPUT)  # True = real frame
     x = ToFloat32(name="to_float32")(features)
-    if name == "delta" or name in DELTA_RNN_HEADS:
+    if name in DELTA_RNN_HEADS:
+        outputs = _delta_rnn_outputs(config, x, mask, num_classes, normalize_on is not None)
+        model = keras.Model(
+            {FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head"
+        )
+        if normalize_on is not None:
+            for layer, frames in (
+                ("frame_norm", True),
+                ("trend_norm", False),
+                ("similarity_norm", True),
+            ):
+                _adapt(model, layer, normalize_on, frames=frames)
+        return _compiled(model, config)
+    if name == "delta":
         x = keras.layers.UnitNormalization(axis=-1, name="frame_l2")(x)
     if normalize_on is not None:
         x = keras.layers.Normalization(axis=-1, name="frame_norm")(x)
     linear = name in LINEAR_HEADS  # no projection, no hidden layer
-    statistics = None
-    if name in DELTA_RNN_HEADS:
-        statistics = _delta_statistics(x, mask, normalize_on is not None)
-        x = FrameChanges(name="frame_changes")(x, mask=mask)
     if projection > 0 and not linear:
         x = keras.layers.Dense(projection, name="projection")(x)
     if config.input_dropout > 0 and not linear:
@@ -289,16 +327,55 @@ def build_head(
             x = _recurrent(name, config.units, return_sequences=not last, index=i)(x, mask=mask)
     if config.dense_units > 0 and not linear:
         x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
-    if statistics is not None:
-        x = keras.layers.Concatenate(name="statistics_and_rnn")([statistics, x])
     if config.dropout > 0:
         x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     model = keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head")
     if normalize_on is not None:
         _adapt(model, "frame_norm", normalize_on, frames=True)
-        if linear or name in DELTA_RNN_HEADS:
+        if linear:
             _adapt(model, "trend_norm", normalize_on, frames=False)
+    return _compiled(model, config)
+
+
+def _delta_rnn_outputs(
+    config: TrainConfig,
+    x: keras.KerasTensor,
+    mask: keras.KerasTensor,
+    num_classes: int,
+    standardized: bool,
+) -> keras.KerasTensor:
+    """``delta_gru`` / ``delta_lstm``: the mean of two softmax branches trained as one.
+
+    ``delta``'s linear softmax on the clip statistics, and a recurrent layer over the
+    clip's :class:`SelfSimilarity` signals (standardized), then [Dense(``dense_units``)]
+    and a softmax. Averaging probabilities (not adding logits) keeps the high-dimensional
+    linear branch from fitting the few training clips alone and starving the recurrent one
+    (bench_heads: the sum of logits was no better than ``delta``).
+    """
+    frames = keras.layers.UnitNormalization(axis=-1, name="frame_l2")(x)
+    if standardized:
+        frames = keras.layers.Normalization(axis=-1, name="frame_norm")(frames)
+    statistics = _delta_statistics(frames, mask, standardized)
+    signals = SelfSimilarity(name="self_similarity")(x, mask=mask)
+    if standardized:
+        signals = keras.layers.Normalization(axis=-1, name="similarity_norm")(signals)
+    for i in range(config.layers):
+        last = i == config.layers - 1
+        signals = _recurrent(config.head, config.units, not last, index=i)(signals, mask=mask)
+    if config.dense_units > 0:
+        signals = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(signals)
+    branches = []
+    for branch, tensor in (("statistics", statistics), ("rnn", signals)):
+        if config.dropout > 0:
+            tensor = keras.layers.Dropout(config.dropout, name=f"{branch}_dropout")(tensor)
+        branches.append(
+            keras.layers.Dense(num_classes, activation="softmax", name=f"{branch}_softmax")(tensor)
+        )
+    return keras.layers.Average(name="probabilities")(branches)
+
+
+def _compiled(model: keras.Model, config: TrainConfig) -> keras.Model:
     optimizer = (
         keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
         if config.weight_decay > 0

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from pipeline.choices import ALWAYS_STANDARDIZED, LINEAR_HEADS, RECURRENT_HEADS, Head, choose
+from pipeline.choices import (
+    ALWAYS_STANDARDIZED,
+    DELTA_RNN_HEADS,
+    LINEAR_HEADS,
+    RECURRENT_HEADS,
+    Head,
+    choose,
+)
 from pipeline.errors import ConfigError
 from pipeline.sequences import MIN_CROP_FRACTION, check_seq_len
 
 IGNORED_BY = {
     "units": frozenset(Head) - RECURRENT_HEADS,
     "layers": frozenset(Head) - RECURRENT_HEADS,
-    "projection": LINEAR_HEADS,
-    "input_dropout": LINEAR_HEADS,
+    "projection": LINEAR_HEADS | DELTA_RNN_HEADS,
+    "input_dropout": LINEAR_HEADS | DELTA_RNN_HEADS,
     "dense_units": LINEAR_HEADS,
     "normalize": ALWAYS_STANDARDIZED,
 }
 """Option → the heads whose model it does not change (``tests/test_heads.py`` builds each head
 with each option changed to prove it): no recurrent layer reads ``units``/``layers``; the
-linear heads leave out the projection, input dropout and hidden layer; the delta heads
-always standardize."""
+linear heads leave out the projection, input dropout and hidden layer; the ``delta_*`` heads'
+recurrent layers read four self-similarity signals per frame, never projected; the delta
+heads always standardize."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ class TrainConfig:
         weight_decay: AdamW's decoupled weight decay (0: plain Adam).
     """
 
-    head: str = Head.DELTA
+    head: str = Head.DELTA_LSTM
     seq_len: int = 16
     units: int = 64
     layers: int = 1

@@ -53,9 +53,9 @@ def command(
     head: Annotated[
         Head,
         typer.Option(
-            help="delta (the default): linear on (mean, trend, mean |frame-to-frame change|); "
-            "lstm, gru, bigru; delta_gru, delta_lstm (delta's statistics next to an RNN); "
-            "baselines meanpool and trend."
+            help="delta_lstm (the default), delta_gru: delta averaged with an RNN over each "
+            "frame's self-similarity; delta: linear on (mean, trend, mean |frame-to-frame "
+            "change|); lstm, gru, bigru; baselines meanpool and trend."
         ),
     ] = DEFAULTS.head,
     seq_len: Annotated[
@@ -101,7 +101,7 @@ def command(
         bool,
         typer.Option(
             help="Standardize features with train-split statistics (in the model); "
-            "--head delta always does."
+            "the delta heads always do."
         ),
     ] = DEFAULTS.normalize,
     projection: Annotated[

@@ -286,15 +286,34 @@ def test_delta_heads_need_two_frames(name):
         heads.build_head(TrainConfig(head=name, seq_len=1), num_classes=2)
 
 
-def test_frame_changes_layer_is_each_frame_and_its_change_from_the_previous_real_frame():
+def _self_similarity_reference(frames: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(frames, axis=-1)
+    unit = frames / norm[:, None]
+    previous = np.concatenate([unit[:1], unit[:-1]])
+    log_norm = np.log(norm)
+    return np.stack(
+        [
+            log_norm - log_norm.mean(),
+            1 - (unit * previous).sum(-1),
+            1 - unit @ unit[0],
+            1 - unit @ unit[-1],
+        ],
+        axis=-1,
+    )
+
+
+def test_self_similarity_layer_reads_each_real_frame_against_its_clip():
     rng = np.random.default_rng(7)
     features = rng.normal(size=(2, SEQ_LEN, DIM)).astype(np.float32)
     mask = np.arange(SEQ_LEN)[None, :] < np.array([[SEQ_LEN], [3]])
-    got = np.asarray(heads.FrameChanges()(features, mask=mask))
-    np.testing.assert_allclose(got[:, :, :DIM], features, atol=1e-6)
-    np.testing.assert_allclose(got[0, 1:, DIM:], np.diff(features[0], axis=0), atol=1e-5)
-    np.testing.assert_allclose(got[1, 1:3, DIM:], np.diff(features[1, :3], axis=0), atol=1e-5)
-    assert not got[:, 0, DIM:].any() and not got[1, 3:, DIM:].any()  # first frame, padding
+    got = np.asarray(heads.SelfSimilarity()(features, mask=mask))
+    assert got.shape == (2, SEQ_LEN, heads.SELF_SIMILARITY_SIGNALS)
+    np.testing.assert_allclose(got[0], _self_similarity_reference(features[0]), atol=1e-5)
+    np.testing.assert_allclose(got[1, :3], _self_similarity_reference(features[1, :3]), atol=1e-5)
+    assert not got[1, 3:].any()  # padding
+    # What the clip shows does not matter: a scaled copy gives the same signals.
+    scaled = np.asarray(heads.SelfSimilarity()(features * 3.0, mask=mask))
+    np.testing.assert_allclose(scaled, got, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(heads.DELTA_RNN_HEADS))
@@ -303,6 +322,7 @@ def test_delta_rnn_heads_keep_deltas_statistics_and_learn_what_delta_learns(name
     model, _ = fit(name, train, val, epochs=40, patience=10, normalize=True)
     names = {layer.name for layer in model.layers}
     assert {"frame_l2", "frame_norm", "clip_statistics", "trend_norm"} <= names
+    assert {"self_similarity", "similarity_norm", "statistics_softmax", "rnn_softmax"} <= names
     assert accuracy(model, *kind_of_change_videos(30, seed=3)) >= 0.8
     pairs = order_videos(32, seed=1), order_videos(8, seed=2)
     model, _ = fit(name, *pairs, epochs=40, patience=10, normalize=True)

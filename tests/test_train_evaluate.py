@@ -303,9 +303,13 @@ def test_train_without_val_warns_once_before_epoch_1(data, tmp_path):
 
 def test_an_option_the_head_does_not_read_is_warned_in_one_line(data, tmp_path):
     args = ["train", str(data["manifest"]), str(data["store"]), "--epochs", "1"]
-    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a"), "--units", "128"])
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a"), "--head", "delta",
+                                      "--units", "128"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning: --units has no effect with --head delta\n" in result.output
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "c"), "--projection", "8"])
+    assert result.exit_code == 0, result.output  # the default head reads no projection
+    assert "warning: --projection has no effect with --head delta_lstm\n" in result.output
     result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b"), "--head", "gru",
                                       "--units", "16", "--normalize"])  # fmt: skip
     assert result.exit_code == 0, result.output
