@@ -287,26 +287,34 @@ def build_head(
         ConfigError: unknown head or invalid sizes.
     """
     _check_options(config, num_classes)
-    name, seq_len, projection = config.head, config.seq_len, config.projection
-    features = keras.Input((seq_len, feature_dim), dtype="float16", name=FEATURES_INPUT)
-    mask = keras.Input((seq_len,), dtype="bool", name=MASK_INPUT)  # True = real frame
+    features = keras.Input((config.seq_len, feature_dim), dtype="float16", name=FEATURES_INPUT)
+    mask = keras.Input((config.seq_len,), dtype="bool", name=MASK_INPUT)  # True = real frame
     x = ToFloat32(name="to_float32")(features)
-    if name in DELTA_RNN_HEADS:
-        outputs = _delta_rnn_outputs(config, x, mask, num_classes, normalize_on is not None)
-        model = keras.Model(
-            {FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head"
-        )
-        if normalize_on is not None:
-            for layer, frames in (
-                ("frame_norm", True),
-                ("trend_norm", False),
-                ("similarity_norm", True),
-            ):
-                _adapt(model, layer, normalize_on, frames=frames)
-        return _compiled(model, config)
+    branches = _delta_rnn_outputs if config.head in DELTA_RNN_HEADS else _one_branch_outputs
+    outputs = branches(config, x, mask, num_classes, normalize_on is not None)
+    model = keras.Model(
+        {FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{config.head}_head"
+    )
+    if normalize_on is not None:
+        # In layer order, so each layer is fitted on what the already fitted ones put out.
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Normalization):
+                _adapt(model, layer.name, normalize_on, frames=len(layer.input.shape) == 3)
+    return _compiled(model, config)
+
+
+def _one_branch_outputs(
+    config: TrainConfig,
+    x: keras.KerasTensor,
+    mask: keras.KerasTensor,
+    num_classes: int,
+    standardized: bool,
+) -> keras.KerasTensor:
+    """Every head but ``delta_gru`` / ``delta_lstm``: one path to one softmax."""
+    name, projection = config.head, config.projection
     if name == "delta":
         x = keras.layers.UnitNormalization(axis=-1, name="frame_l2")(x)
-    if normalize_on is not None:
+    if standardized:
         x = keras.layers.Normalization(axis=-1, name="frame_norm")(x)
     linear = name in LINEAR_HEADS  # no projection, no hidden layer
     if projection > 0 and not linear:
@@ -317,10 +325,10 @@ def build_head(
         x = MaskedMean(name="masked_mean")(x, mask=mask)
     elif name == "trend":
         x = MaskedTrend(name="masked_trend")(x, mask=mask)
-        if normalize_on is not None:
+        if standardized:
             x = keras.layers.Normalization(axis=-1, name="trend_norm")(x)
     elif name == "delta":
-        x = _delta_statistics(x, mask, normalize_on is not None)
+        x = _delta_statistics(x, mask, standardized)
     else:
         for i in range(config.layers):
             last = i == config.layers - 1
@@ -329,13 +337,7 @@ def build_head(
         x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
     if config.dropout > 0:
         x = keras.layers.Dropout(config.dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    model = keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name=f"{name}_head")
-    if normalize_on is not None:
-        _adapt(model, "frame_norm", normalize_on, frames=True)
-        if linear:
-            _adapt(model, "trend_norm", normalize_on, frames=False)
-    return _compiled(model, config)
+    return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
 
 
 def _delta_rnn_outputs(
@@ -351,7 +353,7 @@ def _delta_rnn_outputs(
     clip's :class:`SelfSimilarity` signals (standardized), then [Dense(``dense_units``)]
     and a softmax. Averaging probabilities (not adding logits) keeps the high-dimensional
     linear branch from fitting the few training clips alone and starving the recurrent one
-    (bench_heads: the sum of logits was no better than ``delta``).
+    (a prototype on bench_heads' features: adding logits scored no better than ``delta``).
     """
     frames = keras.layers.UnitNormalization(axis=-1, name="frame_l2")(x)
     if standardized:
