@@ -234,8 +234,8 @@ def parse_run(spec: str) -> tuple[str, dict]:
     """``"label"`` or ``"label=head:key=value,key=value"`` → (label, TrainConfig overrides).
 
     A bare label is a head name with the current defaults; ``old`` stands for the recipe
-    before issue #18 (lstm, no normalization, 30 epochs, batch 32, patience 5). The ``trend``
-    baseline is always standardized (normalization forced on).
+    before issue #18 (lstm, no normalization, 30 epochs of one pass, batch 32, patience 5).
+    The ``trend`` baseline is always standardized (normalization forced on).
     """
     from pipeline.train_config import TrainConfig
 
@@ -244,6 +244,7 @@ def parse_run(spec: str) -> tuple[str, dict]:
             "head": "lstm",
             "normalize": False,
             "epochs": 30,
+            "min_epoch_sequences": 0,
             "batch_size": 32,
             "patience": 5,
             "projection": 0,

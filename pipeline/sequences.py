@@ -187,6 +187,9 @@ class TrainingSampler:
         prefetch: optional ``(video index, frame indices)`` hint, called for the videos of
             batch ``i + PREFETCH_BATCHES`` when batch ``i`` is assembled (e.g. to have
             memory-mapped rows read ahead); it never changes what a batch holds.
+        passes: passes over ``videos`` per epoch, each with its own shuffle and crops, so
+            every video is seen ``passes`` times an epoch (see
+            :attr:`~pipeline.train_config.TrainConfig.min_epoch_sequences`).
     """
 
     PREFETCH_BATCHES = 4
@@ -201,10 +204,13 @@ class TrainingSampler:
         seed: int,
         min_crop_fraction: float = MIN_CROP_FRACTION,
         prefetch: Callable[[int, np.ndarray], None] | None = None,
+        passes: int = 1,
     ):
         check_seq_len(seq_len)
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        if passes < 1:
+            raise ValueError(f"passes must be >= 1, got {passes}")
         if not len(videos):
             raise ConfigError("no training videos to sample from")
         self.videos = list(videos)
@@ -214,25 +220,33 @@ class TrainingSampler:
         self.seed = seed
         self.min_crop_fraction = min_crop_fraction
         self.prefetch = prefetch
+        self.passes = passes
         self.epoch = 0
         self._plan_epoch: int | None = None
-        self._order = np.arange(0)
-        self._indices: list[np.ndarray] = []
+        self._slots: list[tuple[int, np.ndarray]] = []
 
     @property
     def num_batches(self) -> int:
         """Batches per epoch."""
-        return -(-len(self.videos) // self.batch_size)
+        return -(-len(self.videos) * self.passes // self.batch_size)
 
     def _plan(self) -> None:
         if self._plan_epoch == self.epoch:
             return
         rng = np.random.default_rng([self.seed, self.epoch])
-        self._order = rng.permutation(len(self.videos))
-        self._indices = [
-            random_indices(len(v), self.seq_len, rng, self.min_crop_fraction) for v in self.videos
-        ]
+        self._slots = []
+        for _ in range(self.passes):
+            order = rng.permutation(len(self.videos))
+            crops = [
+                random_indices(len(v), self.seq_len, rng, self.min_crop_fraction)
+                for v in self.videos
+            ]
+            self._slots += [(int(i), crops[i]) for i in order]
         self._plan_epoch = self.epoch
+
+    def _batch_slots(self, index: int) -> list[tuple[int, np.ndarray]]:
+        """``(video, frame indices)`` of each sequence of batch ``index`` this epoch."""
+        return self._slots[index * self.batch_size : (index + 1) * self.batch_size]
 
     def batch(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Batch ``index`` of the current epoch.
@@ -246,13 +260,14 @@ class TrainingSampler:
         if self.prefetch is not None:
             ahead = range(index + 1, index + 1 + self.PREFETCH_BATCHES) if index == 0 else []
             for later in ahead or [index + self.PREFETCH_BATCHES]:
-                for i in self._order[later * self.batch_size : (later + 1) * self.batch_size]:
-                    self.prefetch(int(i), self._indices[i])
-        chosen = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+                for video, indices in self._batch_slots(later):
+                    self.prefetch(video, indices)
+        slots = self._batch_slots(index)
+        videos = [video for video, _ in slots]
         features, mask = stack_sequences(
-            [self.videos[i] for i in chosen], [self._indices[i] for i in chosen], self.seq_len
+            [self.videos[v] for v in videos], [indices for _, indices in slots], self.seq_len
         )
-        return features, mask, self.labels[chosen]
+        return features, mask, self.labels[videos]
 
     def next_epoch(self) -> None:
         """Move on to the next epoch's shuffle and crops."""

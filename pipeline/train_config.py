@@ -42,6 +42,9 @@ class TrainConfig:
         dropout: dropout rate before the softmax layer.
         dense_units: hidden dense width (0 = none).
         epochs: maximum training epochs.
+        min_epoch_sequences: a train split smaller than this is passed over several times an
+            epoch, each pass re-shuffled and re-cropped, so that an epoch (and with it
+            ``epochs`` and ``patience``) is at least this many sequences; 0: one pass.
         batch_size: sequences per gradient step.
         learning_rate: Adam's learning rate.
         patience: epochs without a val_loss improvement before early stopping.
@@ -61,6 +64,7 @@ class TrainConfig:
     dropout: float = 0.0
     dense_units: int = 32
     epochs: int = 30
+    min_epoch_sequences: int = 1024
     batch_size: int = 32
     learning_rate: float = 1e-3
     patience: int = 5
@@ -78,8 +82,9 @@ class TrainConfig:
         for name in ("units", "layers", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.dense_units < 0 or self.patience < 0:
-            raise ConfigError("--dense-units and --patience must be >= 0")
+        for name in ("dense_units", "patience", "min_epoch_sequences"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         for name in ("dropout", "input_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(
@@ -91,6 +96,11 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0, got {self.learning_rate}")
         if not 0.0 < self.min_crop_fraction <= 1.0:
             raise ConfigError(f"min_crop_fraction must be in (0, 1], got {self.min_crop_fraction}")
+
+    def passes(self, train_videos: int) -> int:
+        """Passes over a train split of ``train_videos`` per epoch (see
+        ``min_epoch_sequences``)."""
+        return max(1, -(-self.min_epoch_sequences // max(train_videos, 1)))
 
     def ignored_options(self) -> list[str]:
         """The options set to a non-default value that have no effect on this head, as

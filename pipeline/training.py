@@ -55,11 +55,11 @@ if TYPE_CHECKING:
     import keras
 
 MIN_VAL_PER_CLASS = 5
+"""Below this many val clips in some class, early stopping on val loss is noisy (warned)."""
 NORMALIZE_BATCH = 64
 """Videos per batch when fitting the standardization. Its temporaries stay in the process's
 heap afterwards (glibc keeps freed memory): +369 MiB of RssAnon with 256 videos a batch,
 +133 MiB with 64, for 0.2 s more at 3.2k videos."""
-"""Below this many val clips in some class, early stopping on val loss is noisy (warned)."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +330,7 @@ def fit_config(
         seed=config.seed,
         min_crop_fraction=config.min_crop_fraction,
         prefetch=prefetch,
+        passes=config.passes(len(train_data.features)),
     )
     history = fit.fit_head(
         model,

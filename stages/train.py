@@ -13,6 +13,7 @@ from pipeline.train_config import TrainConfig
 from stages import console
 from stages.options import (
     MAX_BATCH,
+    MAX_COUNT,
     MAX_EPOCHS,
     MAX_LAYERS,
     MAX_SEED,
@@ -76,6 +77,14 @@ def command(
     epochs: Annotated[
         int, typer.Option(callback=bounded(1, MAX_EPOCHS), help="Maximum epochs.")
     ] = DEFAULTS.epochs,
+    min_epoch_sequences: Annotated[
+        int,
+        typer.Option(
+            callback=bounded(0, MAX_COUNT),
+            help="Pass a smaller train split several times an epoch (each pass re-shuffled "
+            "and re-cropped), so an epoch is at least this many sequences (0: one pass).",
+        ),
+    ] = DEFAULTS.min_epoch_sequences,
     batch_size: Annotated[
         int, typer.Option(callback=bounded(1, MAX_BATCH), help="Sequences per step.")
     ] = DEFAULTS.batch_size,
@@ -118,8 +127,8 @@ def command(
         float, typer.Option(callback=bounded(0, 1), help="AdamW weight decay (0: Adam).")
     ] = DEFAULTS.weight_decay,
 ) -> None:
-    """Train a head (linear `delta` by default, or an RNN) on cached features (labels and
-    splits from the manifest)."""
+    """Train a head (`delta_lstm` by default) on cached features (labels and splits from the
+    manifest)."""
     from pipeline.manifest import read_manifest
     from pipeline.outputs import MODEL_DIR, check_output
     from pipeline.streaming import parse_memory_budget
@@ -133,6 +142,7 @@ def command(
         dropout=dropout,
         dense_units=dense_units,
         epochs=epochs,
+        min_epoch_sequences=min_epoch_sequences,
         batch_size=batch_size,
         learning_rate=lr,
         patience=patience,
@@ -162,8 +172,10 @@ def command(
     )
     last = result.history[result.best_epoch - 1]
     val = f", val_accuracy {last['val_accuracy']:.3f}" if "val_accuracy" in last else ""
+    passes = config.passes(result.counts["train"])
+    per_epoch = f"; {passes} passes an epoch" if passes > 1 else ""
     typer.echo(
         f"trained {head} on {result.counts['train']} videos ({len(result.labels)} classes, "
-        f"val {result.counts['val']}); kept epoch {result.best_epoch} of "
+        f"val {result.counts['val']}{per_epoch}); kept epoch {result.best_epoch} of "
         f"{len(result.history)}{val}; input {result.input_plan.describe()} → {result.model_dir}"
     )

@@ -102,9 +102,11 @@ def test_stack_sequences_of_nothing_is_empty():
     assert features.shape[:2] == (0, 4) and mask.shape == (0, 4)
 
 
-def _sampler(seed: int = 0, batch_size: int = 4) -> TrainingSampler:
+def _sampler(seed: int = 0, batch_size: int = 4, **options) -> TrainingSampler:
     videos = [_video(20 + 3 * i, start=100 * i) for i in range(10)]
-    return TrainingSampler(videos, np.arange(10), seq_len=6, batch_size=batch_size, seed=seed)
+    return TrainingSampler(
+        videos, np.arange(10), seq_len=6, batch_size=batch_size, seed=seed, **options
+    )
 
 
 def _epoch(sampler: TrainingSampler, order: list[int] | None = None) -> list[tuple]:
@@ -140,11 +142,39 @@ def test_sampler_is_a_pure_function_of_seed_and_epoch():
     assert not np.array_equal(_epoch(_sampler(seed=8))[0][0], first[0][0])
 
 
+def test_sampler_passes_show_every_video_once_per_pass_with_fresh_crops():
+    seen: list[tuple[int, tuple]] = []
+    sampler = _sampler(batch_size=4, passes=3, prefetch=lambda v, i: seen.append((v, tuple(i))))
+    assert sampler.num_batches == 8  # 30 sequences
+    batches = _epoch(sampler)
+    labels = np.concatenate([b[2] for b in batches])
+    for p in range(3):  # each pass is a permutation of its own
+        assert sorted(labels[10 * p : 10 * (p + 1)]) == list(range(10))
+    features = np.concatenate([b[0] for b in batches])
+    assert np.all(features[:, :, 0] // 100 == labels[:, None])
+    crops = {}
+    for label, sample in zip(labels, features[:, :, 0], strict=True):
+        crops.setdefault(int(label), set()).add(tuple(sample))
+    assert max(len(c) for c in crops.values()) > 1  # a video's passes are cropped afresh
+    served = [(int(v), tuple(f - 100 * v)) for v, f in zip(labels, features[:, :, 0], strict=True)]
+    assert seen == served[4:]  # batch 0 asks for batches 1-4 ahead, batch i for batch i + 4
+
+
+def test_one_pass_is_the_first_pass_of_many():
+    one, three = _sampler(seed=3, batch_size=5), _sampler(seed=3, batch_size=5, passes=3)
+    assert (one.num_batches, three.num_batches) == (2, 6)
+    for a, b in zip(_epoch(one), _epoch(three, [0, 1]), strict=True):
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_sampler_rejects_bad_options():
     with pytest.raises(ConfigError):
         TrainingSampler([_video(3)], np.zeros(1), seq_len=4, batch_size=0, seed=0)
     with pytest.raises(ConfigError):
         TrainingSampler([], np.zeros(0), seq_len=4, batch_size=2, seed=0)
+    with pytest.raises(ValueError, match="passes"):
+        TrainingSampler([_video(3)], np.zeros(1), seq_len=2, batch_size=2, seed=0, passes=0)
 
 
 def test_eval_batches_are_eval_sequences_cut_into_batches():

@@ -57,9 +57,11 @@ BACKBONE_WEIGHTS, BACKBONE_SHA256 = _seeded_backbone_weights()
 EXTRACTOR = ExtractorConfig(
     weights="random:seed=0", weights_sha256=BACKBONE_SHA256, input_size=32, feature_dim=DIM
 )
-# lstm: 8 epochs of 5 steps fit it on these 32-d features; the linear default head (delta)
+# lstm: 8 epochs of one pass (5 steps) fit it on these 32-d features; the linear delta head
 # needs more steps at this width (40 steps of Adam at lr 1e-3 leave it near chance here).
-CONFIG = TrainConfig(head="lstm", seq_len=8, epochs=8, batch_size=8, patience=3, seed=0)
+CONFIG = TrainConfig(
+    head="lstm", seq_len=8, epochs=8, min_epoch_sequences=0, batch_size=8, patience=3, seed=0
+)
 
 
 def make_videos(folder: Path, counts: dict[str, int], seed: int = 0) -> list[tuple]:
@@ -204,6 +206,14 @@ def test_model_dir_reloads_in_a_fresh_process_with_identical_predictions(data, t
     np.testing.assert_array_equal(np.load(out), training.predict_videos(loaded, videos))
 
 
+def test_a_small_train_split_is_passed_over_until_an_epoch_is_min_epoch_sequences():
+    config = TrainConfig(min_epoch_sequences=1024)
+    assert [config.passes(n) for n in (1, 100, 1023, 1024, 5000)] == [1024, 11, 2, 1, 1]
+    assert TrainConfig(min_epoch_sequences=0).passes(3) == 1
+    with pytest.raises(ConfigError, match="--min-epoch-sequences must be >= 0"):
+        TrainConfig(min_epoch_sequences=-1).validate()
+
+
 def test_without_a_val_split_training_runs_every_epoch(data, tmp_path):
     records = [r for r in data["records"] if r.split != "val"]
     config = TrainConfig(seq_len=8, epochs=2, batch_size=16)
@@ -279,6 +289,9 @@ def test_vrnn_train_and_evaluate(data, tmp_path):
     assert result.output.index(noisy) < first_epoch  # data warnings before training starts
     assert result.output.index("1 manifest video(s) skipped") < first_epoch
     assert f"→ {models}" in result.output
+    train_videos = sum(r.split == "train" for r in data["records"]) - 1  # one is not stored
+    passes = -(-TrainConfig().min_epoch_sequences // train_videos)
+    assert f"; {passes} passes an epoch); kept epoch" in result.output
     result = runner.invoke(app, ["evaluate", str(models), str(data["manifest"]),
                                  str(data["store"]), "-o", str(metrics)])  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -389,6 +402,10 @@ BAD_INPUTS = {
     "seq-len below 1": (
         lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--seq-len", "0"],
         "Invalid value for '--seq-len': must be a finite number in [1, 1024], got 0",
+    ),
+    "negative epoch size": (
+        lambda d, t: ["train", str(d["manifest"]), str(d["store"]), "--min-epoch-sequences", "-1"],
+        "'--min-epoch-sequences': must be a finite number in [0, 1000000], got -1",
     ),
     "model dir missing files": (
         lambda d, t: ["evaluate", str(t), str(d["manifest"]), str(d["store"])],

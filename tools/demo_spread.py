@@ -7,7 +7,7 @@ thread counts (numerics that depend on how work is split), and other training se
 spread that tiny numeric differences between CPUs amplify into, over 60 epochs of training
 on 36 clips). Prints one row per variant and the range the README states.
 
-    python tools/demo_spread.py [WORKSPACE] [--seeds 1 2 3] [--threads 1 2]
+    python tools/demo_spread.py [WORKSPACE] [--seeds 1 2 3] [--threads 1 2] [--head meanpool]
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ def main() -> None:
     parser.add_argument("workspace", nargs="?", type=Path, default=Path("."))
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3, 4])
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--head", help="train this head instead of params.yaml's")
     args = parser.parse_args()
     params = yaml.safe_load((args.workspace / "params.yaml").read_text())
+    if args.head:
+        params["train"]["head"] = args.head
     seed = params["train"]["seed"]
     variants = [(seed, None), (seed, None), *((seed, t) for t in args.threads)]
     variants += [(s, None) for s in args.seeds]
