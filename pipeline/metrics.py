@@ -8,12 +8,14 @@ DVC's ``confusion`` plot template counts itself.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline import fsio
 
 TOP5_MIN_CLASSES = 6
 """Top-5 accuracy is only reported when there are more than 5 classes (else it is always 1)."""
@@ -166,26 +168,32 @@ def write_summary(path: Path, summary: EvalSummary) -> None:
     """Write ``eval.json``: ``split``, ``n``, ``top1``, ``top5`` (when not None), ``macro_f1``,
     ``missing``."""
     payload = {k: v for k, v in asdict(summary).items() if v is not None}
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    fsio.atomic_json(Path(path), payload, indent=2)
 
 
 def write_per_class(path: Path, scores: Sequence[ClassScores]) -> None:
     """Write ``per_class.csv`` with columns ``label,precision,recall,f1,support``."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["label", "precision", "recall", "f1", "support"])
-        for s in scores:
-            writer.writerow(
-                [s.label, f"{s.precision:.6f}", f"{s.recall:.6f}", f"{s.f1:.6f}", s.support]
-            )
+    rows = [
+        [s.label, f"{s.precision:.6f}", f"{s.recall:.6f}", f"{s.f1:.6f}", s.support] for s in scores
+    ]
+    _write_csv(path, ["label", "precision", "recall", "f1", "support"], rows)
 
 
 def write_confusion(
     path: Path, targets: np.ndarray, predicted: np.ndarray, labels: Sequence[str]
 ) -> None:
     """Write ``confusion.csv``: header ``actual,predicted``, one row of label names per video."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["actual", "predicted"])
-        for actual, guess in zip(targets, predicted, strict=True):
-            writer.writerow([labels[int(actual)], labels[int(guess)]])
+    rows = [
+        [labels[int(actual)], labels[int(guess)]]
+        for actual, guess in zip(targets, predicted, strict=True)
+    ]
+    _write_csv(path, ["actual", "predicted"], rows)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    """One CSV file, written atomically (whole or not at all)."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    fsio.atomic_text(Path(path), text.getvalue())

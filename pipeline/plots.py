@@ -9,11 +9,14 @@ hidden by :mod:`pipeline.keras_imports`; the cost is measured in docs/plots.md).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from pipeline import fsio
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,10 +42,13 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def save_png(figure: Figure, path: Path) -> None:
-    """Render ``figure`` to a PNG file at ``path`` (Agg, :data:`DPI` dots per inch)."""
+    """Render ``figure`` to a PNG file at ``path`` (Agg, :data:`DPI` dots per inch), written
+    atomically: a run cut short leaves the previous picture, never half of one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    FigureCanvasAgg(figure).print_png(Path(path))
+    png = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(png)
+    fsio.atomic_bytes(Path(path), png.getvalue())
 
 
 def curves_figure(history: Sequence[dict[str, float]], kept_epoch: int) -> Figure:

@@ -370,7 +370,8 @@ def evaluate(
 ) -> EvalResult:
     """Score a trained model on one split and write ``eval.json``, ``per_class.csv``,
     ``confusion.csv`` and their pictures (``confusion.png``, ``per_class_f1.png``) into
-    ``metrics_dir``.
+    ``metrics_dir``, each file atomically and ``eval.json`` last: a run cut short leaves
+    every file whole and ``eval.json`` that of the last finished run.
 
     Raises:
         ConfigError: unknown split.
@@ -395,11 +396,11 @@ def evaluate(
     metrics_dir = Path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     files = [metrics_dir / name for name in EVAL_FILES]
-    metrics.write_summary(files[0], summary)
     metrics.write_per_class(files[1], per_class)
     metrics.write_confusion(files[2], targets, probs.argmax(axis=1), trained.labels)
     plots.save_png(plots.confusion_figure(confusion, trained.labels), files[3])
     plots.save_png(plots.f1_figure(per_class), files[4])
+    metrics.write_summary(files[0], summary)  # last: the metric DVC reads marks a finished run
     notes = metrics.split_warnings(per_class, split)
     return EvalResult(
         summary, per_class, confusion, trained.labels, files, joined.missing, plan, notes

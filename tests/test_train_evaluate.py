@@ -168,6 +168,28 @@ def test_evaluate_writes_dvc_metrics(data, trained, tmp_path):
         assert tmp_path / "metrics" / name in result.files
 
 
+def test_an_evaluate_cut_short_leaves_the_last_finished_runs_eval_json(
+    data, trained, tmp_path, monkeypatch
+):
+    metrics_dir = tmp_path / "metrics"
+    training.evaluate(trained.model_dir, data["records"], data["store"], metrics_dir)
+    finished = (metrics_dir / "eval.json").read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # after the CSVs and one picture of the val run are written
+
+    monkeypatch.setattr(training.plots, "f1_figure", killed)
+    with pytest.raises(KeyboardInterrupt):
+        training.evaluate(
+            trained.model_dir, data["records"], data["store"], metrics_dir, split="val"
+        )
+    assert (metrics_dir / "eval.json").read_bytes() == finished  # still the test split's
+    assert len(_rows(metrics_dir / "confusion.csv")) == 12  # the val run's, whole
+    assert sorted(p.name for p in metrics_dir.iterdir()) == sorted(
+        ["eval.json", "per_class.csv", "confusion.csv", CONFUSION_IMAGE, F1_IMAGE]
+    )  # no temporary file left behind
+
+
 def test_same_seed_gives_the_same_history_and_metrics(data, trained, tmp_path):
     again = training.train(data["records"], data["store"], tmp_path / "again", CONFIG)
     assert again.history == trained.history
